@@ -1,0 +1,197 @@
+//! Condition types and reasons of the capow kinds, and the helper that keeps a condition list
+//! in the `metav1.Condition` shape CAPI v1beta2 expects (`Ready` first, `lastTransitionTime`
+//! kept while the status does not change).
+//!
+//! Reasons follow CAPO v1beta2 `api/v1beta2/conditions_consts.go` where CAPO has one, so that
+//! operators moving from CAPO recognise them.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+/// Summary condition; CAPI mirrors it to `Machine.status.conditions[InfrastructureReady]`.
+pub const READY: &str = "Ready";
+/// True while the object or its Cluster is paused (CAPI v1beta2 contract).
+pub const PAUSED: &str = "Paused";
+
+/// Reasons of the `Ready` condition of an `OpenStackWorkerMachine`.
+pub mod reasons {
+    /// The server is ACTIVE and the providerID is set.
+    pub const INSTANCE_READY: &str = "InstanceReady";
+    /// The object has no owner `Machine` yet.
+    pub const WAITING_FOR_OWNER: &str = "WaitingForOwner";
+    /// The owner Machine's Cluster does not exist yet or its infrastructure is not provisioned.
+    pub const WAITING_FOR_CLUSTER_INFRASTRUCTURE: &str = "WaitingForClusterInfrastructure";
+    /// `Machine.spec.bootstrap.dataSecretName` is unset or the Secret is missing.
+    pub const WAITING_FOR_BOOTSTRAP_DATA: &str = "WaitingForBootstrapData";
+    /// The spec names something that does not exist or is ambiguous in OpenStack.
+    pub const INVALID_MACHINE_SPEC: &str = "InvalidMachineSpec";
+    /// The identityRef Secret is missing or its clouds.yaml is unusable.
+    pub const INVALID_IDENTITY: &str = "InvalidIdentity";
+    /// Keystone refused the credentials.
+    pub const OPENSTACK_AUTHENTICATION_FAILED: &str = "OpenStackAuthenticationFailed";
+    /// An OpenStack API call failed for a reason other than bad input.
+    pub const OPENSTACK_ERROR: &str = "OpenStackError";
+    /// Creating a port failed.
+    pub const PORT_CREATE_FAILED: &str = "PortCreateFailed";
+    /// Nova refused to create the server.
+    pub const INSTANCE_CREATE_FAILED: &str = "InstanceCreateFailed";
+    /// The server exists but is not ACTIVE yet.
+    pub const INSTANCE_NOT_READY: &str = "InstanceNotReady";
+    /// The server is in ERROR; the message carries Nova's fault.
+    pub const INSTANCE_STATE_ERROR: &str = "InstanceStateError";
+    /// The server recorded in status no longer exists in Nova.
+    pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
+    /// The object is being deleted and its OpenStack resources are being removed.
+    pub const DELETING: &str = "Deleting";
+    /// Deleting OpenStack resources failed; the finalizer stays until it succeeds.
+    pub const INSTANCE_DELETE_FAILED: &str = "InstanceDeleteFailed";
+    /// Reconciliation is paused (Cluster `spec.paused` or `cluster.x-k8s.io/paused`).
+    pub const PAUSED: &str = "Paused";
+    /// Not paused.
+    pub const NOT_PAUSED: &str = "NotPaused";
+}
+
+/// Builds a condition; `lastTransitionTime` is set to now and fixed up by [`set_condition`].
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: truncate_message(message.into()),
+        observed_generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+/// Inserts or replaces `new` in `conditions` by type. The previous `lastTransitionTime` is kept
+/// when the status did not change. `Ready` is kept first, the others sorted by type, so that
+/// repeated reconciles produce byte-identical status (no spurious writes).
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    if let Some(old) = conditions.iter().find(|c| c.type_ == new.type_)
+        && old.status == new.status
+    {
+        new.last_transition_time = old.last_transition_time.clone();
+    }
+    conditions.retain(|c| c.type_ != new.type_);
+    conditions.push(new);
+    conditions.sort_by(|a, b| {
+        (a.type_ != READY, a.type_.as_str()).cmp(&(b.type_ != READY, b.type_.as_str()))
+    });
+}
+
+/// True when `a` and `b` carry the same content, ignoring `lastTransitionTime`.
+pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.type_ == y.type_
+                && x.status == y.status
+                && x.reason == y.reason
+                && x.message == y.message
+                && x.observed_generation == y.observed_generation
+        })
+}
+
+/// metav1.Condition messages are limited to 32768 bytes by the API server.
+fn truncate_message(mut message: String) -> String {
+    const MAX: usize = 32_768;
+    if message.len() > MAX {
+        let mut end = MAX - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+/// OpenAPI schema of a `[]metav1.Condition` list keyed by `type` (`x-kubernetes-list-type: map`),
+/// as CAPI v1beta2 declares it.
+pub fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "Condition in the metav1.Condition shape.",
+            "required": ["type", "status", "lastTransitionTime", "reason"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316, "description": "Type of condition in CamelCase."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "Status of the condition."},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0, "description": "metadata.generation the condition was set from."},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "description": "Last time the status changed."},
+                "reason": {"type": "string", "maxLength": 1024, "description": "Machine-readable reason in CamelCase."},
+                "message": {"type": "string", "maxLength": 32768, "description": "Human-readable details."}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_condition_keeps_transition_time_when_status_unchanged() {
+        let mut list = vec![];
+        let mut first = condition(
+            READY,
+            false,
+            reasons::INSTANCE_NOT_READY,
+            "building",
+            Some(1),
+        );
+        first.last_transition_time = Time("2020-01-01T00:00:00Z".parse().unwrap());
+        set_condition(&mut list, first);
+        set_condition(
+            &mut list,
+            condition(READY, false, reasons::INSTANCE_NOT_READY, "x", Some(2)),
+        );
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].message, "x");
+        assert_eq!(
+            list[0].last_transition_time.0.to_string(),
+            "2020-01-01T00:00:00Z"
+        );
+
+        set_condition(
+            &mut list,
+            condition(READY, true, reasons::INSTANCE_READY, "", Some(2)),
+        );
+        assert_ne!(
+            list[0].last_transition_time.0.to_string(),
+            "2020-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn ready_is_kept_first() {
+        let mut list = vec![];
+        set_condition(
+            &mut list,
+            condition(PAUSED, false, reasons::NOT_PAUSED, "", None),
+        );
+        set_condition(&mut list, condition("Alpha", true, "X", "", None));
+        set_condition(
+            &mut list,
+            condition(READY, true, reasons::INSTANCE_READY, "", None),
+        );
+        let types: Vec<_> = list.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "Alpha", "Paused"]);
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_char_boundary() {
+        let c = condition(READY, false, "R", "é".repeat(20_000), None);
+        assert!(c.message.len() <= 32_768);
+        assert!(c.message.ends_with("..."));
+    }
+}

@@ -1,0 +1,205 @@
+//! `OpenStackWorkerMachine`: one worker VM (a Nova server) of a CAPI `Machine`.
+//!
+//! Fulfils the CAPI v1beta2 InfraMachine contract
+//! (cluster-api `docs/book/src/developer/providers/contracts/infra-machine.md`):
+//! `spec.providerID`, `status.initialization.provisioned`, `status.addresses` and a `Ready`
+//! condition that CAPI mirrors to the Machine's `InfrastructureReady` condition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    FlavorParam, ImageParam, OpenStackIdentityReference, PortOpts, ResolvedPortSpec,
+    SecurityGroupParam, ServerMetadata,
+};
+
+/// Desired state of a worker server (CAPO v1beta2 `OpenStackMachineSpec`, the subset capow
+/// supports; field names and shapes are CAPO's).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "infrastructure.cluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "OpenStackWorkerMachine",
+    plural = "openstackworkermachines",
+    shortname = "oswm",
+    namespaced,
+    status = "OpenStackWorkerMachineStatus",
+    category = "cluster-api",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']","description":"Cluster this machine belongs to"}"#,
+    printcolumn = r#"{"name":"InstanceState","type":"string","jsonPath":".status.instanceState","description":"Nova server status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status","description":"Ready condition"}"#,
+    printcolumn = r#"{"name":"ProviderID","type":"string","jsonPath":".spec.providerID","description":"Provider ID of the server"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.providerID) || has(self.providerID) && self.providerID == oldSelf.providerID").message("providerID is immutable once set"))]
+pub struct OpenStackWorkerMachineSpec {
+    /// Provider ID of the server, `openstack:///<server-uuid>` or
+    /// `openstack://<region>/<server-uuid>` when `identityRef.region` is set (the form the
+    /// OpenStack cloud controller manager gives Nodes). Set by capow once the server is ACTIVE;
+    /// immutable afterwards.
+    #[serde(
+        default,
+        rename = "providerID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_id: Option<String>,
+
+    /// Nova flavor of the server.
+    pub flavor: FlavorParam,
+
+    /// Glance image the server boots from.
+    pub image: ImageParam,
+
+    /// Name of a Nova keypair to inject into the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key_name: Option<String>,
+
+    /// Ports to create and attach, in order. When empty, one port is created on the cluster's
+    /// network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<PortOpts>,
+
+    /// Security groups applied to every port that does not list its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<SecurityGroupParam>,
+
+    /// Extra Nova server metadata. capow also sets `capow-machine-uid`, `capow-cluster` and
+    /// `capow-node-group`; those keys are reserved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(m, !m.key.startsWith('capow-'))").message("keys starting with 'capow-' are reserved"))]
+    pub server_metadata: Vec<ServerMetadata>,
+
+    /// Extra Nova server tags (also applied to the ports capow creates). capow adds its own
+    /// ownership tags; tags must not contain `,` or `/` (Nova rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 40),
+        inner(length(min = 1, max = 60), regex(pattern = r"^[^,/]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub tags: Vec<String>,
+
+    /// Whether to attach a config drive to the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_drive: Option<bool>,
+
+    /// OpenStack credentials to use. Required until the cluster provides a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_ref: Option<OpenStackIdentityReference>,
+}
+
+/// Observed state of a worker server (CAPO v1beta2 `OpenStackMachineStatus` shape).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenStackWorkerMachineStatus {
+    /// Provisioning milestones of the CAPI v1beta2 contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<MachineInitialization>,
+
+    /// UUID of the Nova server.
+    #[serde(
+        default,
+        rename = "instanceID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub instance_id: Option<String>,
+
+    /// Nova server status as last observed (`BUILD`, `ACTIVE`, `ERROR`, `SHUTOFF`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_state: Option<String>,
+
+    /// Addresses of the server, in the `corev1.NodeAddress` shape (`InternalIP`,
+    /// `ExternalIP`, `InternalDNS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<MachineAddress>,
+
+    /// Availability zone the server runs in, reported as its CAPI failure domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_domain: Option<String>,
+
+    /// Spec references resolved to OpenStack IDs at creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedMachineSpec>,
+
+    /// OpenStack resources capow created for this machine besides the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<MachineResources>,
+
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Conditions, `Ready` first. `Ready` is mirrored by CAPI to the Machine's
+    /// `InfrastructureReady` condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::api::conditions::conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// `status.initialization` of the CAPI v1beta2 InfraMachine contract.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineInitialization {
+    /// True once the server is ACTIVE and `spec.providerID` is set. Never reset to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<bool>,
+}
+
+/// A machine address (`corev1.NodeAddress`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineAddress {
+    /// `InternalIP`, `ExternalIP`, `InternalDNS`, `ExternalDNS` or `Hostname`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The address.
+    pub address: String,
+}
+
+/// Spec references resolved to OpenStack IDs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedMachineSpec {
+    /// Nova flavor ID.
+    #[serde(default, rename = "flavorID", skip_serializing_if = "Option::is_none")]
+    pub flavor_id: Option<String>,
+    /// Glance image ID.
+    #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Ports with resolved network, subnet and security group IDs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ResolvedPortSpec>,
+}
+
+/// OpenStack resources created by capow for a machine (deleted with it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineResources {
+    /// Neutron ports created for the server, in `spec.ports` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortStatus>,
+}
+
+/// A port created by capow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortStatus {
+    /// Neutron port UUID.
+    pub id: String,
+}
+
+impl OpenStackWorkerMachine {
+    /// The `Ready` condition, if set.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == super::conditions::READY)
+        })
+    }
+}

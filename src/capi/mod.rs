@@ -1,0 +1,160 @@
+//! Read-only views of the CAPI v1beta2 kinds capow reads (`cluster.x-k8s.io/v1beta2`).
+//!
+//! Only the fields capow uses are declared; unknown fields are ignored when reading. These
+//! types are never written back whole (that would drop the fields they omit): capow only reads
+//! them, or patches single fields. Field names follow cluster-api `api/core/v1beta2`.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use serde::{Deserialize, Serialize};
+
+/// CAPI core API group.
+pub const GROUP: &str = "cluster.x-k8s.io";
+/// CAPI core API version capow reads (contract v1beta2, CAPI ≥ 1.11).
+pub const VERSION: &str = "v1beta2";
+
+/// Label CAPI sets on every object of a cluster (`cluster.x-k8s.io/cluster-name`).
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Annotation pausing reconciliation of a single object (CAPI `PausedAnnotation`).
+pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
+/// Label CAPI sets on Machines of a MachineDeployment (`cluster.x-k8s.io/deployment-name`).
+pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
+/// Label CAPI sets on Machines of a MachineSet (`cluster.x-k8s.io/set-name`).
+pub const SET_NAME_LABEL: &str = "cluster.x-k8s.io/set-name";
+
+/// A reference to an object in the same namespace (CAPI v1beta2 `ContractVersionedObjectReference`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractVersionedObjectReference {
+    /// Kind of the referenced object.
+    #[serde(default)]
+    pub kind: String,
+    /// Name of the referenced object.
+    #[serde(default)]
+    pub name: String,
+    /// API group of the referenced object.
+    #[serde(default)]
+    pub api_group: String,
+}
+
+/// `Cluster.spec` (fields capow reads).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "cluster.x-k8s.io",
+    version = "v1beta2",
+    kind = "Cluster",
+    namespaced,
+    status = "ClusterStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// Pauses reconciliation of the cluster and every object belonging to it.
+    #[serde(default)]
+    pub paused: Option<bool>,
+    /// The cluster's infrastructure object (an `OpenStackWorkerCluster` for capow clusters).
+    #[serde(default)]
+    pub infrastructure_ref: Option<ContractVersionedObjectReference>,
+}
+
+/// `Cluster.status` (fields capow reads).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Provisioning milestones.
+    #[serde(default)]
+    pub initialization: Option<ClusterInitialization>,
+}
+
+/// `Cluster.status.initialization`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInitialization {
+    /// True once the infrastructure cluster reported `status.initialization.provisioned`.
+    #[serde(default)]
+    pub infrastructure_provisioned: Option<bool>,
+    /// True once the control plane is initialized.
+    #[serde(default)]
+    pub control_plane_initialized: Option<bool>,
+}
+
+impl Cluster {
+    /// True when the cluster is paused (`spec.paused`).
+    pub fn is_paused(&self) -> bool {
+        self.spec.paused.unwrap_or(false)
+    }
+
+    /// True once CAPI reports the cluster's infrastructure as provisioned.
+    pub fn infrastructure_provisioned(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.initialization.as_ref())
+            .and_then(|i| i.infrastructure_provisioned)
+            .unwrap_or(false)
+    }
+}
+
+/// `Machine.spec` (fields capow reads).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "cluster.x-k8s.io",
+    version = "v1beta2",
+    kind = "Machine",
+    namespaced,
+    status = "MachineStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSpec {
+    /// Name of the Cluster the Machine belongs to.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// Bootstrap configuration.
+    #[serde(default)]
+    pub bootstrap: MachineBootstrap,
+    /// The Machine's infrastructure object.
+    #[serde(default)]
+    pub infrastructure_ref: ContractVersionedObjectReference,
+    /// Provider ID copied from the infrastructure machine by CAPI.
+    #[serde(default, rename = "providerID")]
+    pub provider_id: Option<String>,
+    /// Failure domain (OpenStack availability zone) the Machine should run in.
+    #[serde(default)]
+    pub failure_domain: Option<String>,
+}
+
+/// `Machine.spec.bootstrap`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineBootstrap {
+    /// Name of the Secret holding the bootstrap data (key `value`, format in key `format`).
+    #[serde(default)]
+    pub data_secret_name: Option<String>,
+}
+
+/// `Machine.status` (fields capow reads).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineStatus {
+    /// The Node this Machine became.
+    #[serde(default)]
+    pub node_ref: Option<MachineNodeReference>,
+    /// Machine phase (`Pending`, `Provisioning`, `Provisioned`, `Running`, `Deleting`, ...).
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// `Machine.status.nodeRef` (v1beta2 `MachineNodeReference`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineNodeReference {
+    /// Node name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// True when `annotations` carry the CAPI paused annotation.
+pub fn has_paused_annotation(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.contains_key(PAUSED_ANNOTATION)
+}

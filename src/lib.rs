@@ -1,0 +1,16 @@
+//! capow: a Cluster API infrastructure provider for the OpenStack worker machines of
+//! hosted-control-plane clusters, with a built-in cluster-autoscaler `externalgrpc` cloud
+//! provider (the latter arrives with the autoscaler module).
+//!
+//! Module map (design §3):
+//! - [`api`]: CRD types, no I/O;
+//! - [`capi`]: read-only views of the CAPI kinds capow reads;
+//! - [`openstack`]: the OpenStack client seam (Keystone, Nova, Neutron, Glance), no Kubernetes;
+//! - [`controllers`]: reconcilers (observe → plan → execute → status);
+//! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown).
+
+pub mod api;
+pub mod capi;
+pub mod controllers;
+pub mod openstack;
+pub mod runtime;
