@@ -1,0 +1,79 @@
+//! Prometheus metrics of the OpenStack client: every request counted and timed by service,
+//! operation and HTTP status (`error` when no answer arrived).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: &'static str,
+    operation: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    service: &'static str,
+    operation: &'static str,
+}
+
+/// Request metrics, shared by every session. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        fn histogram() -> Histogram {
+            // 5 ms .. ~20 s
+            Histogram::new(exponential_buckets(0.005, 2.0, 13))
+        }
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics as `<prefix>_requests_total` and
+    /// `<prefix>_request_duration_seconds` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "OpenStack API requests by service, operation and HTTP status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Duration of OpenStack API requests in seconds",
+            self.duration.clone(),
+        );
+    }
+
+    pub(crate) fn observe(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        code: &str,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                service,
+                operation,
+                code: code.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&OperationLabels { service, operation })
+            .observe(elapsed.as_secs_f64());
+    }
+}

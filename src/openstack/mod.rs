@@ -1,0 +1,81 @@
+//! OpenStack client seam: Keystone v3 auth, the service catalog, and typed calls to Nova,
+//! Neutron and Glance. No Kubernetes types live here.
+//!
+//! [`Clouds`] hands out one [`Session`] per identity (clouds.yaml cloud + CA bundle), so the
+//! token, the rate limit and the server listing cache are shared by every object that uses the
+//! same credentials. Why this client is hand-written rather than `openstack_sdk`:
+//! `docs/adr/0001-openstack-client.md`.
+
+pub mod clouds;
+pub mod compute;
+pub mod error;
+pub mod image;
+pub mod metrics;
+pub mod network;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use clouds::CloudConfig;
+pub use error::{ApiError, Error, Result};
+pub use metrics::Metrics;
+pub use session::{ClientOptions, Session};
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct IdentityKey {
+    cloud: CloudConfig,
+    cacert: Option<Vec<u8>>,
+}
+
+/// Sessions by identity. A session unused for `idle_ttl` is dropped on the next lookup (its
+/// token is simply forgotten; Keystone tokens expire on their own).
+pub struct Clouds {
+    sessions: Mutex<HashMap<IdentityKey, (Session, Instant)>>,
+    options: ClientOptions,
+    metrics: Metrics,
+    idle_ttl: Duration,
+}
+
+impl Clouds {
+    /// A registry whose sessions use `options` and report to `metrics`.
+    pub fn new(options: ClientOptions, metrics: Metrics) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            options,
+            metrics,
+            idle_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    /// The session for `cloud` and `cacert`, created on first use. Changing the identity
+    /// Secret changes the key, so new credentials take effect at once.
+    ///
+    /// # Errors
+    /// As [`Session::new`].
+    pub fn session(&self, cloud: CloudConfig, cacert: Option<&[u8]>) -> Result<Session> {
+        let key = IdentityKey {
+            cloud,
+            cacert: cacert.map(<[u8]>::to_vec),
+        };
+        let mut sessions = match self.sessions.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        sessions.retain(|_, (_, used)| now.duration_since(*used) < self.idle_ttl);
+        if let Some((session, used)) = sessions.get_mut(&key) {
+            *used = now;
+            return Ok(session.clone());
+        }
+        let session = Session::new(
+            key.cloud.clone(),
+            cacert,
+            self.options.clone(),
+            self.metrics.clone(),
+        )?;
+        sessions.insert(key, (session.clone(), now));
+        Ok(session)
+    }
+}

@@ -1,0 +1,775 @@
+//! An authenticated connection to one cloud as one identity: Keystone v3 token issue and
+//! renewal, the service catalog, and the request path every API call goes through.
+//!
+//! The request path enforces the rules of design §5 "OpenStack is protected":
+//! - one token per identity, renewed `renew_before` ahead of its expiry or after a 401, and
+//!   never issued twice concurrently (a renewal lock, checked again after it is taken);
+//! - a per-cloud rate limit (`governor`) and a bound on requests in flight (a semaphore);
+//! - 429 and 503 answers are retried after their `Retry-After` delay (capped), a bounded
+//!   number of times;
+//! - each service gets only its own microversion header (Cinder rejects a request that
+//!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
+//!
+//! Every request is counted in [`Metrics`] by service, operation and HTTP status.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::jiff::Timestamp;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, RwLock, Semaphore};
+
+use super::clouds::{AuthMethod, CloudConfig, NameOrId, SecretString};
+use super::error::{ApiError, Error, Result, message_from_body};
+use super::metrics::Metrics;
+
+/// Tunables of the request path. Defaults suit a public cloud shared with other tenants.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Timeout of one HTTP request, in seconds.
+    pub request_timeout: Duration,
+    /// Sustained requests per second allowed per cloud identity.
+    pub requests_per_second: NonZeroU32,
+    /// Requests that may be sent in a burst above the sustained rate.
+    pub burst: NonZeroU32,
+    /// Requests in flight per cloud identity.
+    pub max_in_flight: usize,
+    /// Retries of a request answered 429/503 (or, for GETs, not answered at all).
+    pub max_retries: u32,
+    /// Upper bound of a single `Retry-After` wait.
+    pub max_retry_after: Duration,
+    /// Renew the token this long before it expires.
+    pub renew_before: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            requests_per_second: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(40).unwrap_or(NonZeroU32::MIN),
+            max_in_flight: 16,
+            max_retries: 3,
+            max_retry_after: Duration::from_secs(30),
+            renew_before: Duration::from_secs(600),
+        }
+    }
+}
+
+/// OpenStack services capow calls, with what the request path needs to know about each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Nova.
+    Compute,
+    /// Neutron.
+    Network,
+    /// Glance.
+    Image,
+    /// Cinder.
+    BlockStorage,
+}
+
+impl Service {
+    /// The service type as used in metrics and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Compute => "compute",
+            Service::Network => "network",
+            Service::Image => "image",
+            Service::BlockStorage => "block-storage",
+        }
+    }
+
+    /// Catalog types accepted for the service, preferred first (service-types-authority).
+    fn catalog_types(self) -> &'static [&'static str] {
+        match self {
+            Service::Compute => &["compute"],
+            Service::Network => &["network"],
+            Service::Image => &["image"],
+            Service::BlockStorage => &["block-storage", "volumev3", "volume"],
+        }
+    }
+
+    /// Version path appended to an unversioned catalog endpoint. Nova and Cinder publish
+    /// versioned endpoints (`/v2.1`, `/v3/<project>`); Neutron and Glance usually do not.
+    fn version_suffix(self) -> &'static str {
+        match self {
+            Service::Compute | Service::BlockStorage => "",
+            Service::Network => "/v2.0",
+            Service::Image => "/v2",
+        }
+    }
+
+    /// `OpenStack-API-Version` header value, for services with microversions.
+    ///
+    /// Nova 2.61: flavor `extra_specs` in flavor responses (for GPU and price discovery); it also
+    /// covers server tags in create (2.52) and tag filters (2.26). Every Nova since Rocky (2018)
+    /// supports it. Cinder 3.0 is the base of the v3 API.
+    fn microversion(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Service::Compute => Some(("compute 2.61", "2.61")),
+            Service::BlockStorage => Some(("volume 3.0", "3.0")),
+            Service::Network | Service::Image => None,
+        }
+    }
+}
+
+/// One API call, described as data.
+#[derive(Debug)]
+pub struct Request {
+    /// Target service.
+    pub service: Service,
+    /// Operation name for metrics and errors, e.g. `server_create`.
+    pub operation: &'static str,
+    /// HTTP method.
+    pub method: Method,
+    /// Path below the service's versioned endpoint, starting with `/`.
+    pub path: String,
+    /// Query parameters (repeated keys allowed).
+    pub query: Vec<(String, String)>,
+    /// JSON body.
+    pub body: Option<Value>,
+}
+
+impl Request {
+    /// A request without query or body.
+    pub fn new(
+        service: Service,
+        operation: &'static str,
+        method: Method,
+        path: impl Into<String>,
+    ) -> Self {
+        Self {
+            service,
+            operation,
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Adds a query parameter.
+    pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.query.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Sets the JSON body.
+    pub fn json(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// A Keystone token with the catalog it came with.
+struct Token {
+    value: SecretString,
+    expires_at: Timestamp,
+    catalog: Vec<CatalogService>,
+    project_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogService {
+    #[serde(rename = "type")]
+    type_: String,
+    #[serde(default)]
+    endpoints: Vec<CatalogEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogEndpoint {
+    interface: String,
+    #[serde(default)]
+    region_id: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: TokenBody,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    expires_at: Timestamp,
+    #[serde(default)]
+    catalog: Vec<CatalogService>,
+    #[serde(default)]
+    project: Option<TokenProject>,
+}
+
+#[derive(Deserialize)]
+struct TokenProject {
+    id: String,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    cloud: CloudConfig,
+    options: ClientOptions,
+    token: RwLock<Option<Arc<Token>>>,
+    renew: Mutex<()>,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: Semaphore,
+    metrics: Metrics,
+}
+
+/// An authenticated, rate-limited connection to one cloud as one identity. Cheap to clone;
+/// clones share the token, the limits and the caches.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+    pub(super) servers: Arc<super::compute::ServerCache>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("auth_url", &self.inner.cloud.auth_url)
+            .field("region", &self.inner.cloud.region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Builds a session; no request is sent until the first API call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCaCert`] when `cacert` holds no PEM certificate, and
+    /// [`Error::InvalidCloudConfig`] when the HTTP client cannot be built.
+    pub fn new(
+        cloud: CloudConfig,
+        cacert: Option<&[u8]>,
+        options: ClientOptions,
+        metrics: Metrics,
+    ) -> Result<Self> {
+        // reqwest (feature `rustls-no-provider`) panics without a process-wide rustls provider.
+        // The binary installs ring at start; this covers library users and tests. An Err only
+        // means a provider is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(options.request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("capow/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .danger_accept_invalid_certs(!cloud.verify_tls);
+        if let Some(pem) = cacert {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::InvalidCaCert(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(Error::InvalidCaCert("no PEM certificate found".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            Error::InvalidCloudConfig(format!("failed to build the HTTP client: {e}"))
+        })?;
+        let limiter = RateLimiter::direct(
+            Quota::per_second(options.requests_per_second).allow_burst(options.burst),
+        );
+        let in_flight = Semaphore::new(options.max_in_flight.max(1));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                cloud,
+                options,
+                token: RwLock::new(None),
+                renew: Mutex::new(()),
+                limiter,
+                in_flight,
+                metrics,
+            }),
+            servers: Arc::new(super::compute::ServerCache::default()),
+        })
+    }
+
+    /// The cloud this session talks to.
+    pub fn cloud(&self) -> &CloudConfig {
+        &self.inner.cloud
+    }
+
+    /// Project the token is scoped to, issuing a token first if needed.
+    ///
+    /// # Errors
+    /// As [`Session::authenticate`].
+    pub async fn project_id(&self) -> Result<Option<String>> {
+        Ok(self.token().await?.project_id.clone())
+    }
+
+    /// Issues a token now if none is cached or it is about to expire; a cheap no-op otherwise.
+    /// Used to check credentials before any other call.
+    ///
+    /// # Errors
+    /// [`Error::Api`] with 401 when Keystone refuses the credentials, [`Error::Transport`]
+    /// when Keystone cannot be reached.
+    pub async fn authenticate(&self) -> Result<()> {
+        self.token().await.map(|_| ())
+    }
+
+    /// Sends `req` and decodes the JSON answer.
+    ///
+    /// # Errors
+    /// [`Error::Api`] for HTTP error answers (after retries), [`Error::Transport`],
+    /// [`Error::Decode`] and [`Error::EndpointNotFound`].
+    pub async fn send<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
+        let (service, operation) = (req.service.name(), req.operation);
+        let bytes = self.send_raw(req).await?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            service,
+            operation,
+            source,
+        })
+    }
+
+    /// Sends `req` and ignores the body (DELETE, PUT of tags, 202/204 answers).
+    ///
+    /// # Errors
+    /// As [`Session::send`], without [`Error::Decode`].
+    pub async fn send_empty(&self, req: Request) -> Result<()> {
+        self.send_raw(req).await.map(|_| ())
+    }
+
+    async fn send_raw(&self, req: Request) -> Result<bytes::Bytes> {
+        let mut attempt = 0u32;
+        let mut reauthenticated = false;
+        loop {
+            let token = self.token().await?;
+            let base = self.endpoint(&token, req.service)?;
+            match self.attempt(&req, &token, &base).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(Error::Api(e)) if e.status == StatusCode::UNAUTHORIZED && !reauthenticated => {
+                    // The token was revoked or expired early: issue a new one once.
+                    reauthenticated = true;
+                    self.invalidate(&token).await;
+                }
+                Err(e) if attempt < self.inner.options.max_retries && self.retryable(&req, &e) => {
+                    let delay = e
+                        .retry_after()
+                        .unwrap_or_else(|| Duration::from_millis(500 * 2u64.pow(attempt)))
+                        .min(self.inner.options.max_retry_after);
+                    tracing::debug!(service = req.service.name(), operation = req.operation, ?delay, error = %e, "Retrying OpenStack request");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn retryable(&self, req: &Request, e: &Error) -> bool {
+        match e {
+            // The service said it did not process the request.
+            Error::Api(a) => matches!(
+                a.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ),
+            // No answer at all: only safe to repeat when the request has no side effects.
+            Error::Transport { .. } => req.method == Method::GET,
+            _ => false,
+        }
+    }
+
+    async fn attempt(&self, req: &Request, token: &Token, base: &str) -> Result<bytes::Bytes> {
+        let service = req.service.name();
+        let operation = req.operation;
+        let url = format!("{base}{}", req.path);
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(token.value.expose()) {
+            headers.insert("X-Auth-Token", v);
+        }
+        if let Some((header, legacy)) = req.service.microversion() {
+            headers.insert("OpenStack-API-Version", HeaderValue::from_static(header));
+            if req.service == Service::Compute {
+                headers.insert(
+                    "X-OpenStack-Nova-API-Version",
+                    HeaderValue::from_static(legacy),
+                );
+            }
+        }
+        let mut builder = self
+            .inner
+            .http
+            .request(req.method.clone(), &url)
+            .headers(headers);
+        if !req.query.is_empty() {
+            builder = builder.query(&req.query);
+        }
+        if let Some(body) = &req.body {
+            builder = builder.json(body);
+        }
+
+        self.inner.limiter.until_ready().await;
+        let _permit = self.inner.in_flight.acquire().await;
+        let started = Instant::now();
+        let result = builder.send().await;
+        let elapsed = started.elapsed();
+        let response = match result {
+            Ok(r) => r,
+            Err(source) => {
+                self.inner
+                    .metrics
+                    .observe(service, operation, "error", elapsed);
+                return Err(Error::Transport {
+                    service,
+                    operation,
+                    source,
+                });
+            }
+        };
+        let status = response.status();
+        self.inner
+            .metrics
+            .observe(service, operation, status.as_str(), elapsed);
+        let request_id = request_id(response.headers());
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|source| Error::Transport {
+            service,
+            operation,
+            source,
+        })?;
+        if status.is_success() {
+            tracing::trace!(service, operation, %status, ?elapsed, "OpenStack request");
+            return Ok(body);
+        }
+        Err(Error::Api(ApiError {
+            service,
+            operation,
+            status,
+            request_id,
+            message: message_from_body(&String::from_utf8_lossy(&body)),
+            retry_after,
+        }))
+    }
+
+    /// The versioned endpoint of `service` for this session's interface and region.
+    fn endpoint(&self, token: &Token, service: Service) -> Result<String> {
+        let cloud = &self.inner.cloud;
+        let found = service.catalog_types().iter().find_map(|t| {
+            token
+                .catalog
+                .iter()
+                .filter(|s| s.type_ == *t)
+                .find_map(|s| {
+                    s.endpoints.iter().find(|e| {
+                        e.interface == cloud.interface
+                            && cloud.region.as_ref().is_none_or(|r| {
+                                e.region_id.as_ref() == Some(r) || e.region.as_ref() == Some(r)
+                            })
+                    })
+                })
+        });
+        let endpoint = found.ok_or_else(|| Error::EndpointNotFound {
+            service: service.name(),
+            interface: cloud.interface.clone(),
+            region: cloud.region.clone(),
+        })?;
+        let url = endpoint.url.trim_end_matches('/');
+        let suffix = service.version_suffix();
+        Ok(if suffix.is_empty() || url.ends_with(suffix) {
+            url.to_owned()
+        } else {
+            format!("{url}{suffix}")
+        })
+    }
+
+    async fn token(&self) -> Result<Arc<Token>> {
+        if let Some(t) = self.valid_token().await {
+            return Ok(t);
+        }
+        let _renewing = self.inner.renew.lock().await;
+        // Another task may have renewed while this one waited for the lock.
+        if let Some(t) = self.valid_token().await {
+            return Ok(t);
+        }
+        let token = Arc::new(self.issue_token().await?);
+        *self.inner.token.write().await = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn valid_token(&self) -> Option<Arc<Token>> {
+        let guard = self.inner.token.read().await;
+        let token = guard.as_ref()?;
+        let renew_at = token
+            .expires_at
+            .checked_sub(self.inner.options.renew_before)
+            .ok()?;
+        (Timestamp::now() < renew_at).then(|| token.clone())
+    }
+
+    async fn invalidate(&self, used: &Arc<Token>) {
+        let mut guard = self.inner.token.write().await;
+        if guard.as_ref().is_some_and(|t| Arc::ptr_eq(t, used)) {
+            *guard = None;
+        }
+    }
+
+    async fn issue_token(&self) -> Result<Token> {
+        const SERVICE: &str = "identity";
+        const OPERATION: &str = "token_issue";
+        let cloud = &self.inner.cloud;
+        let body = token_request_body(cloud);
+        self.inner.limiter.until_ready().await;
+        let started = Instant::now();
+        let result = self
+            .inner
+            .http
+            .post(format!("{}/auth/tokens", cloud.auth_url))
+            .json(&body)
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        let response = match result {
+            Ok(r) => r,
+            Err(source) => {
+                self.inner
+                    .metrics
+                    .observe(SERVICE, OPERATION, "error", elapsed);
+                return Err(Error::Transport {
+                    service: SERVICE,
+                    operation: OPERATION,
+                    source,
+                });
+            }
+        };
+        let status = response.status();
+        self.inner
+            .metrics
+            .observe(SERVICE, OPERATION, status.as_str(), elapsed);
+        let request_id = request_id(response.headers());
+        let retry_after = retry_after(response.headers());
+        let subject = response
+            .headers()
+            .get("X-Subject-Token")
+            .and_then(|v| v.to_str().ok())
+            .map(SecretString::new);
+        let bytes = response.bytes().await.map_err(|source| Error::Transport {
+            service: SERVICE,
+            operation: OPERATION,
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(Error::Api(ApiError {
+                service: SERVICE,
+                operation: OPERATION,
+                status,
+                request_id,
+                message: message_from_body(&String::from_utf8_lossy(&bytes)),
+                retry_after,
+            }));
+        }
+        let value = subject.ok_or_else(|| {
+            Error::InvalidCloudConfig("Keystone answered without an X-Subject-Token header".into())
+        })?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+                service: SERVICE,
+                operation: OPERATION,
+                source,
+            })?;
+        tracing::debug!(auth_url = %cloud.auth_url, expires_at = %parsed.token.expires_at, "Issued Keystone token");
+        Ok(Token {
+            value,
+            expires_at: parsed.token.expires_at,
+            catalog: parsed.token.catalog,
+            project_id: parsed.token.project.map(|p| p.id),
+        })
+    }
+}
+
+fn name_or_id_json(v: &NameOrId, domain: Option<&NameOrId>) -> Value {
+    let mut obj = match v {
+        NameOrId::Id(id) => json!({ "id": id }),
+        NameOrId::Name(name) => json!({ "name": name }),
+    };
+    if let (NameOrId::Name(_), Some(d)) = (v, domain) {
+        obj["domain"] = name_or_id_json(d, None);
+    }
+    obj
+}
+
+/// The body of `POST /v3/auth/tokens` for `cloud` (Keystone v3 API reference, "Password
+/// authentication with scoped authorization" and "Authenticating with an Application
+/// Credential").
+fn token_request_body(cloud: &CloudConfig) -> Value {
+    let identity = match &cloud.auth {
+        AuthMethod::Password {
+            user,
+            user_domain,
+            password,
+        } => {
+            let mut user = name_or_id_json(user, user_domain.as_ref());
+            user["password"] = json!(password.expose());
+            json!({ "methods": ["password"], "password": { "user": user } })
+        }
+        AuthMethod::ApplicationCredential {
+            credential,
+            user,
+            user_domain,
+            secret,
+        } => {
+            let mut ac = match credential {
+                NameOrId::Id(id) => json!({ "id": id }),
+                NameOrId::Name(name) => json!({ "name": name }),
+            };
+            if let (NameOrId::Name(_), Some(u)) = (credential, user) {
+                ac["user"] = name_or_id_json(u, user_domain.as_ref());
+            }
+            ac["secret"] = json!(secret.expose());
+            json!({ "methods": ["application_credential"], "application_credential": ac })
+        }
+    };
+    let mut auth = json!({ "identity": identity });
+    if let Some(scope) = &cloud.scope {
+        auth["scope"] =
+            json!({ "project": name_or_id_json(&scope.project, scope.domain.as_ref()) });
+    }
+    json!({ "auth": auth })
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-openstack-request-id", "x-compute-request-id"]
+        .iter()
+        .find_map(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = k8s_openapi::jiff::fmt::rfc2822::parse(value)
+        .ok()?
+        .timestamp();
+    let delta = at.duration_since(Timestamp::now());
+    Some(Duration::from_secs(delta.as_secs().max(0).unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openstack::clouds::CloudConfig;
+
+    #[test]
+    fn password_token_body_scopes_to_the_project() {
+        let yaml = "clouds: {c: {auth: {auth_url: http://k/v3, username: u, password: pw, project_name: p, user_domain_name: D}}}";
+        let cloud = CloudConfig::from_clouds_yaml(yaml, "c", None).unwrap();
+        assert_eq!(
+            token_request_body(&cloud),
+            json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {"name": "u", "domain": {"name": "D"}, "password": "pw"}}},
+                "scope": {"project": {"name": "p", "domain": {"id": "default"}}}
+            }})
+        );
+    }
+
+    #[test]
+    fn application_credential_by_name_names_its_user() {
+        let yaml = "clouds: {c: {auth_type: v3applicationcredential, auth: {auth_url: http://k/v3, application_credential_name: ac, application_credential_secret: s, username: u}}}";
+        let cloud = CloudConfig::from_clouds_yaml(yaml, "c", None).unwrap();
+        assert_eq!(
+            token_request_body(&cloud),
+            json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {
+                "name": "ac", "user": {"name": "u", "domain": {"id": "default"}}, "secret": "s"
+            }}}})
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("soon"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+
+    fn token_with(catalog: Value) -> Token {
+        Token {
+            value: SecretString::new("t"),
+            expires_at: Timestamp::now(),
+            catalog: serde_json::from_value(catalog).unwrap(),
+            project_id: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_by_type_interface_region_and_version() {
+        let yaml = "clouds: {c: {region_name: R2, interface: internal, auth: {auth_url: http://k/v3, user_id: u, password: p, project_id: p}}}";
+        let cloud = CloudConfig::from_clouds_yaml(yaml, "c", None).unwrap();
+        let session =
+            Session::new(cloud, None, ClientOptions::default(), Metrics::default()).unwrap();
+        let token = token_with(json!([
+            {"type": "network", "endpoints": [
+                {"interface": "public", "region_id": "R2", "url": "http://pub:9696"},
+                {"interface": "internal", "region_id": "R1", "url": "http://r1:9696"},
+                {"interface": "internal", "region_id": "R2", "url": "http://r2:9696/"}
+            ]},
+            {"type": "volumev3", "endpoints": [{"interface": "internal", "region_id": "R2", "url": "http://c:8776/v3/p1"}]},
+            {"type": "image", "endpoints": [{"interface": "internal", "region_id": "R2", "url": "http://g:9292/v2"}]}
+        ]));
+        assert_eq!(
+            session.endpoint(&token, Service::Network).unwrap(),
+            "http://r2:9696/v2.0"
+        );
+        assert_eq!(
+            session.endpoint(&token, Service::BlockStorage).unwrap(),
+            "http://c:8776/v3/p1"
+        );
+        assert_eq!(
+            session.endpoint(&token, Service::Image).unwrap(),
+            "http://g:9292/v2"
+        );
+        let err = session
+            .endpoint(&token, Service::Compute)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the service catalog has no compute endpoint with interface \"internal\" in region Some(\"R2\")"
+        );
+    }
+
+    #[test]
+    fn only_compute_and_block_storage_send_microversions() {
+        assert_eq!(
+            Service::Compute.microversion().map(|m| m.0),
+            Some("compute 2.61")
+        );
+        assert_eq!(
+            Service::BlockStorage.microversion().map(|m| m.0),
+            Some("volume 3.0")
+        );
+        assert!(Service::Network.microversion().is_none());
+        assert!(Service::Image.microversion().is_none());
+    }
+}
