@@ -1,0 +1,646 @@
+//! The `OpenStackWorkerMachine` controller: turns each object into one Nova server booted with
+//! its Machine's bootstrap data, reports the server in status, and deletes the server and its
+//! ports before releasing the finalizer (design §4 "Machine").
+//!
+//! One reconcile runs: pause check → owner Machine and Cluster → identity → find the server
+//! (by `status.instanceID`, else by UID tag) → if none: bootstrap data, resolve the spec,
+//! ports, create → else report its state. Every outcome ends in one status write with the
+//! `Ready` condition; failures also raise an event.
+
+pub mod execute;
+pub mod observe;
+pub mod plan;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use crate::api::conditions::{self, reasons};
+use crate::api::machine::{
+    MachineInitialization, OpenStackWorkerMachine, OpenStackWorkerMachineStatus,
+};
+use crate::capi::{self, Cluster, Machine};
+use crate::controllers::Context;
+use crate::openstack;
+
+/// Finalizer capow puts on every `OpenStackWorkerMachine`.
+pub const FINALIZER: &str = "openstackworkermachine.infrastructure.cluster.x-k8s.io";
+const CONTROLLER: &str = "openstackworkermachine";
+
+/// Errors of a machine reconcile. Each maps to a `Ready` condition reason via
+/// [`Error::reason`] and to a metrics label via [`Error::category`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec names something that does not exist or is ambiguous.
+    #[error("{field}: {message}")]
+    InvalidSpec {
+        /// Field path, e.g. `spec.flavor.filter.name`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The identityRef or its Secret is unusable.
+    #[error("{field}: {message}")]
+    InvalidIdentity {
+        /// Field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// An OpenStack call failed.
+    #[error("failed to {action}: {source}")]
+    OpenStack {
+        /// What capow was doing.
+        action: &'static str,
+        /// The OpenStack error (service, status, request id, message).
+        #[source]
+        source: openstack::Error,
+    },
+
+    /// A Kubernetes API call failed.
+    #[error("failed to {action}: {source}")]
+    Kube {
+        /// What capow was doing.
+        action: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// More than one server carries this object's UID tag.
+    #[error("{0}")]
+    Duplicate(String),
+
+    /// Deletion is under way; keeps the finalizer until the next check (not a failure).
+    #[error("waiting for OpenStack to delete the server")]
+    DeletionInProgress,
+
+    /// Deleting is blocked by a problem that needs an operator.
+    #[error("cannot delete the OpenStack resources: {0}")]
+    DeletionBlocked(Box<Error>),
+
+    /// Adding or removing the finalizer failed, or the reconcile inside failed.
+    #[error(transparent)]
+    Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub(crate) fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+
+    pub(crate) fn openstack(action: &'static str) -> impl FnOnce(openstack::Error) -> Error {
+        move |source| Error::OpenStack { action, source }
+    }
+
+    /// Metrics label (the variant name).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::InvalidIdentity { .. } => "InvalidIdentity",
+            Error::OpenStack { .. } => "OpenStack",
+            Error::Kube { .. } => "Kube",
+            Error::Duplicate(_) => "Duplicate",
+            Error::DeletionInProgress => "DeletionInProgress",
+            Error::DeletionBlocked(_) => "DeletionBlocked",
+            Error::Finalizer(e) => match &**e {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "Finalizer",
+            },
+        }
+    }
+
+    /// `Ready` condition reason for this error (CAPO v1beta2 reasons where they exist).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => reasons::INVALID_MACHINE_SPEC,
+            Error::InvalidIdentity { .. } => reasons::INVALID_IDENTITY,
+            Error::OpenStack { action, source } => {
+                if source.is_unauthorized() {
+                    reasons::OPENSTACK_AUTHENTICATION_FAILED
+                } else if *action == "create the server" {
+                    reasons::INSTANCE_CREATE_FAILED
+                } else if *action == "create a port" {
+                    reasons::PORT_CREATE_FAILED
+                } else {
+                    reasons::OPENSTACK_ERROR
+                }
+            }
+            Error::DeletionInProgress => reasons::DELETING,
+            Error::DeletionBlocked(_) => reasons::INSTANCE_DELETE_FAILED,
+            Error::Kube { .. } | Error::Duplicate(_) | Error::Finalizer(_) => {
+                reasons::OPENSTACK_ERROR
+            }
+        }
+    }
+
+    /// True for errors that only a change of input fixes (retried slowly, not with backoff).
+    fn needs_input_change(&self) -> bool {
+        match self {
+            Error::InvalidSpec { .. } | Error::InvalidIdentity { .. } | Error::Duplicate(_) => true,
+            Error::OpenStack { source, .. } => source.is_unauthorized() || source.is_client_error(),
+            Error::DeletionBlocked(inner) => inner.needs_input_change(),
+            _ => false,
+        }
+    }
+}
+
+/// A non-error outcome of a reconcile: the `Ready` condition it implies and when to look again.
+struct Outcome {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    requeue: Option<Duration>,
+    /// Raise a warning event with the message.
+    warn: bool,
+}
+
+impl Outcome {
+    fn waiting(
+        reason: &'static str,
+        message: impl Into<String>,
+        requeue: Option<Duration>,
+    ) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message: message.into(),
+            requeue,
+            warn: false,
+        }
+    }
+}
+
+/// Reconciles one object: the finalizer wraps [`apply`] and [`cleanup`].
+async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = m.namespace().unwrap_or_default();
+    let api: Api<OpenStackWorkerMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", OpenStackWorkerMachine = %format!("{ns}/{}", m.name_any()));
+    finalizer(&api, FINALIZER, m, |event| async {
+        match event {
+            FinalizerEvent::Apply(m) => apply(m, &ctx).await,
+            FinalizerEvent::Cleanup(m) => cleanup(m, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
+    let inner = match error {
+        Error::Finalizer(e) => match &**e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            _ => error,
+        },
+        e => e,
+    };
+    if matches!(inner, Error::DeletionInProgress) {
+        return Action::requeue(ctx.config.build_poll);
+    }
+    ctx.metrics.failure(CONTROLLER, error.category());
+    tracing::warn!(OpenStackWorkerMachine = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), error = %error, "Reconcile failed");
+    if inner.needs_input_change() {
+        return Action::requeue(ctx.config.input_retry);
+    }
+    if let Error::OpenStack { source, .. } = inner
+        && let Some(after) = source.retry_after()
+    {
+        return Action::requeue(after.max(Duration::from_secs(1)));
+    }
+    // Transient: the controller's own backoff would need per-object state; a short fixed
+    // delay with the rate limiter in the OpenStack client protects the cloud.
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn paused(m: &OpenStackWorkerMachine, cluster: Option<&Cluster>) -> bool {
+    capi::has_paused_annotation(m.annotations()) || cluster.is_some_and(Cluster::is_paused)
+}
+
+async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, Error> {
+    let before = m.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let result = run(&m, ctx, &mut status).await;
+
+    let generation = m.meta().generation;
+    let (ready, reason, message, warn) = match &result {
+        Ok(o) => (o.ready, o.reason, o.message.clone(), o.warn),
+        Err(e) => (false, e.reason(), e.to_string(), true),
+    };
+    let previous_reason = m.ready_condition().map(|c| c.reason.clone());
+    let is_paused = reason == reasons::PAUSED;
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::PAUSED,
+            is_paused,
+            if is_paused {
+                reasons::PAUSED
+            } else {
+                reasons::NOT_PAUSED
+            },
+            "",
+            generation,
+        ),
+    );
+    if !is_paused {
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::READY,
+                ready,
+                reason,
+                message.clone(),
+                generation,
+            ),
+        );
+    }
+    status.observed_generation = generation;
+    status::write(ctx, &m, &before, &status).await?;
+
+    if previous_reason.as_deref() != Some(reason) || warn {
+        let type_ = if warn {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        if warn || ready {
+            ctx.event(&m.object_ref(&()), type_, reason, "Reconcile", message)
+                .await;
+        }
+    }
+    result.map(|o| match o.requeue {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// The reconcile proper. Mutates `status` (instanceID, ports, addresses, provisioned) so the
+/// caller can write it whatever the result.
+async fn run(
+    m: &OpenStackWorkerMachine,
+    ctx: &Context,
+    status: &mut OpenStackWorkerMachineStatus,
+) -> Result<Outcome, Error> {
+    let cfg = &ctx.config;
+    if capi::has_paused_annotation(m.annotations()) {
+        return Ok(Outcome::waiting(reasons::PAUSED, "paused", None));
+    }
+    let owners = match observe::owners(ctx, m).await? {
+        observe::OwnerLookup::Found(o) => o,
+        observe::OwnerLookup::NoMachine(msg) => {
+            return Ok(Outcome::waiting(reasons::WAITING_FOR_OWNER, msg, None));
+        }
+        observe::OwnerLookup::NoCluster(msg) => {
+            return Ok(Outcome::waiting(
+                reasons::WAITING_FOR_CLUSTER_INFRASTRUCTURE,
+                msg,
+                Some(cfg.input_retry),
+            ));
+        }
+    };
+    if paused(m, Some(&owners.cluster)) {
+        return Ok(Outcome::waiting(
+            reasons::PAUSED,
+            "the Cluster is paused",
+            None,
+        ));
+    }
+    if !owners.cluster.infrastructure_provisioned() {
+        return Ok(Outcome::waiting(
+            reasons::WAITING_FOR_CLUSTER_INFRASTRUCTURE,
+            format!(
+                "waiting for Cluster {} to report status.initialization.infrastructureProvisioned",
+                owners.cluster.name_any()
+            ),
+            None,
+        ));
+    }
+
+    let ns = m.namespace().unwrap_or_default();
+    let identity = m.spec.identity_ref.as_ref();
+    let session = observe::session(ctx, &ns, identity).await?;
+    session
+        .authenticate()
+        .await
+        .map_err(Error::openstack("authenticate with Keystone"))?;
+    let region = identity.and_then(|i| i.region.as_deref());
+
+    let server = observe::server(ctx, &session, m).await?;
+    let Some(server) = server else {
+        if let Some(id) = status.instance_id.clone() {
+            // The server was deleted behind capow's back. A Machine is immutable: capow never
+            // makes a replacement (that is MachineHealthCheck's job) and never reuses the name.
+            status.instance_state = Some("DELETED".into());
+            return Ok(Outcome {
+                ready: false,
+                reason: reasons::INSTANCE_NOT_FOUND,
+                message: format!("server {id} no longer exists in Nova"),
+                requeue: None,
+                warn: true,
+            });
+        }
+        return create(ctx, &session, m, &owners, status).await;
+    };
+
+    status.instance_id = Some(server.id.clone());
+    status.instance_state = Some(server.status.clone());
+    let addresses = plan::addresses(&server);
+    if !addresses.is_empty() {
+        status.addresses = addresses;
+    }
+    if let Some(az) = server.availability_zone.clone().filter(|z| !z.is_empty()) {
+        status.failure_domain = Some(az);
+    }
+    let state = plan::server_state(&server);
+    let reason = plan::ready_reason(&state);
+    Ok(match state {
+        plan::ServerState::Active => {
+            let provider_id = plan::provider_id(region, &server.id);
+            if m.spec.provider_id.as_deref() != Some(provider_id.as_str()) {
+                status::write_provider_id(ctx, m, &provider_id).await?;
+            }
+            status.initialization = Some(MachineInitialization {
+                provisioned: Some(true),
+            });
+            Outcome {
+                ready: true,
+                reason,
+                message: String::new(),
+                requeue: Some(cfg.resync),
+                warn: false,
+            }
+        }
+        plan::ServerState::Building => Outcome::waiting(
+            reason,
+            format!("server {} is {}", server.id, server.status),
+            Some(cfg.build_poll),
+        ),
+        plan::ServerState::Error(fault) => Outcome {
+            ready: false,
+            reason,
+            message: format!("server {} is in ERROR: {fault}", server.id),
+            requeue: Some(cfg.input_retry),
+            warn: true,
+        },
+        plan::ServerState::Gone => Outcome {
+            ready: false,
+            reason,
+            message: format!("server {} is being deleted in Nova", server.id),
+            requeue: Some(cfg.input_retry),
+            warn: true,
+        },
+        plan::ServerState::NotActive(s) => Outcome::waiting(
+            reason,
+            format!("server {} is {s}", server.id),
+            Some(cfg.input_retry),
+        ),
+    })
+}
+
+async fn create(
+    ctx: &Context,
+    session: &openstack::Session,
+    m: &OpenStackWorkerMachine,
+    owners: &observe::Owners,
+    status: &mut OpenStackWorkerMachineStatus,
+) -> Result<Outcome, Error> {
+    let user_data = match observe::bootstrap_data(ctx, &owners.machine).await? {
+        Ok(data) => data,
+        Err(msg) => {
+            return Ok(Outcome::waiting(
+                reasons::WAITING_FOR_BOOTSTRAP_DATA,
+                msg,
+                None,
+            ));
+        }
+    };
+    let user_data = plan::encode_user_data(&user_data).map_err(|message| Error::InvalidSpec {
+        field: "Machine spec.bootstrap.dataSecretName".into(),
+        message,
+    })?;
+    let resolved = observe::resolve(session, m).await?;
+    status.resolved = Some(crate::api::machine::ResolvedMachineSpec {
+        flavor_id: Some(resolved.flavor.id.clone()),
+        image_id: Some(resolved.image_id.clone()),
+        ports: resolved.ports.clone(),
+    });
+
+    let ns = m.namespace().unwrap_or_default();
+    let owner = plan::Ownership {
+        machine_uid: m.uid().unwrap_or_default(),
+        cluster_uid: owners.cluster.uid().unwrap_or_default(),
+        cluster: format!("{ns}/{}", owners.cluster.name_any()),
+        node_group: node_group(&owners.machine),
+    };
+    let mut resources = status.resources.take().unwrap_or_default();
+    let ports = execute::ensure_ports(session, m, &resolved, &owner, &mut resources).await;
+    status.resources = Some(resources);
+    let ports = ports?;
+
+    let id = execute::create_server(
+        ctx,
+        session,
+        m,
+        plan::ServerPlan {
+            name: &m.name_any(),
+            flavor_id: &resolved.flavor.id,
+            image_id: &resolved.image_id,
+            port_ids: &ports,
+            key_name: m.spec.ssh_key_name.as_deref().filter(|k| !k.is_empty()),
+            user_data: &user_data,
+            tags: owner.tags(&m.spec.tags),
+            metadata: owner.metadata(&m.spec.server_metadata),
+            config_drive: m.spec.config_drive,
+            availability_zone: owners
+                .machine
+                .spec
+                .failure_domain
+                .as_deref()
+                .filter(|z| !z.is_empty()),
+        },
+    )
+    .await?;
+    status.instance_id = Some(id.clone());
+    status.instance_state = Some("BUILD".into());
+    Ok(Outcome::waiting(
+        reasons::INSTANCE_NOT_READY,
+        format!("server {id} is BUILD"),
+        Some(ctx.config.build_poll),
+    ))
+}
+
+/// The node group of a Machine, from the labels CAPI sets.
+fn node_group(machine: &Machine) -> Option<String> {
+    let ns = machine.namespace().unwrap_or_default();
+    let labels = machine.labels();
+    labels
+        .get(capi::DEPLOYMENT_NAME_LABEL)
+        .map(|n| format!("MachineDeployment/{ns}/{n}"))
+        .or_else(|| {
+            labels
+                .get(capi::SET_NAME_LABEL)
+                .map(|n| format!("MachineSet/{ns}/{n}"))
+        })
+}
+
+async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, Error> {
+    if capi::has_paused_annotation(m.annotations()) {
+        return Err(Error::DeletionBlocked(Box::new(Error::InvalidSpec {
+            field: "metadata.annotations".into(),
+            message: format!(
+                "{} is set; deletion waits until it is removed",
+                capi::PAUSED_ANNOTATION
+            ),
+        })));
+    }
+    let before = m.status.clone().unwrap_or_default();
+    let ns = m.namespace().unwrap_or_default();
+    // Nothing was ever created when the spec never got resolved: neither a server nor a port
+    // can exist, so a broken identity must not keep the object forever.
+    let created_anything = before.resolved.is_some() || before.instance_id.is_some();
+    let session = match observe::session(ctx, &ns, m.spec.identity_ref.as_ref()).await {
+        Ok(s) => s,
+        Err(e) if !created_anything && matches!(e, Error::InvalidIdentity { .. }) => {
+            tracing::info!(error = %e, "Releasing the finalizer: nothing was created in OpenStack");
+            return Ok(Action::await_change());
+        }
+        Err(e) => {
+            return Err(report_delete(ctx, &m, &before, Error::DeletionBlocked(Box::new(e))).await);
+        }
+    };
+    match execute::delete_resources(ctx, &session, &m).await {
+        Ok(true) => {
+            ctx.event(
+                &m.object_ref(&()),
+                EventType::Normal,
+                "Deleted",
+                "Delete",
+                "Deleted the server and its ports",
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Ok(false) => Err(report_delete(ctx, &m, &before, Error::DeletionInProgress).await),
+        Err(e) => Err(report_delete(ctx, &m, &before, e).await),
+    }
+}
+
+/// Writes the `Ready=False` condition of a deletion step and passes the error through.
+async fn report_delete(
+    ctx: &Context,
+    m: &OpenStackWorkerMachine,
+    before: &OpenStackWorkerMachineStatus,
+    e: Error,
+) -> Error {
+    let mut status = before.clone();
+    let message = match &e {
+        Error::DeletionInProgress => "deleting the server and its ports".to_owned(),
+        other => other.to_string(),
+    };
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::READY,
+            false,
+            e.reason(),
+            message.clone(),
+            m.meta().generation,
+        ),
+    );
+    if let Err(write) = status::write(ctx, m, before, &status).await {
+        tracing::warn!(error = %write, "Failed to write status while deleting");
+    }
+    if !matches!(e, Error::DeletionInProgress) {
+        ctx.event(
+            &m.object_ref(&()),
+            EventType::Warning,
+            e.reason(),
+            "Delete",
+            message,
+        )
+        .await;
+    }
+    e
+}
+
+/// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerMachine`s (in
+/// `namespace` if given), and Machines and Clusters so that bootstrap data, ownership, pause
+/// and infrastructure readiness trigger a reconcile at once.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (machines_api, capi_machines, clusters): (
+        Api<OpenStackWorkerMachine>,
+        Api<Machine>,
+        Api<Cluster>,
+    ) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
+    };
+    let controller = Controller::new(machines_api, watcher::Config::default().any_semantic())
+        .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency));
+    let store = controller.store();
+    controller
+        .watches(
+            capi_machines,
+            watcher::Config::default().any_semantic(),
+            |machine: Machine| {
+                let r = &machine.spec.infrastructure_ref;
+                (r.kind == "OpenStackWorkerMachine" && !r.name.is_empty()).then(|| {
+                    ObjectRef::new(&r.name).within(&machine.namespace().unwrap_or_default())
+                })
+            },
+        )
+        .watches(
+            clusters,
+            watcher::Config::default().any_semantic(),
+            move |cluster: Cluster| {
+                let ns = cluster.namespace().unwrap_or_default();
+                let name = cluster.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|m| {
+                        m.namespace().as_deref() == Some(ns.as_str())
+                            && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name)
+                    })
+                    .map(|m| ObjectRef::from(&*m))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Controller event");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,584 @@
+//! Observe step of the machine controller (I/O only): the owner Machine and its Cluster, the
+//! bootstrap data, the identity, the spec resolved against OpenStack, and the server and ports
+//! that already exist for this object.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+
+use super::Error;
+use super::plan;
+use crate::api::common::{
+    FixedIp, FlavorParam, ImageParam, NetworkParam, OpenStackIdentityReference, PortOpts,
+    ResolvedFixedIp, ResolvedPortSpec, SecurityGroupParam, SubnetParam,
+};
+use crate::api::machine::OpenStackWorkerMachine;
+use crate::capi::{self, Cluster, Machine};
+use crate::controllers::Context;
+use crate::openstack::compute::{Flavor, Server};
+use crate::openstack::network::{ListFilter, Port};
+use crate::openstack::{CloudConfig, Session};
+
+/// The CAPI objects a machine belongs to.
+pub struct Owners {
+    /// The owner `Machine`.
+    pub machine: Machine,
+    /// The Machine's `Cluster`.
+    pub cluster: Cluster,
+}
+
+/// Result of looking up the owners.
+pub enum OwnerLookup {
+    /// Both found.
+    Found(Box<Owners>),
+    /// No owner Machine yet (CAPI sets the ownerReference after creating the object).
+    NoMachine(String),
+    /// The Machine's Cluster does not exist.
+    NoCluster(String),
+}
+
+/// Finds the owner Machine (ownerReference of kind `Machine` in group `cluster.x-k8s.io`) and
+/// its Cluster.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server fails (404s are [`OwnerLookup`] states).
+pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLookup, Error> {
+    let ns = m.namespace().unwrap_or_default();
+    let owner = m
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Machine" && o.api_version.split('/').next() == Some(capi::GROUP));
+    let Some(owner) = owner else {
+        return Ok(OwnerLookup::NoMachine(
+            "waiting for a Machine to own this object".into(),
+        ));
+    };
+    let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(machine) = machines
+        .get_opt(&owner.name)
+        .await
+        .map_err(Error::kube("get the owner Machine"))?
+    else {
+        return Ok(OwnerLookup::NoMachine(format!(
+            "owner Machine {ns}/{} does not exist",
+            owner.name
+        )));
+    };
+    let cluster_name = if machine.spec.cluster_name.is_empty() {
+        machine
+            .labels()
+            .get(capi::CLUSTER_NAME_LABEL)
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        machine.spec.cluster_name.clone()
+    };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = clusters
+        .get_opt(&cluster_name)
+        .await
+        .map_err(Error::kube("get the Cluster"))?
+    else {
+        return Ok(OwnerLookup::NoCluster(format!(
+            "Cluster {ns}/{cluster_name} does not exist"
+        )));
+    };
+    Ok(OwnerLookup::Found(Box::new(Owners { machine, cluster })))
+}
+
+/// The bootstrap data of `machine`: key `value` of the Secret named by
+/// `spec.bootstrap.dataSecretName`. `Ok(Err(message))` while it is not available yet.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server fails.
+pub async fn bootstrap_data(
+    ctx: &Context,
+    machine: &Machine,
+) -> Result<Result<Vec<u8>, String>, Error> {
+    let ns = machine.namespace().unwrap_or_default();
+    let Some(name) = machine
+        .spec
+        .bootstrap
+        .data_secret_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(Err(format!(
+            "waiting for Machine {ns}/{}: spec.bootstrap.dataSecretName is not set",
+            machine.name_any()
+        )));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get the bootstrap data Secret"))?
+    else {
+        return Ok(Err(format!(
+            "bootstrap data Secret {ns}/{name} does not exist"
+        )));
+    };
+    match secret.data.as_ref().and_then(|d| d.get("value")) {
+        Some(v) if !v.0.is_empty() => Ok(Ok(v.0.clone())),
+        _ => Ok(Err(format!(
+            "bootstrap data Secret {ns}/{name} has no key \"value\""
+        ))),
+    }
+}
+
+/// The OpenStack session of `identity` (a Secret with `clouds.yaml` and optional `cacert`).
+///
+/// # Errors
+/// [`Error::InvalidIdentity`] when the Secret or its keys are missing or unusable (messages
+/// name the field); [`Error::Kube`] when the API server fails.
+pub async fn session(
+    ctx: &Context,
+    ns: &str,
+    identity: Option<&OpenStackIdentityReference>,
+) -> Result<Session, Error> {
+    let identity = identity.ok_or_else(|| Error::InvalidIdentity {
+        field: "spec.identityRef".into(),
+        message: "is required".into(),
+    })?;
+    let invalid = |message: String| Error::InvalidIdentity {
+        field: "spec.identityRef".into(),
+        message,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(&identity.name)
+        .await
+        .map_err(Error::kube("get the identity Secret"))?
+        .ok_or_else(|| invalid(format!("Secret {ns}/{} does not exist", identity.name)))?;
+    let data = secret.data.unwrap_or_default();
+    let yaml = data.get("clouds.yaml").ok_or_else(|| {
+        invalid(format!(
+            "Secret {ns}/{} has no key \"clouds.yaml\"",
+            identity.name
+        ))
+    })?;
+    let yaml = std::str::from_utf8(&yaml.0).map_err(|_| {
+        invalid(format!(
+            "key clouds.yaml of Secret {ns}/{} is not UTF-8",
+            identity.name
+        ))
+    })?;
+    let cloud =
+        CloudConfig::from_clouds_yaml(yaml, &identity.cloud_name, identity.region.as_deref())
+            .map_err(|e| invalid(format!("Secret {ns}/{}: {e}", identity.name)))?;
+    let cacert = data.get("cacert").map(|c| c.0.as_slice());
+    ctx.clouds
+        .session(cloud, cacert)
+        .map_err(|e| invalid(format!("Secret {ns}/{}: {e}", identity.name)))
+}
+
+/// The spec resolved to OpenStack IDs.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The flavor.
+    pub flavor: Flavor,
+    /// Image UUID.
+    pub image_id: String,
+    /// Ports with IDs, in spec order.
+    pub ports: Vec<ResolvedPortSpec>,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn exactly_one<T>(mut found: Vec<T>, field: &str, what: &str) -> Result<T, Error> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(invalid(field, format!("no {what} matches"))),
+        n => Err(invalid(
+            field,
+            format!("{n} {what}s match; the filter must select exactly one"),
+        )),
+    }
+}
+
+/// Resolves flavor, image, ports and keypair of `m` (CAPO's `*Param` semantics: by ID, or by a
+/// filter that must match exactly one).
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming the field when something does not exist or a filter is
+/// ambiguous; [`Error::OpenStack`] when a call fails otherwise.
+pub async fn resolve(session: &Session, m: &OpenStackWorkerMachine) -> Result<Resolved, Error> {
+    let spec = &m.spec;
+    let flavor = resolve_flavor(session, &spec.flavor).await?;
+    let image_id = resolve_image(session, &spec.image).await?;
+    if let Some(key) = spec.ssh_key_name.as_deref().filter(|k| !k.is_empty())
+        && !session
+            .compute()
+            .keypair_exists(key)
+            .await
+            .map_err(Error::openstack("look up the keypair"))?
+    {
+        return Err(invalid(
+            "spec.sshKeyName",
+            format!("keypair {key:?} does not exist"),
+        ));
+    }
+    if spec.ports.is_empty() {
+        return Err(invalid(
+            "spec.ports",
+            "at least one port is required: the cluster provides no default network",
+        ));
+    }
+    let mut ports = Vec::with_capacity(spec.ports.len());
+    for (i, opts) in spec.ports.iter().enumerate() {
+        ports.push(resolve_port(session, m, i, opts).await?);
+    }
+    Ok(Resolved {
+        flavor,
+        image_id,
+        ports,
+    })
+}
+
+async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor, Error> {
+    let compute = session.compute();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => compute
+            .get_flavor(id)
+            .await
+            .map_err(Error::openstack("get the flavor"))?
+            .ok_or_else(|| invalid("spec.flavor.id", format!("flavor {id:?} does not exist"))),
+        (None, Some(f)) => {
+            let all = compute
+                .list_flavors()
+                .await
+                .map_err(Error::openstack("list flavors"))?;
+            let found = all.into_iter().filter(|x| x.name == f.name).collect();
+            exactly_one(
+                found,
+                "spec.flavor.filter.name",
+                &format!("flavor named {:?}", f.name),
+            )
+        }
+        (None, None) => Err(invalid("spec.flavor", "one of id or filter is required")),
+    }
+}
+
+async fn resolve_image(session: &Session, p: &ImageParam) -> Result<String, Error> {
+    let image = session.image();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => {
+            let found = image
+                .get_image(id)
+                .await
+                .map_err(Error::openstack("get the image"))?;
+            match found {
+                None => Err(invalid(
+                    "spec.image.id",
+                    format!("image {id:?} does not exist"),
+                )),
+                Some(i) if i.status != "active" => Err(invalid(
+                    "spec.image.id",
+                    format!("image {id:?} is {}, not active", i.status),
+                )),
+                Some(i) => Ok(i.id),
+            }
+        }
+        (None, Some(f)) => {
+            let found = image
+                .list_active_images(f.name.as_deref(), &f.tags)
+                .await
+                .map_err(Error::openstack("list images"))?;
+            let what = format!(
+                "active image with name {:?} and tags {:?}",
+                f.name.as_deref().unwrap_or(""),
+                f.tags
+            );
+            exactly_one(found, "spec.image.filter", &what).map(|i| i.id)
+        }
+        (None, None) => Err(invalid("spec.image", "one of id or filter is required")),
+    }
+}
+
+async fn resolve_network(
+    session: &Session,
+    p: &NetworkParam,
+    field: &str,
+) -> Result<String, Error> {
+    let net = session.network();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => net
+            .get_network(id)
+            .await
+            .map_err(Error::openstack("get the network"))?
+            .map(|n| n.id)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.id"),
+                    format!("network {id:?} does not exist"),
+                )
+            }),
+        (None, Some(f)) => {
+            let mut filter = ListFilter {
+                tags: f.tags.tags.clone(),
+                tags_any: f.tags.tags_any.clone(),
+                not_tags: f.tags.not_tags.clone(),
+                not_tags_any: f.tags.not_tags_any.clone(),
+                ..ListFilter::default()
+            };
+            push_attr(&mut filter, "name", &f.name);
+            push_attr(&mut filter, "description", &f.description);
+            push_attr(&mut filter, "project_id", &f.project_id);
+            let found = net
+                .list_networks(&filter)
+                .await
+                .map_err(Error::openstack("list networks"))?;
+            exactly_one(found, &format!("{field}.filter"), "network").map(|n| n.id)
+        }
+        (None, None) => Err(invalid(field, "one of id or filter is required")),
+    }
+}
+
+async fn resolve_subnet(
+    session: &Session,
+    p: &SubnetParam,
+    network_id: &str,
+    field: &str,
+) -> Result<String, Error> {
+    let net = session.network();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => {
+            let subnet = net
+                .get_subnet(id)
+                .await
+                .map_err(Error::openstack("get the subnet"))?
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{field}.id"),
+                        format!("subnet {id:?} does not exist"),
+                    )
+                })?;
+            if subnet.network_id != network_id {
+                return Err(invalid(
+                    format!("{field}.id"),
+                    format!(
+                        "subnet {id:?} belongs to network {}, not the port's network {network_id}",
+                        subnet.network_id
+                    ),
+                ));
+            }
+            Ok(subnet.id)
+        }
+        (None, Some(f)) => {
+            let mut filter = ListFilter {
+                tags: f.tags.tags.clone(),
+                tags_any: f.tags.tags_any.clone(),
+                not_tags: f.tags.not_tags.clone(),
+                not_tags_any: f.tags.not_tags_any.clone(),
+                ..ListFilter::default()
+            };
+            filter
+                .attributes
+                .push(("network_id", network_id.to_owned()));
+            push_attr(&mut filter, "name", &f.name);
+            push_attr(&mut filter, "description", &f.description);
+            push_attr(&mut filter, "project_id", &f.project_id);
+            push_attr(&mut filter, "cidr", &f.cidr);
+            push_attr(&mut filter, "gateway_ip", &f.gateway_ip);
+            push_attr(
+                &mut filter,
+                "ip_version",
+                &f.ip_version.map(|v| v.to_string()),
+            );
+            let found = net
+                .list_subnets(&filter)
+                .await
+                .map_err(Error::openstack("list subnets"))?;
+            exactly_one(found, &format!("{field}.filter"), "subnet").map(|s| s.id)
+        }
+        (None, None) => Err(invalid(field, "one of id or filter is required")),
+    }
+}
+
+async fn resolve_security_group(
+    session: &Session,
+    p: &SecurityGroupParam,
+    field: &str,
+) -> Result<String, Error> {
+    let net = session.network();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => net
+            .get_security_group(id)
+            .await
+            .map_err(Error::openstack("get the security group"))?
+            .map(|g| g.id)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.id"),
+                    format!("security group {id:?} does not exist"),
+                )
+            }),
+        (None, Some(f)) => {
+            let mut filter = ListFilter {
+                tags: f.tags.tags.clone(),
+                tags_any: f.tags.tags_any.clone(),
+                not_tags: f.tags.not_tags.clone(),
+                not_tags_any: f.tags.not_tags_any.clone(),
+                ..ListFilter::default()
+            };
+            push_attr(&mut filter, "name", &f.name);
+            push_attr(&mut filter, "description", &f.description);
+            push_attr(&mut filter, "project_id", &f.project_id);
+            let found = net
+                .list_security_groups(&filter)
+                .await
+                .map_err(Error::openstack("list security groups"))?;
+            exactly_one(found, &format!("{field}.filter"), "security group").map(|g| g.id)
+        }
+        (None, None) => Err(invalid(field, "one of id or filter is required")),
+    }
+}
+
+fn push_attr(filter: &mut ListFilter, key: &'static str, value: &Option<String>) {
+    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+        filter.attributes.push((key, v.clone()));
+    }
+}
+
+async fn resolve_port(
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    index: usize,
+    opts: &PortOpts,
+) -> Result<ResolvedPortSpec, Error> {
+    let field = format!("spec.ports[{index}]");
+    let network = opts.network.as_ref().ok_or_else(|| {
+        invalid(
+            format!("{field}.network"),
+            "is required: the cluster provides no default network",
+        )
+    })?;
+    let network_id = resolve_network(session, network, &format!("{field}.network")).await?;
+    let mut fixed_ips = Vec::with_capacity(opts.fixed_ips.len());
+    for (j, FixedIp { subnet, ip_address }) in opts.fixed_ips.iter().enumerate() {
+        let subnet_id = match subnet {
+            Some(s) => Some(
+                resolve_subnet(
+                    session,
+                    s,
+                    &network_id,
+                    &format!("{field}.fixedIPs[{j}].subnet"),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        fixed_ips.push(ResolvedFixedIp {
+            subnet_id,
+            ip_address: ip_address.clone(),
+        });
+    }
+    let (groups, groups_field) = if opts.security_groups.is_empty() {
+        (&m.spec.security_groups, "spec.securityGroups".to_owned())
+    } else {
+        (&opts.security_groups, format!("{field}.securityGroups"))
+    };
+    let mut security_groups = Vec::with_capacity(groups.len());
+    for (j, g) in groups.iter().enumerate() {
+        security_groups
+            .push(resolve_security_group(session, g, &format!("{groups_field}[{j}]")).await?);
+    }
+    if opts.enable_port_security == Some(false) && !security_groups.is_empty() {
+        return Err(invalid(
+            format!("{field}.enablePortSecurity"),
+            "security groups cannot be applied to a port with port security disabled",
+        ));
+    }
+    Ok(ResolvedPortSpec {
+        name: plan::port_name(&m.name_any(), index, opts),
+        network_id,
+        fixed_ips,
+        security_groups,
+    })
+}
+
+/// The server of `m`: by `status.instanceID` (from the batched listing), else by its UID tag
+/// (adoption after a crash between create and status write).
+///
+/// # Errors
+/// [`Error::OpenStack`] when listing or getting fails.
+pub async fn server(
+    ctx: &Context,
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+) -> Result<Option<Server>, Error> {
+    let compute = session.compute();
+    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_deref()) {
+        return compute
+            .cached_server(id, plan::MANAGED_TAG, ctx.config.build_poll)
+            .await
+            .map_err(Error::openstack("get the server"));
+    }
+    let mut found = compute
+        .list_servers_by_tags(&[&uid_tag])
+        .await
+        .map_err(Error::openstack("look up servers by tag"))?;
+    found.retain(|s| !s.is_gone());
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        // Never expected (the UID tag is checked before every create), and never resolved by
+        // deleting: an operator must look.
+        n => Err(Error::Duplicate(format!(
+            "{n} servers carry tag {uid_tag}: {}",
+            found
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Ports capow made for `m`: tagged with its UID, or (crash between port create and tag)
+/// untagged, unbound, named as capow names them and created after `m`.
+///
+/// # Errors
+/// [`Error::OpenStack`] when listing fails.
+pub async fn owned_ports(
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+) -> Result<Vec<Port>, Error> {
+    let net = session.network();
+    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let mut ports = net
+        .list_ports(&ListFilter {
+            tags: vec![uid_tag],
+            ..ListFilter::default()
+        })
+        .await
+        .map_err(Error::openstack("look up ports by tag"))?;
+    let created = m.meta().creation_timestamp.as_ref().map(|t| t.0);
+    for (i, opts) in m.spec.ports.iter().enumerate() {
+        let name = plan::port_name(&m.name_any(), i, opts);
+        let by_name = net
+            .list_ports(&ListFilter::attribute("name", name))
+            .await
+            .map_err(Error::openstack("look up ports by name"))?;
+        for p in by_name {
+            let untagged_orphan = p.tags.is_empty()
+                && p.device_id.is_empty()
+                && match (created, p.created_at.as_deref()) {
+                    (Some(c), Some(at)) => at
+                        .parse::<k8s_openapi::jiff::Timestamp>()
+                        .is_ok_and(|at| at >= c),
+                    _ => false,
+                };
+            if untagged_orphan && !ports.iter().any(|q| q.id == p.id) {
+                ports.push(p);
+            }
+        }
+    }
+    Ok(ports)
+}

@@ -1,0 +1,82 @@
+//! Status step of the machine controller: server-side apply of `status` (only when it
+//! changed) and of `spec.providerID`, both with capow's field manager.
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::Error;
+use crate::api::conditions;
+use crate::api::machine::{OpenStackWorkerMachine, OpenStackWorkerMachineStatus};
+use crate::controllers::FIELD_MANAGER;
+
+fn api(
+    ctx: &crate::controllers::Context,
+    m: &OpenStackWorkerMachine,
+) -> Api<OpenStackWorkerMachine> {
+    Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
+}
+
+fn unchanged(before: &OpenStackWorkerMachineStatus, after: &OpenStackWorkerMachineStatus) -> bool {
+    let mut a = before.clone();
+    let mut b = after.clone();
+    let same_conditions = conditions::same_conditions(&a.conditions, &b.conditions);
+    a.conditions.clear();
+    b.conditions.clear();
+    same_conditions && a == b
+}
+
+/// Applies `after` as the object's status unless it equals `before` (ignoring condition
+/// timestamps), so a steady state causes no writes.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses the patch.
+pub async fn write(
+    ctx: &crate::controllers::Context,
+    m: &OpenStackWorkerMachine,
+    before: &OpenStackWorkerMachineStatus,
+    after: &OpenStackWorkerMachineStatus,
+) -> Result<(), Error> {
+    if unchanged(before, after) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "OpenStackWorkerMachine",
+        "status": after,
+    });
+    api(ctx, m)
+        .patch_status(
+            &m.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write status"))?;
+    Ok(())
+}
+
+/// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it).
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses the patch.
+pub async fn write_provider_id(
+    ctx: &crate::controllers::Context,
+    m: &OpenStackWorkerMachine,
+    provider_id: &str,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "OpenStackWorkerMachine",
+        "spec": { "providerID": provider_id },
+    });
+    api(ctx, m)
+        .patch(
+            &m.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write spec.providerID"))?;
+    Ok(())
+}

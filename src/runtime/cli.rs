@@ -1,0 +1,148 @@
+//! Command line of the `capow` binary (clap derive; every flag also reads a `CAPOW_*`
+//! environment variable).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// capow: Cluster API infrastructure provider for OpenStack worker machines of
+/// hosted-control-plane clusters.
+#[derive(Debug, Parser)]
+#[command(name = "capow", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller manager.
+    Manager(ManagerArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a
+    /// directory (`capow crd --output-dir config/crd/bases`).
+    Crd {
+        /// Directory to write `<group>_<plural>.yaml` files into, instead of printing.
+        #[arg(long)]
+        output_dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `capow manager`.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Watch only this namespace (clusterctl's `--namespace` contract); all namespaces when unset.
+    #[arg(long, env = "CAPOW_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Address of the admin server (`/live`, `/ready`, `/metrics`).
+    #[arg(long, env = "CAPOW_ADMIN_ADDRESS", default_value = "127.0.0.1:8080")]
+    pub admin_address: SocketAddr,
+
+    /// Log filter in `RUST_LOG` syntax.
+    #[arg(long, env = "CAPOW_LOG", default_value = "info,kube_runtime=warn")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "CAPOW_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+
+    /// Leader election settings.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+
+    /// OpenStack client settings.
+    #[command(flatten)]
+    pub openstack: OpenStackArgs,
+
+    /// Controller timings.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+/// Leader election (a `coordination.k8s.io/v1` Lease).
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// Elect a leader among replicas before reconciling.
+    #[arg(long, env = "CAPOW_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (defaults to the pod's namespace, `POD_NAMESPACE`).
+    #[arg(long, env = "CAPOW_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "CAPOW_LEADER_ELECTION_ID",
+        default_value = "capow-manager"
+    )]
+    pub leader_election_id: String,
+    /// Lease duration in seconds.
+    #[arg(long, env = "CAPOW_LEADER_LEASE_SECONDS", default_value_t = 15)]
+    pub leader_lease_seconds: u64,
+}
+
+/// OpenStack client protection (design §5 "OpenStack is protected").
+#[derive(Debug, Args)]
+pub struct OpenStackArgs {
+    /// Sustained OpenStack API requests per second per identity.
+    #[arg(long, env = "CAPOW_OPENSTACK_RPS", default_value = "20")]
+    pub openstack_requests_per_second: NonZeroU32,
+    /// Burst above the sustained rate.
+    #[arg(long, env = "CAPOW_OPENSTACK_BURST", default_value = "40")]
+    pub openstack_burst: NonZeroU32,
+    /// OpenStack requests in flight per identity.
+    #[arg(long, env = "CAPOW_OPENSTACK_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub openstack_max_in_flight: usize,
+    /// Timeout of one OpenStack request.
+    #[arg(long, env = "CAPOW_OPENSTACK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub openstack_timeout: Duration,
+}
+
+/// Controller timings.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Poll interval of building and deleting servers (one list call per cloud per interval).
+    #[arg(long, env = "CAPOW_BUILD_POLL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub build_poll_interval: Duration,
+    /// Resync interval of ready machines.
+    #[arg(long, env = "CAPOW_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// Reconciles in parallel per controller.
+    #[arg(long, env = "CAPOW_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn manager_defaults_listen_on_loopback() {
+        let cli = Cli::parse_from(["capow", "manager"]);
+        let Command::Manager(args) = cli.command else {
+            panic!("not manager")
+        };
+        assert!(args.admin_address.ip().is_loopback());
+        assert_eq!(args.controller.build_poll_interval, Duration::from_secs(2));
+        assert!(!args.leader.leader_elect);
+    }
+}

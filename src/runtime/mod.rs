@@ -1,0 +1,239 @@
+//! Wiring of the manager process: CLI, logging, metrics registry, admin server, leader
+//! election, controllers and shutdown. The only place that knows how the parts fit.
+
+pub mod admin;
+pub mod cli;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::controllers::{self, ControllerConfig, ReconcileMetrics};
+use crate::openstack::{ClientOptions, Clouds, Metrics as OpenStackMetrics};
+use cli::{Cli, Command, ManagerArgs};
+
+/// Runs the command line.
+///
+/// # Errors
+/// Whatever the subcommand fails with.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crd { output_dir: None } => {
+            print!("{}", crds_yaml()?);
+            Ok(())
+        }
+        Command::Crd {
+            output_dir: Some(dir),
+        } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("failed to create {}", dir.display()))?;
+            for (name, yaml) in crd_files()? {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Manager(args) => manager(args).await,
+    }
+}
+
+/// Every CRD as one multi-document YAML stream (the content of `config/crd/bases/`).
+///
+/// # Errors
+/// When serialization fails.
+pub fn crds_yaml() -> anyhow::Result<String> {
+    Ok(crd_files()?.into_iter().map(|(_, yaml)| yaml).collect())
+}
+
+/// Every CRD as `(file name, YAML)`, the file name being `<group>_<plural>.yaml`
+/// (kubebuilder's layout of `config/crd/bases/`).
+///
+/// # Errors
+/// When serialization fails.
+pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
+    crate::api::crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
+            Ok((name, format!("---\n{}", serde_yaml::to_string(&crd)?)))
+        })
+        .collect()
+}
+
+async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+    let ManagerArgs {
+        namespace,
+        admin_address,
+        log,
+        log_format,
+        leader,
+        openstack,
+        controller,
+    } = args;
+    telemetry::init(&log, log_format)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespace = namespace.as_deref().unwrap_or("<all>"),
+        "Starting capow manager"
+    );
+
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to build the Kubernetes client")?;
+
+    let mut registry = Registry::with_prefix("capow");
+    let openstack_metrics = OpenStackMetrics::default();
+    openstack_metrics.register(registry.sub_registry_with_prefix("openstack"));
+    let reconcile_metrics = ReconcileMetrics::default();
+    reconcile_metrics.register(registry.sub_registry_with_prefix("reconcile"));
+
+    let clouds = Arc::new(Clouds::new(
+        ClientOptions {
+            request_timeout: openstack.openstack_timeout,
+            requests_per_second: openstack.openstack_requests_per_second,
+            burst: openstack.openstack_burst,
+            max_in_flight: openstack.openstack_max_in_flight,
+            ..ClientOptions::default()
+        },
+        openstack_metrics,
+    ));
+    let config = ControllerConfig {
+        build_poll: controller.build_poll_interval,
+        resync: controller.resync_interval,
+        concurrency: controller.concurrency,
+        ..ControllerConfig::default()
+    };
+    let ctx = Arc::new(controllers::Context::new(
+        client.clone(),
+        clouds,
+        reconcile_metrics,
+        config,
+        std::env::var("POD_NAME").ok(),
+    ));
+
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = tokio::spawn(admin::serve(
+        admin_address,
+        admin::AdminState {
+            registry: Arc::new(registry),
+            ready: ready.clone(),
+        },
+        shutdown.clone(),
+    ));
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+
+    // Leadership: without election this replica reconciles at once; with it, only after the
+    // Lease is held, and losing it ends the process (the Deployment restarts it as a follower).
+    let mut leadership = None;
+    if leader.leader_elect {
+        let lease_ns = leader
+            .leader_election_namespace
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let identity =
+            std::env::var("POD_NAME").unwrap_or_else(|_| format!("capow-{}", std::process::id()));
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(
+            client.clone(),
+            &leader.leader_election_id,
+        )
+        .with_namespace(lease_ns)
+        .with_identity(identity)
+        .with_duration(leader.leader_lease_seconds)
+        .with_grace(leader.leader_lease_seconds / 3)
+        .build()
+        .await
+        .context("failed to set up leader election")?;
+        let (mut channel, task) = manager.watch().await;
+        tracing::info!("Waiting for leadership");
+        loop {
+            if *channel.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = channel.changed() => changed.context("leader election stopped")?,
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        tracing::info!("Acquired leadership");
+        leadership = Some((channel, task));
+    }
+
+    ready.store(true, Ordering::Relaxed);
+    let controller = {
+        let token = shutdown.clone();
+        let ctx = ctx.clone();
+        let namespace = namespace.clone();
+        tokio::spawn(async move {
+            controllers::machine::run_controller(
+                ctx,
+                namespace.as_deref(),
+                token.cancelled_owned(),
+            )
+            .await;
+        })
+    };
+
+    let lost = async {
+        match &mut leadership {
+            Some((channel, _)) => loop {
+                if channel.changed().await.is_err() || !*channel.borrow_and_update() {
+                    break;
+                }
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let mut lost_leadership = false;
+    tokio::select! {
+        () = lost => {
+            tracing::error!("Lost leadership; exiting");
+            lost_leadership = true;
+            shutdown.cancel();
+        }
+        () = shutdown.cancelled() => {}
+    }
+    ready.store(false, Ordering::Relaxed);
+    controller.await.context("controller task failed")?;
+    if let Some((channel, task)) = leadership {
+        drop(channel);
+        if let Ok(Ok(manager)) = task.await {
+            let _ = manager.release().await;
+        }
+    }
+    admin.await.context("admin task failed")??;
+    if lost_leadership {
+        anyhow::bail!("lost leadership");
+    }
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("Shutdown requested");
+    token.cancel();
+}
