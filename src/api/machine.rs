@@ -25,6 +25,7 @@ use super::common::{
     plural = "openstackworkermachines",
     shortname = "oswm",
     namespaced,
+    doc = "A worker machine of a CAPI Machine: one Nova server booted with the Machine's bootstrap data.",
     status = "OpenStackWorkerMachineStatus",
     category = "cluster-api",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']","description":"Cluster this machine belongs to"}"#,
@@ -57,8 +58,8 @@ pub struct OpenStackWorkerMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key_name: Option<String>,
 
-    /// Ports to create and attach, in order. When empty, one port is created on the cluster's
-    /// network.
+    /// Ports to create and attach, in order. At least one is required (a default port on the
+    /// cluster's network arrives with `OpenStackWorkerCluster`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<PortOpts>,

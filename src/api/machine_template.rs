@@ -17,6 +17,7 @@ use super::machine::OpenStackWorkerMachineSpec;
     plural = "openstackworkermachinetemplates",
     shortname = "oswmt",
     namespaced,
+    doc = "Template from which CAPI creates one OpenStackWorkerMachine per Machine of a MachineDeployment or MachineSet.",
     category = "cluster-api",
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

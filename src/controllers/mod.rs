@@ -32,6 +32,28 @@ pub struct ControllerConfig {
     pub input_retry: Duration,
     /// Reconciles run at once per controller.
     pub concurrency: u16,
+    /// Test-only crash point (see [`FaultPoint`]); `None` in production.
+    pub fault: Option<FaultPoint>,
+}
+
+/// Points where the manager can be made to exit on purpose, so the e2e suite can prove that a
+/// crash between an OpenStack create and the status write never leads to a duplicate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultPoint {
+    /// Exit right after Nova accepted the server create, before `status.instanceID` is written.
+    ExitAfterServerCreate,
+    /// Exit right after Neutron created a port, before it is tagged.
+    ExitAfterPortCreate,
+}
+
+impl ControllerConfig {
+    /// Exits the process (code 75) when `point` is the configured fault point.
+    pub fn maybe_crash(&self, point: FaultPoint) {
+        if self.fault == Some(point) {
+            tracing::warn!(?point, "Fault injection: exiting");
+            std::process::exit(75);
+        }
+    }
 }
 
 impl Default for ControllerConfig {
@@ -41,6 +63,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             input_retry: Duration::from_secs(60),
             concurrency: 16,
+            fault: None,
         }
     }
 }

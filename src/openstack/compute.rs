@@ -331,7 +331,11 @@ impl Compute<'_> {
                 state.servers = servers.into_iter().map(|s| (s.id.clone(), s)).collect();
                 state.fetched_at = Some(Instant::now());
             }
-            if let Some(server) = state.servers.get(id) {
+            // The listing can omit the fault of an ERROR server (seen on Nova Zed with a tag
+            // filter); only a direct GET is sure to carry it.
+            if let Some(server) = state.servers.get(id)
+                && !(server.status == "ERROR" && server.fault.is_none())
+            {
                 return Ok(Some(server.clone()));
             }
         }

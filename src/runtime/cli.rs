@@ -123,6 +123,9 @@ pub struct ControllerArgs {
     /// Reconciles in parallel per controller.
     #[arg(long, env = "CAPOW_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Test only: exit at this point to simulate a crash.
+    #[arg(long, hide = true, value_enum)]
+    pub fault_injection: Option<crate::controllers::FaultPoint>,
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         build_poll: controller.build_poll_interval,
         resync: controller.resync_interval,
         concurrency: controller.concurrency,
+        fault: controller.fault_injection,
         ..ControllerConfig::default()
     };
     let ctx = Arc::new(controllers::Context::new(

@@ -20,6 +20,7 @@ use crate::openstack::network::{CreatePort, PortFixedIp};
 /// # Errors
 /// [`Error::OpenStack`] when listing, creating or tagging fails.
 pub async fn ensure_ports(
+    ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
     resolved: &Resolved,
@@ -73,6 +74,8 @@ pub async fn ensure_ports(
                     .create_port(&create)
                     .await
                     .map_err(Error::openstack("create a port"))?;
+                ctx.config
+                    .maybe_crash(crate::controllers::FaultPoint::ExitAfterPortCreate);
                 record_port(resources, &port.id);
                 net.set_port_tags(&port.id, &extra_tags)
                     .await
@@ -116,6 +119,8 @@ pub async fn create_server(
         .create_server(&request)
         .await
         .map_err(Error::openstack("create the server"))?;
+    ctx.config
+        .maybe_crash(crate::controllers::FaultPoint::ExitAfterServerCreate);
     compute.invalidate_server_cache().await;
     tracing::info!(server = %id, "Created server");
     ctx.event(

@@ -273,16 +273,21 @@ async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, 
     status.observed_generation = generation;
     status::write(ctx, &m, &before, &status).await?;
 
+    // An event for every change of the Ready reason, and for every failure (the recorder
+    // folds repeats into one event series).
     if previous_reason.as_deref() != Some(reason) || warn {
         let type_ = if warn {
             EventType::Warning
         } else {
             EventType::Normal
         };
-        if warn || ready {
-            ctx.event(&m.object_ref(&()), type_, reason, "Reconcile", message)
-                .await;
-        }
+        let note = if message.is_empty() {
+            reason.to_owned()
+        } else {
+            message
+        };
+        ctx.event(&m.object_ref(&()), type_, reason, "Reconcile", note)
+            .await;
     }
     result.map(|o| match o.requeue {
         Some(d) => Action::requeue(d),
@@ -381,7 +386,7 @@ async fn run(
             Outcome {
                 ready: true,
                 reason,
-                message: String::new(),
+                message: format!("server {} is ACTIVE", server.id),
                 requeue: Some(cfg.resync),
                 warn: false,
             }
@@ -391,12 +396,22 @@ async fn run(
             format!("server {} is {}", server.id, server.status),
             Some(cfg.build_poll),
         ),
-        plan::ServerState::Error(fault) => Outcome {
+        plan::ServerState::Error(Some(fault)) => Outcome {
             ready: false,
             reason,
             message: format!("server {} is in ERROR: {fault}", server.id),
             requeue: Some(cfg.input_retry),
             warn: true,
+        },
+        plan::ServerState::Error(None) => Outcome {
+            ready: false,
+            reason,
+            message: format!(
+                "server {} is in ERROR; Nova has not recorded the fault yet",
+                server.id
+            ),
+            requeue: Some(cfg.build_poll),
+            warn: false,
         },
         plan::ServerState::Gone => Outcome {
             ready: false,
@@ -435,11 +450,18 @@ async fn create(
         message,
     })?;
     let resolved = observe::resolve(session, m).await?;
-    status.resolved = Some(crate::api::machine::ResolvedMachineSpec {
+    let resolved_status = Some(crate::api::machine::ResolvedMachineSpec {
         flavor_id: Some(resolved.flavor.id.clone()),
         image_id: Some(resolved.image_id.clone()),
         ports: resolved.ports.clone(),
     });
+    if status.resolved != resolved_status {
+        // Persisted before the first create call: cleanup trusts "never resolved" to mean
+        // "nothing was ever created in OpenStack".
+        let before = status.clone();
+        status.resolved = resolved_status;
+        status::write(ctx, m, &before, status).await?;
+    }
 
     let ns = m.namespace().unwrap_or_default();
     let owner = plan::Ownership {
@@ -449,7 +471,7 @@ async fn create(
         node_group: node_group(&owners.machine),
     };
     let mut resources = status.resources.take().unwrap_or_default();
-    let ports = execute::ensure_ports(session, m, &resolved, &owner, &mut resources).await;
+    let ports = execute::ensure_ports(ctx, session, m, &resolved, &owner, &mut resources).await;
     status.resources = Some(resources);
     let ports = ports?;
 
@@ -511,15 +533,16 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
     }
     let before = m.status.clone().unwrap_or_default();
     let ns = m.namespace().unwrap_or_default();
-    // Nothing was ever created when the spec never got resolved: neither a server nor a port
-    // can exist, so a broken identity must not keep the object forever.
+    // `status.resolved` is written before the first create call, so without it neither a
+    // server nor a port can exist: release at once without asking OpenStack (a broken identity
+    // or spec must not keep the object forever).
     let created_anything = before.resolved.is_some() || before.instance_id.is_some();
+    if !created_anything {
+        tracing::info!("Releasing the finalizer: nothing was created in OpenStack");
+        return Ok(Action::await_change());
+    }
     let session = match observe::session(ctx, &ns, m.spec.identity_ref.as_ref()).await {
         Ok(s) => s,
-        Err(e) if !created_anything && matches!(e, Error::InvalidIdentity { .. }) => {
-            tracing::info!(error = %e, "Releasing the finalizer: nothing was created in OpenStack");
-            return Ok(Action::await_change());
-        }
         Err(e) => {
             return Err(report_delete(ctx, &m, &before, Error::DeletionBlocked(Box::new(e))).await);
         }

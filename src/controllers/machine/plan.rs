@@ -187,8 +187,9 @@ pub enum ServerState {
     Active,
     /// Still being built.
     Building,
-    /// ERROR, with Nova's fault message.
-    Error(String),
+    /// ERROR, with Nova's fault message. `None` right after the transition: Nova writes the
+    /// fault record just after setting the state, so it can be missing for a moment.
+    Error(Option<String>),
     /// Deleted or being deleted behind capow's back.
     Gone,
     /// Any other state (SHUTOFF, PAUSED, SUSPENDED, RESCUE, ...): exists but not serving.
@@ -203,10 +204,13 @@ pub fn server_state(server: &Server) -> ServerState {
     match server.status.as_str() {
         "ACTIVE" => ServerState::Active,
         "BUILD" => ServerState::Building,
-        "ERROR" => ServerState::Error(match &server.fault {
-            Some(f) if !f.message.is_empty() => format!("{} (code {})", f.message.trim(), f.code),
-            _ => "server is in ERROR and Nova recorded no fault".to_owned(),
-        }),
+        "ERROR" => ServerState::Error(
+            server
+                .fault
+                .as_ref()
+                .filter(|f| !f.message.trim().is_empty())
+                .map(|f| format!("{} (code {})", f.message.trim(), f.code)),
+        ),
         other => ServerState::NotActive(other.to_owned()),
     }
 }
@@ -400,12 +404,12 @@ mod tests {
                     }),
                     ..server("ERROR")
                 },
-                ServerState::Error("No valid host was found. (code 500)".into()),
+                ServerState::Error(Some("No valid host was found. (code 500)".into())),
                 reasons::INSTANCE_STATE_ERROR,
             ),
             (
                 server("ERROR"),
-                ServerState::Error("server is in ERROR and Nova recorded no fault".into()),
+                ServerState::Error(None),
                 reasons::INSTANCE_STATE_ERROR,
             ),
         ];

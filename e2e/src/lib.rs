@@ -1,0 +1,377 @@
+//! End-to-end harness of capow: talks to the real kube-apiserver and the real OpenStack that
+//! `e2e/env.sh up` starts on loopback, runs the real `capow` binary as a process, and checks
+//! OpenStack with the independent `openstack` CLI (python-openstackclient).
+//!
+//! The tests read the environment from variables set by `e2e/test.sh`:
+//! `CAPOW_E2E_KUBECONFIG`, `CAPOW_E2E_CLOUDS_YAML`, `CAPOW_E2E_CLOUD` (capow's identity),
+//! `CAPOW_E2E_ADMIN_CLOUD` (used only to verify), `CAPOW_BIN`, and `CAPOW_E2E_STATE`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a failed step must fail the test at once"
+)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+/// The environment the tests run against.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Admin kubeconfig of the e2e API server.
+    pub kubeconfig: PathBuf,
+    /// clouds.yaml with capow's cloud and the admin cloud.
+    pub clouds_yaml: PathBuf,
+    /// Cloud capow uses (a member of project `demo`).
+    pub cloud: String,
+    /// Cloud the tests verify with (admin: sees user data and every project).
+    pub admin_cloud: String,
+    /// The capow binary under test.
+    pub capow_bin: PathBuf,
+    /// State directory (logs, measurements).
+    pub state: PathBuf,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the e2e tests through e2e/test.sh (it starts the environment)"
+        )
+    })
+}
+
+impl Env {
+    /// The environment, read once from the variables `e2e/test.sh` exports.
+    pub fn get() -> &'static Env {
+        static ENV: OnceLock<Env> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let env = Env {
+                kubeconfig: var("CAPOW_E2E_KUBECONFIG").into(),
+                clouds_yaml: var("CAPOW_E2E_CLOUDS_YAML").into(),
+                cloud: var("CAPOW_E2E_CLOUD"),
+                admin_cloud: var("CAPOW_E2E_ADMIN_CLOUD"),
+                capow_bin: var("CAPOW_BIN").into(),
+                state: var("CAPOW_E2E_STATE").into(),
+            };
+            assert!(
+                env.capow_bin.exists(),
+                "CAPOW_BIN {} does not exist",
+                env.capow_bin.display()
+            );
+            env
+        })
+    }
+
+    /// A Kubernetes client for the e2e API server (admin).
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read the e2e kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("load the e2e kubeconfig");
+        Client::try_from(config).expect("build the Kubernetes client")
+    }
+
+    /// Appends a measurement line to `$CAPOW_E2E_STATE/measurements.txt` (printed by test.sh).
+    pub fn record(&self, line: &str) {
+        let path = self.state.join("measurements.txt");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+        println!("measure: {line}");
+    }
+}
+
+/// A namespace of its own per test (`<prefix>-<random>`), deleted by [`TestNamespace::delete`].
+pub struct TestNamespace {
+    /// Namespace name.
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates the namespace.
+    pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    /// Deletes the namespace (objects with finalizers must be gone first).
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `capow manager` process watching one namespace.
+pub struct Manager {
+    child: tokio::process::Child,
+    /// Admin server address (loopback).
+    pub admin: SocketAddr,
+    /// Log file.
+    pub log: PathBuf,
+}
+
+impl Manager {
+    /// Starts `capow manager --namespace <ns>` with `extra` flags; waits for `/ready`.
+    pub async fn start(ns: &str, extra: &[&str]) -> Manager {
+        let env = Env::get();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = env.state.join(format!("capow-{ns}-{}.log", rand_u32()));
+        let file = std::fs::File::create(&log).expect("create the manager log");
+        let mut cmd = tokio::process::Command::new(&env.capow_bin);
+        cmd.arg("manager")
+            .arg("--namespace")
+            .arg(ns)
+            .arg("--admin-address")
+            .arg(admin.to_string())
+            .args(["--build-poll-interval", "1s", "--log", "info,capow=debug"])
+            .args(extra)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start capow");
+        let m = Manager { child, admin, log };
+        let url = format!("http://{admin}/ready");
+        wait_until("capow /ready", Duration::from_secs(30), || async {
+            Ok(reqwest_get(&url)
+                .await
+                .is_ok_and(|(status, _)| status == 200))
+        })
+        .await;
+        m
+    }
+
+    /// The manager's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Sum of `capow_openstack_requests_total` over all labels.
+    pub async fn openstack_requests(&self) -> u64 {
+        let (_, body) = reqwest_get(&format!("http://{}/metrics", self.admin))
+            .await
+            .expect("scrape /metrics");
+        body.lines()
+            .filter(|l| l.starts_with("capow_openstack_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Peak resident set size (`VmHWM`) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits for the process to exit by itself (fault injection), up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Kills the process (SIGKILL: no graceful shutdown).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// GET `url` (loopback, plain HTTP): `(status, body)`.
+pub async fn reqwest_get(url: &str) -> Result<(u16, String)> {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    let http = HTTP.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client")
+    });
+    let resp = http.get(url).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
+}
+
+/// Polls `f` every 250 ms until it returns `Ok(true)`; panics after `timeout` with `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs the `openstack` CLI as `cloud` and parses its JSON output.
+pub fn openstack(cloud: &str, args: &[&str]) -> Result<Value> {
+    let env = Env::get();
+    let out = std::process::Command::new("openstack")
+        .env("OS_CLIENT_CONFIG_FILE", &env.clouds_yaml)
+        .args(["--os-cloud", cloud, "--os-compute-api-version", "2.61"])
+        .args(args)
+        .args(["-f", "json"])
+        .output()
+        .context("run the openstack CLI")?;
+    if !out.status.success() {
+        bail!(
+            "openstack {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Servers (all projects) carrying `tag`, as the admin sees them.
+pub fn servers_tagged(tag: &str) -> Vec<Value> {
+    let env = Env::get();
+    match openstack(
+        &env.admin_cloud,
+        &["server", "list", "--all-projects", "--tags", tag, "--long"],
+    ) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("listing servers failed: {other:?}"),
+    }
+}
+
+/// Ports (all projects) carrying `tag`.
+pub fn ports_tagged(tag: &str) -> Vec<Value> {
+    let env = Env::get();
+    match openstack(&env.admin_cloud, &["port", "list", "--tags", tag, "--long"]) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("listing ports failed: {other:?}"),
+    }
+}
+
+/// One server, as the admin sees it (includes `OS-EXT-SRV-ATTR:user_data`).
+pub fn server_show(id: &str) -> Value {
+    let env = Env::get();
+    openstack(&env.admin_cloud, &["server", "show", id]).expect("show server")
+}
+
+/// Creates or replaces a Secret with `data` (raw values).
+pub async fn apply_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &[u8])]) {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "data": data});
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply("capow-e2e").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .expect("apply secret");
+}
+
+/// Applies any namespaced object given as JSON with server-side apply.
+pub async fn apply_json(client: &Client, obj: &Value) -> Result<Value> {
+    let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
+    let kind = obj["kind"].as_str().context("kind")?;
+    let ns = obj["metadata"]["namespace"].as_str().context("namespace")?;
+    let name = obj["metadata"]["name"].as_str().context("name")?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply("capow-e2e").force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+    Ok(serde_json::to_value(applied)?)
+}
+
+/// Path of the clouds.yaml the tests hand to capow.
+pub fn clouds_yaml_text() -> String {
+    std::fs::read_to_string(&Env::get().clouds_yaml).expect("read clouds.yaml")
+}
+
+/// Reads the tail of a manager log (for failure messages).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
