@@ -294,6 +294,25 @@ pub fn openstack(cloud: &str, args: &[&str]) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Runs an `openstack` CLI command that prints nothing useful (delete, set).
+pub fn openstack_run(cloud: &str, args: &[&str]) -> Result<()> {
+    let env = Env::get();
+    let out = std::process::Command::new("openstack")
+        .env("OS_CLIENT_CONFIG_FILE", &env.clouds_yaml)
+        .args(["--os-cloud", cloud])
+        .args(args)
+        .output()
+        .context("run the openstack CLI")?;
+    if !out.status.success() {
+        bail!(
+            "openstack {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Servers (all projects) carrying `tag`, as the admin sees them.
 pub fn servers_tagged(tag: &str) -> Vec<Value> {
     let env = Env::get();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use capow_e2e::{
     Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail, openstack,
-    ports_tagged, server_show, servers_tagged,
+    openstack_run, ports_tagged, server_show, servers_tagged,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -640,15 +640,19 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
 #[ignore = "needs the e2e environment: run e2e/test.sh"]
 async fn a_server_in_error_reports_novas_fault_and_is_kept() {
     let env = Env::get();
-    // A flavor well inside the quota whose root disk (1000 GB) is larger than any fake
-    // compute's (512 GB): Nova accepts the server, the scheduler puts it in ERROR with
-    // "No valid host was found" (disk is not a Nova quota).
+    // A flavor with more RAM (850000 MiB) than any fake compute has (800000 MiB) but inside
+    // the demo project's RAM quota (1024000 MiB): Nova accepts the server, the scheduler puts
+    // it in ERROR with "No valid host was found" (e2e/openstack/NOTES.md, failure modes).
     let flavor = "capow-e2e-novalidhost";
-    if openstack(&env.admin_cloud, &["flavor", "show", flavor]).is_err() {
+    let ram = openstack(&env.admin_cloud, &["flavor", "show", flavor])
+        .ok()
+        .and_then(|f| f["ram"].as_u64());
+    if ram != Some(850_000) {
+        let _ = openstack_run(&env.admin_cloud, &["flavor", "delete", flavor]);
         openstack(
             &env.admin_cloud,
             &[
-                "flavor", "create", "--ram", "512", "--vcpus", "1", "--disk", "1000", flavor,
+                "flavor", "create", "--ram", "850000", "--vcpus", "1", "--disk", "1", flavor,
             ],
         )
         .expect("create the flavor");
