@@ -10,6 +10,7 @@
 //! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown).
 
 pub mod api;
+pub mod autoscaler;
 pub mod capi;
 pub mod controllers;
 pub mod openstack;
