@@ -266,6 +266,226 @@ pub struct PortOpts {
     /// vNIC type (`normal`, `direct`, `macvtap`, `direct-physical`, `baremetal`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnic_type: Option<String>,
+    /// Create a Neutron trunk with this port as parent (needs the `trunk` extension).
+    /// Defaults to the machine's `trunk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<bool>,
+    /// MAC address to assign to the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// Extra address pairs allowed through port security (e.g. a VIP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub allowed_address_pairs: Vec<AddressPair>,
+    /// Host to bind the port to (`binding:host_id`; admin only).
+    #[serde(default, rename = "hostID", skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// Binding profile (`binding:profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<BindingProfile>,
+    /// Propagate the uplink status of the physical port to the VF (SR-IOV).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagate_uplink_status: Option<bool>,
+    /// Extra port attributes passed as they are to Neutron (`{name, key, value}`; `value`
+    /// `true`/`false` are sent as booleans).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub value_specs: Vec<ValueSpec>,
+}
+
+/// An allowed address pair of a port (Neutron `allowed_address_pairs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressPair {
+    /// IP address or CIDR.
+    #[serde(rename = "ipAddress")]
+    pub ip_address: String,
+    /// MAC address; defaults to the port's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+/// Neutron `binding:profile` flags capow supports (CAPO `BindingProfile`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingProfile {
+    /// Enable OVS hardware offload (`capabilities: ["switchdev"]`).
+    #[serde(
+        default,
+        rename = "ovsHWOffload",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ovs_hw_offload: Option<bool>,
+    /// Trust the VF (`trusted: true`).
+    #[serde(default, rename = "trustedVF", skip_serializing_if = "Option::is_none")]
+    pub trusted_vf: Option<bool>,
+}
+
+/// One extra port attribute (CAPO `ValueSpec`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueSpec {
+    /// Unique name of the entry.
+    pub name: String,
+    /// Neutron attribute name.
+    pub key: String,
+    /// Value; `true`/`false` become JSON booleans.
+    pub value: String,
+}
+
+/// Selects a Nova server group by ID or by name (CAPO v1beta2 `ServerGroupParam`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.id) != has(self.filter)").message("exactly one of id or filter must be set"))]
+pub struct ServerGroupParam {
+    /// Server group UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub id: Option<String>,
+    /// Selects the server group by name; exactly one must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<ServerGroupFilter>,
+}
+
+/// Server group filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerGroupFilter {
+    /// Server group name, matched exactly.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// The root volume to boot from instead of the flavor's local disk (CAPO `RootVolume`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootVolume {
+    /// Size in GiB, at least 1.
+    #[serde(rename = "sizeGiB")]
+    #[schemars(range(min = 1))]
+    pub size_gib: i32,
+    /// Cinder volume type; the cloud's default when unset.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Availability zone of the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<VolumeAvailabilityZone>,
+}
+
+/// Where a volume's availability zone comes from (CAPO `VolumeAvailabilityZone`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.from) || self.from != 'Name' || has(self.name)").message("name is required when from is Name"))]
+pub struct VolumeAvailabilityZone {
+    /// `Name` (use `name`) or `Machine` (the Machine's failure domain). Default `Name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<VolumeAzSource>,
+    /// Availability zone name when `from` is `Name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Source of a volume's availability zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VolumeAzSource {
+    /// The zone named in `name`.
+    #[default]
+    Name,
+    /// The Machine's `spec.failureDomain`.
+    Machine,
+}
+
+/// An extra disk of the server (CAPO `AdditionalBlockDevice`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionalBlockDevice {
+    /// Name, unique per machine and not `root`; also the device tag seen by the guest.
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+    /// Size in GiB, at least 1.
+    #[serde(rename = "sizeGiB")]
+    #[schemars(range(min = 1))]
+    pub size_gib: i32,
+    /// Local ephemeral disk of the hypervisor, or a Cinder volume.
+    pub storage: BlockDeviceStorage,
+}
+
+/// Storage of an additional block device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Volume' || !has(self.volume)").message("volume may only be set when type is Volume"))]
+pub struct BlockDeviceStorage {
+    /// `Local` or `Volume`.
+    #[serde(rename = "type")]
+    pub type_: BlockDeviceType,
+    /// Volume options when `type` is `Volume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<BlockDeviceVolume>,
+}
+
+/// Kind of additional block device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum BlockDeviceType {
+    /// Ephemeral disk on the hypervisor (`destination_type: local`).
+    #[default]
+    Local,
+    /// Cinder volume created by capow and deleted with the server.
+    Volume,
+}
+
+/// Options of a volume block device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockDeviceVolume {
+    /// Cinder volume type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Availability zone of the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<VolumeAvailabilityZone>,
+}
+
+/// An extra Nova scheduler hint (CAPO `SchedulerHintAdditionalProperty`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerHintAdditionalProperty {
+    /// Hint name, e.g. `different_host`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Hint value.
+    pub value: SchedulerHintValue,
+}
+
+/// Typed value of a scheduler hint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.type == 'Bool') == has(self.bool) && (self.type == 'Number') == has(self.number) && (self.type == 'String') == has(self.string)").message("set exactly the field matching type"))]
+pub struct SchedulerHintValue {
+    /// `Bool`, `Number` or `String`.
+    #[serde(rename = "type")]
+    pub type_: SchedulerHintType,
+    /// Value when `type` is `Bool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bool: Option<bool>,
+    /// Value when `type` is `Number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<i64>,
+    /// Value when `type` is `String`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub string: Option<String>,
+}
+
+/// Type of a scheduler hint value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SchedulerHintType {
+    /// A boolean.
+    Bool,
+    /// An integer.
+    Number,
+    /// A string.
+    #[default]
+    String,
 }
 
 /// One key/value pair of Nova server metadata (CAPO `ServerMetadata`). Nova limits keys and

@@ -16,6 +16,8 @@ pub const PAUSED: &str = "Paused";
 
 /// Reasons of the `Ready` condition of an `OpenStackWorkerMachine`.
 pub mod reasons {
+    /// Everything is in place.
+    pub const READY: &str = "Ready";
     /// The server is ACTIVE and the providerID is set.
     pub const INSTANCE_READY: &str = "InstanceReady";
     /// The object has no owner `Machine` yet.
@@ -34,6 +36,8 @@ pub mod reasons {
     pub const OPENSTACK_ERROR: &str = "OpenStackError";
     /// Creating a port failed.
     pub const PORT_CREATE_FAILED: &str = "PortCreateFailed";
+    /// A Cinder volume for the server could not be created.
+    pub const VOLUME_CREATE_FAILED: &str = "VolumeCreateFailed";
     /// Nova refused to create the server.
     pub const INSTANCE_CREATE_FAILED: &str = "InstanceCreateFailed";
     /// The server exists but is not ACTIVE yet.

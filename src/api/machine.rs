@@ -11,8 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    FlavorParam, ImageParam, OpenStackIdentityReference, PortOpts, ResolvedPortSpec,
-    SecurityGroupParam, ServerMetadata,
+    AdditionalBlockDevice, FlavorParam, ImageParam, OpenStackIdentityReference, PortOpts,
+    ResolvedPortSpec, RootVolume, SchedulerHintAdditionalProperty, SecurityGroupParam,
+    ServerGroupParam, ServerMetadata,
 };
 
 /// Desired state of a worker server (CAPO v1beta2 `OpenStackMachineSpec`, the subset capow
@@ -58,8 +59,8 @@ pub struct OpenStackWorkerMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key_name: Option<String>,
 
-    /// Ports to create and attach, in order. At least one is required (a default port on the
-    /// cluster's network arrives with `OpenStackWorkerCluster`).
+    /// Ports to create and attach, in order. When empty, one port on the cluster's network
+    /// (`OpenStackWorkerCluster.status.network`) with its managed worker security group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ports: Vec<PortOpts>,
@@ -89,7 +90,32 @@ pub struct OpenStackWorkerMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive: Option<bool>,
 
-    /// OpenStack credentials to use. Required until the cluster provides a default.
+    /// Boot from a new Cinder volume of this size instead of the flavor's local disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<RootVolume>,
+
+    /// Extra disks: local ephemeral disks or Cinder volumes, created with the server and
+    /// deleted with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(d, d.name != 'root')").message("the name 'root' is reserved for the root volume"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, a.name == b.name))").message("block device names must be unique"))]
+    pub additional_block_devices: Vec<AdditionalBlockDevice>,
+
+    /// Nova server group to put the server into (affinity, anti-affinity, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_group: Option<ServerGroupParam>,
+
+    /// Create a Neutron trunk for every port that does not say otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<bool>,
+
+    /// Extra Nova scheduler hints (`os:scheduler_hints`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub scheduler_hint_additional_properties: Vec<SchedulerHintAdditionalProperty>,
+
+    /// OpenStack credentials to use; defaults to the `OpenStackWorkerCluster`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_ref: Option<OpenStackIdentityReference>,
 }
@@ -175,6 +201,16 @@ pub struct ResolvedMachineSpec {
     /// Ports with resolved network, subnet and security group IDs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ResolvedPortSpec>,
+    /// Nova server group ID.
+    #[serde(
+        default,
+        rename = "serverGroupID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_group_id: Option<String>,
+    /// Availability zone the server was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
 }
 
 /// OpenStack resources created by capow for a machine (deleted with it).
@@ -184,6 +220,22 @@ pub struct MachineResources {
     /// Neutron ports created for the server, in `spec.ports` order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortStatus>,
+    /// Cinder volumes created for the server (root volume and volume block devices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeStatus>,
+    /// Neutron trunks created for trunk ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<PortStatus>,
+}
+
+/// A volume created by capow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    /// Cinder volume UUID.
+    pub id: String,
+    /// `root` or the block device name.
+    pub name: String,
 }
 
 /// A port created by capow.

@@ -4,6 +4,7 @@
 //! `cluster.x-k8s.io/v1beta2: v1alpha1` that CAPI uses to find the served version
 //! (cluster-api `docs/book/src/developer/providers/contracts/overview.md`).
 
+pub mod cluster;
 pub mod common;
 pub mod conditions;
 pub mod machine;
@@ -14,6 +15,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use cluster::{
+    OpenStackWorkerCluster, OpenStackWorkerClusterSpec, OpenStackWorkerClusterStatus,
+    OpenStackWorkerClusterTemplate,
+};
 pub use machine::{
     OpenStackWorkerMachine, OpenStackWorkerMachineSpec, OpenStackWorkerMachineStatus,
 };
@@ -35,6 +40,8 @@ pub const PROVIDER_LABEL: (&str, &str) = (
 /// Every capow CRD, in a stable order, labelled with the CAPI contract and provider labels.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
+        OpenStackWorkerCluster::crd(),
+        OpenStackWorkerClusterTemplate::crd(),
         OpenStackWorkerMachine::crd(),
         OpenStackWorkerMachineTemplate::crd(),
     ];

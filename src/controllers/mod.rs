@@ -1,7 +1,9 @@
 //! Controllers of the capow kinds. Each reconciles in the steps observe (I/O) → plan (pure)
 //! → execute (I/O) → status, and shares the [`Context`] defined here.
 
+pub mod cluster;
 pub mod machine;
+pub mod machine_template;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

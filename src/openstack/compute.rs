@@ -138,6 +138,80 @@ pub struct CreateServer {
     /// Availability zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
+    /// Block device mapping (boot from volume, extra disks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub block_device_mapping_v2: Vec<BlockDeviceMapping>,
+}
+
+/// One entry of `block_device_mapping_v2` (compute API reference, "Create Server").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BlockDeviceMapping {
+    /// `volume`, `image` or `blank`.
+    pub source_type: String,
+    /// `volume` or `local`.
+    pub destination_type: String,
+    /// Source UUID (volume or image); absent for `blank`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// 0 for the boot device; -1 (omitted here as `None`) for others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_index: Option<i32>,
+    /// Size in GiB of a `blank`/`local` disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_size: Option<i32>,
+    /// Delete the volume with the server.
+    pub delete_on_termination: bool,
+    /// Device tag visible in the guest's metadata (microversion ≥ 2.42).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// A Nova server group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ServerGroup {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// `affinity`, `anti-affinity`, `soft-affinity` or `soft-anti-affinity` (microversion ≥ 2.64).
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServerGroupEnvelope {
+    server_group: ServerGroup,
+}
+
+#[derive(Deserialize)]
+struct ServerGroupsEnvelope {
+    server_groups: Vec<ServerGroup>,
+}
+
+/// A Nova availability zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct AvailabilityZone {
+    /// Name.
+    #[serde(rename = "zoneName")]
+    pub name: String,
+    /// Whether it is available.
+    #[serde(rename = "zoneState", default)]
+    pub state: ZoneState,
+}
+
+/// State of an availability zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ZoneState {
+    /// True when servers can be scheduled there.
+    #[serde(default)]
+    pub available: bool,
+}
+
+#[derive(Deserialize)]
+struct AvailabilityZones {
+    #[serde(rename = "availabilityZoneInfo")]
+    zones: Vec<AvailabilityZone>,
 }
 
 #[derive(Deserialize)]
@@ -235,9 +309,17 @@ impl Compute<'_> {
     ///
     /// # Errors
     /// [`super::Error::Api`] with 400 (bad flavor/image/network), 403 or 413 (quota), 409.
-    pub async fn create_server(&self, server: &CreateServer) -> Result<String> {
-        let req = Request::new(Service::Compute, "server_create", Method::POST, "/servers")
-            .json(json!({ "server": server }));
+    pub async fn create_server(
+        &self,
+        server: &CreateServer,
+        scheduler_hints: &serde_json::Map<String, Value>,
+    ) -> Result<String> {
+        let mut body = json!({ "server": server });
+        if !scheduler_hints.is_empty() {
+            body["os:scheduler_hints"] = Value::Object(scheduler_hints.clone());
+        }
+        let req =
+            Request::new(Service::Compute, "server_create", Method::POST, "/servers").json(body);
         Ok(self.session.send::<CreatedEnvelope>(req).await?.server.id)
     }
 
@@ -289,6 +371,57 @@ impl Compute<'_> {
             "/flavors/detail",
         );
         Ok(self.session.send::<FlavorsEnvelope>(req).await?.flavors)
+    }
+
+    /// `GET /os-server-groups/{id}`; `None` on 404.
+    ///
+    /// # Errors
+    /// Any [`super::Error`] other than 404.
+    pub async fn get_server_group(&self, id: &str) -> Result<Option<ServerGroup>> {
+        let req = Request::new(
+            Service::Compute,
+            "server_group_get",
+            Method::GET,
+            format!("/os-server-groups/{id}"),
+        );
+        match self.session.send::<ServerGroupEnvelope>(req).await {
+            Ok(e) => Ok(Some(e.server_group)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /os-server-groups` (the project's groups; Nova has no name filter).
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn list_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        let req = Request::new(
+            Service::Compute,
+            "server_group_list",
+            Method::GET,
+            "/os-server-groups",
+        )
+        .query("limit", "1000");
+        Ok(self
+            .session
+            .send::<ServerGroupsEnvelope>(req)
+            .await?
+            .server_groups)
+    }
+
+    /// `GET /os-availability-zone`: the compute availability zones.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn list_availability_zones(&self) -> Result<Vec<AvailabilityZone>> {
+        let req = Request::new(
+            Service::Compute,
+            "availability_zone_list",
+            Method::GET,
+            "/os-availability-zone",
+        );
+        Ok(self.session.send::<AvailabilityZones>(req).await?.zones)
     }
 
     /// `GET /os-keypairs/{name}`: true when the keypair exists for the user.

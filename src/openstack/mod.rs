@@ -13,6 +13,7 @@ pub mod image;
 pub mod metrics;
 pub mod network;
 pub mod session;
+pub mod volume;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -88,6 +88,133 @@ pub struct PortFixedIp {
     pub ip_address: Option<String>,
 }
 
+/// A Neutron router.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Router {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// External gateway.
+    #[serde(default)]
+    pub external_gateway_info: Option<ExternalGatewayInfo>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Gateway of a router.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalGatewayInfo {
+    /// External network UUID.
+    pub network_id: String,
+    /// Gateway addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_fixed_ips: Vec<PortFixedIp>,
+}
+
+/// A security group rule as Neutron returns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct SecurityGroupRule {
+    /// UUID.
+    pub id: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// Protocol, `None` for any.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// First port.
+    #[serde(default)]
+    pub port_range_min: Option<i32>,
+    /// Last port.
+    #[serde(default)]
+    pub port_range_max: Option<i32>,
+    /// Remote group.
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+    /// Remote CIDR.
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Body of `POST /v2.0/security-group-rules`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateSecurityGroupRule {
+    /// Group the rule belongs to.
+    pub security_group_id: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// `IPv4` or `IPv6`.
+    pub ethertype: String,
+    /// Protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// First port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_range_min: Option<i32>,
+    /// Last port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_range_max: Option<i32>,
+    /// Remote group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_group_id: Option<String>,
+    /// Remote CIDR.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_ip_prefix: Option<String>,
+    /// Description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A Neutron trunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Trunk {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Parent port.
+    #[serde(default)]
+    pub port_id: String,
+}
+
+/// Resource kinds that carry Neutron tags (`/v2.0/<kind>/<id>/tags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaggedResource {
+    /// `networks`.
+    Network,
+    /// `subnets`.
+    Subnet,
+    /// `routers`.
+    Router,
+    /// `security-groups`.
+    SecurityGroup,
+    /// `ports`.
+    Port,
+    /// `trunks`.
+    Trunk,
+}
+
+impl TaggedResource {
+    fn path(self) -> &'static str {
+        match self {
+            TaggedResource::Network => "networks",
+            TaggedResource::Subnet => "subnets",
+            TaggedResource::Router => "routers",
+            TaggedResource::SecurityGroup => "security-groups",
+            TaggedResource::Port => "ports",
+            TaggedResource::Trunk => "trunks",
+        }
+    }
+}
+
 /// Body of `POST /v2.0/ports` (the fields capow sets).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CreatePort {
@@ -113,6 +240,27 @@ pub struct CreatePort {
     /// vNIC type (`binding:vnic_type`).
     #[serde(rename = "binding:vnic_type", skip_serializing_if = "Option::is_none")]
     pub vnic_type: Option<String>,
+    /// MAC address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// Allowed address pairs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_address_pairs: Vec<serde_json::Value>,
+    /// Host binding (`binding:host_id`).
+    #[serde(rename = "binding:host_id", skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// Binding profile (`binding:profile`).
+    #[serde(
+        rename = "binding:profile",
+        skip_serializing_if = "serde_json::Map::is_empty"
+    )]
+    pub profile: serde_json::Map<String, serde_json::Value>,
+    /// `propagate_uplink_status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagate_uplink_status: Option<bool>,
+    /// Extra attributes (CAPO `valueSpecs`), merged into the body.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Attribute and tag filters of a Neutron list call (Neutron API reference, "Filtering" and
@@ -181,6 +329,30 @@ struct SecurityGroups {
 #[derive(Deserialize)]
 struct SecurityGroupEnvelope {
     security_group: SecurityGroup,
+}
+#[derive(Deserialize)]
+struct Routers {
+    routers: Vec<Router>,
+}
+#[derive(Deserialize)]
+struct RouterEnvelope {
+    router: Router,
+}
+#[derive(Deserialize)]
+struct Rules {
+    security_group_rules: Vec<SecurityGroupRule>,
+}
+#[derive(Deserialize)]
+struct RuleEnvelope {
+    security_group_rule: SecurityGroupRule,
+}
+#[derive(Deserialize)]
+struct Trunks {
+    trunks: Vec<Trunk>,
+}
+#[derive(Deserialize)]
+struct TrunkEnvelope {
+    trunk: Trunk,
 }
 #[derive(Deserialize)]
 struct Ports {
@@ -343,6 +515,265 @@ impl NetworkApi<'_> {
         )
         .json(json!({ "tags": tags }));
         self.session.send_empty(req).await
+    }
+
+    /// `GET /v2.0/extensions/{alias}`: true when the extension is loaded (e.g. `trunk`).
+    ///
+    /// # Errors
+    /// Any [`super::Error`] other than 404.
+    pub async fn has_extension(&self, alias: &str) -> Result<bool> {
+        let req = Request::new(
+            Service::Network,
+            "extension_get",
+            Method::GET,
+            format!("/extensions/{alias}"),
+        );
+        match self.session.send::<serde_json::Value>(req).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /v2.0/<kind>/{id}/tags`: replaces the tags of any tagged resource.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn set_tags(&self, kind: TaggedResource, id: &str, tags: &[String]) -> Result<()> {
+        let req = Request::new(
+            Service::Network,
+            "tags_set",
+            Method::PUT,
+            format!("/{}/{id}/tags", kind.path()),
+        )
+        .json(json!({ "tags": tags }));
+        self.session.send_empty(req).await
+    }
+
+    /// `DELETE /v2.0/<kind>/{id}` for any resource kind; a 404 counts as done.
+    ///
+    /// # Errors
+    /// Any [`super::Error`] other than 404 (409 while the resource is still in use).
+    pub async fn delete(&self, kind: TaggedResource, id: &str) -> Result<()> {
+        let op = match kind {
+            TaggedResource::Network => "network_delete",
+            TaggedResource::Subnet => "subnet_delete",
+            TaggedResource::Router => "router_delete",
+            TaggedResource::SecurityGroup => "security_group_delete",
+            TaggedResource::Port => "port_delete",
+            TaggedResource::Trunk => "trunk_delete",
+        };
+        let req = Request::new(
+            Service::Network,
+            op,
+            Method::DELETE,
+            format!("/{}/{id}", kind.path()),
+        );
+        match self.session.send_empty(req).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `POST /v2.0/networks`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn create_network(&self, body: serde_json::Value) -> Result<Network> {
+        let req = Request::new(
+            Service::Network,
+            "network_create",
+            Method::POST,
+            "/networks",
+        )
+        .json(json!({ "network": body }));
+        Ok(self.session.send::<NetworkEnvelope>(req).await?.network)
+    }
+
+    /// `POST /v2.0/subnets`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn create_subnet(&self, body: serde_json::Value) -> Result<Subnet> {
+        let req = Request::new(Service::Network, "subnet_create", Method::POST, "/subnets")
+            .json(json!({ "subnet": body }));
+        Ok(self.session.send::<SubnetEnvelope>(req).await?.subnet)
+    }
+
+    /// `GET /v2.0/routers/{id}`; `None` on 404.
+    ///
+    /// # Errors
+    /// Any [`super::Error`] other than 404.
+    pub async fn get_router(&self, id: &str) -> Result<Option<Router>> {
+        get_or_none!(
+            self.session,
+            "router_get",
+            format!("/routers/{id}"),
+            RouterEnvelope,
+            router
+        )
+    }
+
+    /// `GET /v2.0/routers?<filter>`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn list_routers(&self, filter: &ListFilter) -> Result<Vec<Router>> {
+        let req = filter.apply(Request::new(
+            Service::Network,
+            "router_list",
+            Method::GET,
+            "/routers",
+        ));
+        Ok(self.session.send::<Routers>(req).await?.routers)
+    }
+
+    /// `POST /v2.0/routers`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn create_router(&self, body: serde_json::Value) -> Result<Router> {
+        let req = Request::new(Service::Network, "router_create", Method::POST, "/routers")
+            .json(json!({ "router": body }));
+        Ok(self.session.send::<RouterEnvelope>(req).await?.router)
+    }
+
+    /// `PUT /v2.0/routers/{id}/add_router_interface` with a subnet. A 400 "already has a port
+    /// on subnet" counts as done.
+    ///
+    /// # Errors
+    /// Any other [`super::Error`].
+    pub async fn add_router_interface(&self, router: &str, subnet: &str) -> Result<()> {
+        let req = Request::new(
+            Service::Network,
+            "router_interface_add",
+            Method::PUT,
+            format!("/routers/{router}/add_router_interface"),
+        )
+        .json(json!({ "subnet_id": subnet }));
+        match self.session.send_empty(req).await {
+            Err(super::Error::Api(e)) if e.message.contains("already has a port") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `PUT /v2.0/routers/{id}/remove_router_interface`; "not found" counts as done.
+    ///
+    /// # Errors
+    /// Any other [`super::Error`].
+    pub async fn remove_router_interface(&self, router: &str, subnet: &str) -> Result<()> {
+        let req = Request::new(
+            Service::Network,
+            "router_interface_remove",
+            Method::PUT,
+            format!("/routers/{router}/remove_router_interface"),
+        )
+        .json(json!({ "subnet_id": subnet }));
+        match self.session.send_empty(req).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `POST /v2.0/security-groups`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<SecurityGroup> {
+        let req = Request::new(
+            Service::Network,
+            "security_group_create",
+            Method::POST,
+            "/security-groups",
+        )
+        .json(json!({ "security_group": { "name": name, "description": description } }));
+        Ok(self
+            .session
+            .send::<SecurityGroupEnvelope>(req)
+            .await?
+            .security_group)
+    }
+
+    /// `GET /v2.0/security-group-rules?security_group_id=<id>`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn list_security_group_rules(&self, group: &str) -> Result<Vec<SecurityGroupRule>> {
+        let req = Request::new(
+            Service::Network,
+            "security_group_rule_list",
+            Method::GET,
+            "/security-group-rules",
+        )
+        .query("security_group_id", group);
+        Ok(self.session.send::<Rules>(req).await?.security_group_rules)
+    }
+
+    /// `POST /v2.0/security-group-rules`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`] (409 when an identical rule exists).
+    pub async fn create_security_group_rule(
+        &self,
+        rule: &CreateSecurityGroupRule,
+    ) -> Result<SecurityGroupRule> {
+        let req = Request::new(
+            Service::Network,
+            "security_group_rule_create",
+            Method::POST,
+            "/security-group-rules",
+        )
+        .json(json!({ "security_group_rule": rule }));
+        Ok(self
+            .session
+            .send::<RuleEnvelope>(req)
+            .await?
+            .security_group_rule)
+    }
+
+    /// `DELETE /v2.0/security-group-rules/{id}`; a 404 counts as done.
+    ///
+    /// # Errors
+    /// Any other [`super::Error`].
+    pub async fn delete_security_group_rule(&self, id: &str) -> Result<()> {
+        let req = Request::new(
+            Service::Network,
+            "security_group_rule_delete",
+            Method::DELETE,
+            format!("/security-group-rules/{id}"),
+        );
+        match self.session.send_empty(req).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `GET /v2.0/trunks?<filter>`.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn list_trunks(&self, filter: &ListFilter) -> Result<Vec<Trunk>> {
+        let req = filter.apply(Request::new(
+            Service::Network,
+            "trunk_list",
+            Method::GET,
+            "/trunks",
+        ));
+        Ok(self.session.send::<Trunks>(req).await?.trunks)
+    }
+
+    /// `POST /v2.0/trunks` with `port` as parent.
+    ///
+    /// # Errors
+    /// Any [`super::Error`].
+    pub async fn create_trunk(&self, name: &str, port: &str) -> Result<Trunk> {
+        let req = Request::new(Service::Network, "trunk_create", Method::POST, "/trunks")
+            .json(json!({ "trunk": { "name": name, "port_id": port } }));
+        Ok(self.session.send::<TrunkEnvelope>(req).await?.trunk)
     }
 
     /// `DELETE /v2.0/ports/{id}`; a 404 counts as done.

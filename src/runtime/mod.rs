@@ -172,12 +172,24 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         let ctx = ctx.clone();
         let namespace = namespace.clone();
         tokio::spawn(async move {
-            controllers::machine::run_controller(
-                ctx,
-                namespace.as_deref(),
-                token.cancelled_owned(),
-            )
-            .await;
+            let ns = namespace.as_deref();
+            tokio::join!(
+                controllers::machine::run_controller(
+                    ctx.clone(),
+                    ns,
+                    token.clone().cancelled_owned()
+                ),
+                controllers::cluster::run_controller(
+                    ctx.clone(),
+                    ns,
+                    token.clone().cancelled_owned()
+                ),
+                controllers::machine_template::run_controller(
+                    ctx.clone(),
+                    ns,
+                    token.clone().cancelled_owned()
+                ),
+            );
         })
     };
 

@@ -1,21 +1,95 @@
 //! Execute step of the machine controller: the OpenStack calls that change something. Each one
-//! is safe to repeat: ports and servers are found again by their UID tag before anything new
-//! is made, and deletes treat "already gone" as done.
+//! is safe to repeat: ports, trunks and volumes are found again by their UID tag (metadata for
+//! Cinder) before anything new is made, and deletes treat "already gone" as done.
 
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::Error;
 use super::observe::{self, Resolved};
-use super::plan::{self, Ownership, ServerPlan};
-use crate::api::machine::{MachineResources, OpenStackWorkerMachine, PortStatus};
+use super::plan::{self, Ownership, ServerPlan, VolumePlan};
+use crate::api::machine::{MachineResources, OpenStackWorkerMachine, PortStatus, VolumeStatus};
 use crate::controllers::Context;
 use crate::openstack::Session;
-use crate::openstack::network::{CreatePort, PortFixedIp};
+use crate::openstack::network::{CreatePort, ListFilter, PortFixedIp, TaggedResource};
+use crate::openstack::volume::CreateVolume;
 
-/// Makes sure every port of `resolved` exists, reusing ports made before a crash. Returns the
-/// port IDs in spec order; `resources` gets every port as soon as it exists, so the caller can
-/// persist it even when a later step fails.
+fn record(list: &mut Vec<PortStatus>, id: &str) {
+    if !list.iter().any(|p| p.id == id) {
+        list.push(PortStatus { id: id.to_owned() });
+    }
+}
+
+/// The Neutron body of port `index` of `m`.
+fn port_request(
+    m: &OpenStackWorkerMachine,
+    index: usize,
+    want: &crate::api::common::ResolvedPortSpec,
+) -> CreatePort {
+    let opts = plan::effective_ports(&m.spec.ports).swap_remove(index);
+    let mut profile = serde_json::Map::new();
+    if let Some(p) = &opts.profile {
+        if p.ovs_hw_offload == Some(true) {
+            profile.insert("capabilities".into(), serde_json::json!(["switchdev"]));
+        }
+        if p.trusted_vf == Some(true) {
+            profile.insert("trusted".into(), serde_json::Value::Bool(true));
+        }
+    }
+    let extra = opts
+        .value_specs
+        .iter()
+        .map(|v| {
+            let value = match v.value.as_str() {
+                "true" => serde_json::Value::Bool(true),
+                "false" => serde_json::Value::Bool(false),
+                other => serde_json::Value::String(other.to_owned()),
+            };
+            (v.key.clone(), value)
+        })
+        .collect();
+    CreatePort {
+        name: want.name.clone(),
+        network_id: want.network_id.clone(),
+        description: opts.description.clone().unwrap_or_else(|| {
+            format!(
+                "Created by capow for OpenStackWorkerMachine {}/{}",
+                m.namespace().unwrap_or_default(),
+                m.name_any()
+            )
+        }),
+        fixed_ips: want
+            .fixed_ips
+            .iter()
+            .map(|f| PortFixedIp {
+                subnet_id: f.subnet_id.clone(),
+                ip_address: f.ip_address.clone(),
+            })
+            .collect(),
+        security_groups: (!want.security_groups.is_empty()).then(|| want.security_groups.clone()),
+        admin_state_up: opts.admin_state_up,
+        port_security_enabled: opts.enable_port_security,
+        vnic_type: opts.vnic_type.clone(),
+        mac_address: opts.mac_address.clone(),
+        allowed_address_pairs: opts
+            .allowed_address_pairs
+            .iter()
+            .map(|p| match &p.mac_address {
+                Some(mac) => serde_json::json!({ "ip_address": p.ip_address, "mac_address": mac }),
+                None => serde_json::json!({ "ip_address": p.ip_address }),
+            })
+            .collect(),
+        host_id: opts.host_id.clone(),
+        profile,
+        propagate_uplink_status: opts.propagate_uplink_status,
+        extra,
+    }
+}
+
+/// Makes sure every port of `resolved` exists, reusing ports made before a crash, and creates
+/// a trunk for each port that asks for one. Returns the port IDs in order; `resources` gets
+/// every port and trunk as soon as it exists, so the caller can persist it even when a later
+/// step fails.
 ///
 /// # Errors
 /// [`Error::OpenStack`] when listing, creating or tagging fails.
@@ -30,9 +104,15 @@ pub async fn ensure_ports(
     let net = session.network();
     let mut existing = observe::owned_ports(session, m).await?;
     let tags = owner.tags(&m.spec.tags);
+    let port_opts = plan::effective_ports(&m.spec.ports);
     let mut ids = Vec::with_capacity(resolved.ports.len());
     for (i, want) in resolved.ports.iter().enumerate() {
-        let opts = &m.spec.ports[i];
+        let mut port_tags = tags.clone();
+        for t in &port_opts[i].tags {
+            if !port_tags.contains(t) {
+                port_tags.push(t.clone());
+            }
+        }
         let reuse = existing
             .iter()
             .position(|p| p.name == want.name && plan::port_matches(p, want))
@@ -40,65 +120,151 @@ pub async fn ensure_ports(
         let port = match reuse {
             Some(p) => p,
             None => {
-                let mut extra_tags = tags.clone();
-                for t in &opts.tags {
-                    if !extra_tags.contains(t) {
-                        extra_tags.push(t.clone());
-                    }
-                }
-                let create = CreatePort {
-                    name: want.name.clone(),
-                    network_id: want.network_id.clone(),
-                    description: opts.description.clone().unwrap_or_else(|| {
-                        format!(
-                            "Created by capow for OpenStackWorkerMachine {}/{}",
-                            m.namespace().unwrap_or_default(),
-                            m.name_any()
-                        )
-                    }),
-                    fixed_ips: want
-                        .fixed_ips
-                        .iter()
-                        .map(|f| PortFixedIp {
-                            subnet_id: f.subnet_id.clone(),
-                            ip_address: f.ip_address.clone(),
-                        })
-                        .collect(),
-                    security_groups: (!want.security_groups.is_empty())
-                        .then(|| want.security_groups.clone()),
-                    admin_state_up: opts.admin_state_up,
-                    port_security_enabled: opts.enable_port_security,
-                    vnic_type: opts.vnic_type.clone(),
-                };
                 let port = net
-                    .create_port(&create)
+                    .create_port(&port_request(m, i, want))
                     .await
                     .map_err(Error::openstack("create a port"))?;
                 ctx.config
                     .maybe_crash(crate::controllers::FaultPoint::ExitAfterPortCreate);
-                record_port(resources, &port.id);
-                net.set_port_tags(&port.id, &extra_tags)
-                    .await
-                    .map_err(Error::openstack("tag a port"))?;
+                record(&mut resources.ports, &port.id);
                 tracing::info!(port = %port.id, name = %port.name, "Created port");
                 port
             }
         };
         if port.tags.is_empty() {
-            // Adopted after a crash between create and tag.
-            net.set_port_tags(&port.id, &tags)
+            // Neutron before 2023.1 ignores tags in the create body; a crash may also have
+            // left an adopted port untagged.
+            net.set_tags(TaggedResource::Port, &port.id, &port_tags)
                 .await
                 .map_err(Error::openstack("tag a port"))?;
         }
-        record_port(resources, &port.id);
+        record(&mut resources.ports, &port.id);
+        if resolved.trunks.get(i).copied().unwrap_or(false) {
+            let found = net
+                .list_trunks(&ListFilter::attribute("port_id", port.id.clone()))
+                .await
+                .map_err(Error::openstack("look up trunks"))?;
+            let trunk = match found.into_iter().next() {
+                Some(t) => t,
+                None => {
+                    let t = net
+                        .create_trunk(&want.name, &port.id)
+                        .await
+                        .map_err(Error::openstack("create a trunk"))?;
+                    tracing::info!(trunk = %t.id, port = %port.id, "Created trunk");
+                    t
+                }
+            };
+            record(&mut resources.trunks, &trunk.id);
+            net.set_tags(TaggedResource::Trunk, &trunk.id, &tags)
+                .await
+                .map_err(Error::openstack("tag a trunk"))?;
+        }
         ids.push(port.id);
     }
     Ok(ids)
 }
 
-fn record_port(resources: &mut MachineResources, id: &str) {
-    if !resources.ports.iter().any(|p| p.id == id) {
-        resources.ports.push(PortStatus { id: id.to_owned() });
+/// State of the machine's volumes.
+pub enum Volumes {
+    /// Every volume is `available`: `(name, id)`, root first.
+    Ready(Vec<(String, String)>),
+    /// Still being created (Cinder copies the image for a root volume).
+    Pending(String),
+}
+
+/// Makes sure every planned volume exists and is available. Volumes carry the metadata
+/// `capow-machine-uid` so a crash never leaves one behind or makes a second. A volume that
+/// went to `error` is deleted and reported; the next reconcile creates it again.
+///
+/// # Errors
+/// [`Error::OpenStack`] when Cinder refuses (e.g. quota) or a volume failed to build.
+pub async fn ensure_volumes(
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    plans: &[VolumePlan],
+    owner: &Ownership,
+    resources: &mut MachineResources,
+) -> Result<Volumes, Error> {
+    if plans.is_empty() {
+        return Ok(Volumes::Ready(Vec::new()));
+    }
+    let api = session.volume();
+    let existing = api
+        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &owner.machine_uid)
+        .await
+        .map_err(Error::openstack("look up volumes"))?;
+    let mut ready = Vec::with_capacity(plans.len());
+    let mut pending = Vec::new();
+    for p in plans {
+        let name = format!("{}-{}", m.name_any(), p.name);
+        let volume = match existing
+            .iter()
+            .find(|v| v.name.as_deref() == Some(name.as_str()))
+        {
+            Some(v) => v.clone(),
+            None => {
+                let mut metadata = owner.metadata(&[]);
+                metadata.insert("capow-volume".into(), p.name.clone());
+                let v = api
+                    .create_volume(&CreateVolume {
+                        name: name.clone(),
+                        size: p.size_gib,
+                        volume_type: p.volume_type.clone(),
+                        availability_zone: p.availability_zone.clone(),
+                        image_ref: p.image_id.clone(),
+                        description: format!(
+                            "Created by capow for OpenStackWorkerMachine {}/{}",
+                            m.namespace().unwrap_or_default(),
+                            m.name_any()
+                        ),
+                        metadata,
+                    })
+                    .await
+                    .map_err(Error::openstack("create a volume"))?;
+                tracing::info!(volume = %v.id, name = %name, "Created volume");
+                v
+            }
+        };
+        if !resources.volumes.iter().any(|r| r.id == volume.id) {
+            resources.volumes.push(VolumeStatus {
+                id: volume.id.clone(),
+                name: p.name.clone(),
+            });
+        }
+        match volume.status.as_str() {
+            "available" => ready.push((p.name.clone(), volume.id.clone())),
+            "error" => {
+                api.delete_volume(&volume.id)
+                    .await
+                    .map_err(Error::openstack("delete a failed volume"))?;
+                resources.volumes.retain(|r| r.id != volume.id);
+                return Err(Error::VolumeFailed(format!(
+                    "volume {name} ({}) went to error in Cinder; deleted it to try again",
+                    volume.id
+                )));
+            }
+            "reserved" => {
+                // ensure_volumes runs only while the machine has no server: a reservation is
+                // what a refused server create left behind (Nova Zed). Free the volume.
+                for a in api
+                    .list_attachments(&volume.id)
+                    .await
+                    .map_err(Error::openstack("list volume attachments"))?
+                {
+                    api.delete_attachment(&a.id)
+                        .await
+                        .map_err(Error::openstack("delete a stale volume attachment"))?;
+                }
+                pending.push(format!("{name} is being released from a failed attach"));
+            }
+            other => pending.push(format!("{name} is {other}")),
+        }
+    }
+    if pending.is_empty() {
+        Ok(Volumes::Ready(ready))
+    } else {
+        Ok(Volumes::Pending(pending.join(", ")))
     }
 }
 
@@ -112,11 +278,12 @@ pub async fn create_server(
     session: &Session,
     m: &OpenStackWorkerMachine,
     plan: ServerPlan<'_>,
+    hints: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<String, Error> {
     let compute = session.compute();
     let request = plan::create_server_request(plan);
     let id = compute
-        .create_server(&request)
+        .create_server(&request, hints)
         .await
         .map_err(Error::openstack("create the server"))?;
     ctx.config
@@ -132,6 +299,59 @@ pub async fn create_server(
     )
     .await;
     Ok(id)
+}
+
+/// Deletes the volumes capow made for `m` that are not attached (after a failed server
+/// create, or left behind once the server is gone).
+///
+/// # Errors
+/// [`Error::OpenStack`] when listing or deleting fails.
+pub async fn delete_volumes(session: &Session, m: &OpenStackWorkerMachine) -> Result<(), Error> {
+    let api = session.volume();
+    let uid = m.uid().unwrap_or_default();
+    let volumes = api
+        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &uid)
+        .await
+        .map_err(Error::openstack("look up volumes"))?;
+    // Only called when no server of this machine exists: any attachment left is stale (a
+    // refused server create leaves its volumes `reserved`).
+    for v in volumes
+        .iter()
+        .filter(|v| matches!(v.status.as_str(), "reserved" | "in-use" | "attaching"))
+    {
+        for a in api
+            .list_attachments(&v.id)
+            .await
+            .map_err(Error::openstack("list volume attachments"))?
+        {
+            api.delete_attachment(&a.id)
+                .await
+                .map_err(Error::openstack("delete a stale volume attachment"))?;
+        }
+    }
+    let mut ids: Vec<String> = volumes
+        .into_iter()
+        .filter(|v| v.status != "deleting")
+        .map(|v| v.id)
+        .collect();
+    for v in m
+        .status
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .map(|r| r.volumes.as_slice())
+        .unwrap_or_default()
+    {
+        if !ids.contains(&v.id) {
+            ids.push(v.id.clone());
+        }
+    }
+    for id in ids {
+        api.delete_volume(&id)
+            .await
+            .map_err(Error::openstack("delete a volume"))?;
+        tracing::info!(volume = %id, "Deleted volume");
+    }
+    Ok(())
 }
 
 /// One step of deleting everything capow made for `m`. Returns `Ok(true)` when nothing is
@@ -174,29 +394,59 @@ pub async fn delete_resources(
             return Ok(false);
         }
     }
-    // The server is gone: Nova releases the ports it used only after that, so delete them now.
+    // The server is gone. Nova releases ports and detaches volumes only after that: delete
+    // trunks (a parent port cannot go while its trunk exists), ports, then volumes.
     let net = session.network();
+    let resources = m
+        .status
+        .as_ref()
+        .and_then(|s| s.resources.clone())
+        .unwrap_or_default();
+    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let mut trunk_ids: Vec<String> = if resources.trunks.is_empty() {
+        Vec::new()
+    } else {
+        net.list_trunks(&ListFilter {
+            tags: vec![uid_tag],
+            ..ListFilter::default()
+        })
+        .await
+        .map_err(Error::openstack("look up trunks"))?
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
+    };
+    for t in &resources.trunks {
+        if !trunk_ids.contains(&t.id) {
+            trunk_ids.push(t.id.clone());
+        }
+    }
+    for id in &trunk_ids {
+        net.delete(TaggedResource::Trunk, id)
+            .await
+            .map_err(Error::openstack("delete a trunk"))?;
+    }
     let mut port_ids: Vec<String> = observe::owned_ports(session, m)
         .await?
         .into_iter()
         .map(|p| p.id)
         .collect();
-    for p in m
-        .status
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .map(|r| r.ports.as_slice())
-        .unwrap_or_default()
-    {
+    for p in &resources.ports {
         if !port_ids.contains(&p.id) {
             port_ids.push(p.id.clone());
         }
     }
     for id in &port_ids {
-        net.delete_port(id)
+        net.delete(TaggedResource::Port, id)
             .await
             .map_err(Error::openstack("delete a port"))?;
         tracing::info!(port = %id, "Deleted port");
+    }
+    if m.spec.root_volume.is_some()
+        || !resources.volumes.is_empty()
+        || !m.spec.additional_block_devices.is_empty()
+    {
+        delete_volumes(session, m).await?;
     }
     Ok(true)
 }

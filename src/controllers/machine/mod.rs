@@ -83,6 +83,10 @@ pub enum Error {
     #[error("{0}")]
     Duplicate(String),
 
+    /// A volume capow created went to `error` in Cinder.
+    #[error("{0}")]
+    VolumeFailed(String),
+
     /// Deletion is under way; keeps the finalizer until the next check (not a failure).
     #[error("waiting for OpenStack to delete the server")]
     DeletionInProgress,
@@ -113,6 +117,7 @@ impl Error {
             Error::OpenStack { .. } => "OpenStack",
             Error::Kube { .. } => "Kube",
             Error::Duplicate(_) => "Duplicate",
+            Error::VolumeFailed(_) => "VolumeFailed",
             Error::DeletionInProgress => "DeletionInProgress",
             Error::DeletionBlocked(_) => "DeletionBlocked",
             Error::Finalizer(e) => match &**e {
@@ -135,12 +140,15 @@ impl Error {
                     reasons::INSTANCE_CREATE_FAILED
                 } else if *action == "create a port" {
                     reasons::PORT_CREATE_FAILED
+                } else if *action == "create a volume" {
+                    reasons::VOLUME_CREATE_FAILED
                 } else {
                     reasons::OPENSTACK_ERROR
                 }
             }
             Error::DeletionInProgress => reasons::DELETING,
             Error::DeletionBlocked(_) => reasons::INSTANCE_DELETE_FAILED,
+            Error::VolumeFailed(_) => reasons::VOLUME_CREATE_FAILED,
             Error::Kube { .. } | Error::Duplicate(_) | Error::Finalizer(_) => {
                 reasons::OPENSTACK_ERROR
             }
@@ -338,7 +346,11 @@ async fn run(
     }
 
     let ns = m.namespace().unwrap_or_default();
-    let identity = m.spec.identity_ref.as_ref();
+    let identity = m
+        .spec
+        .identity_ref
+        .as_ref()
+        .or(owners.infra.as_ref().map(|c| &c.spec.identity_ref));
     let session = observe::session(ctx, &ns, identity).await?;
     session
         .authenticate()
@@ -449,11 +461,13 @@ async fn create(
         field: "Machine spec.bootstrap.dataSecretName".into(),
         message,
     })?;
-    let resolved = observe::resolve(session, m).await?;
+    let resolved = observe::resolve(session, m, owners).await?;
     let resolved_status = Some(crate::api::machine::ResolvedMachineSpec {
         flavor_id: Some(resolved.flavor.id.clone()),
         image_id: Some(resolved.image_id.clone()),
         ports: resolved.ports.clone(),
+        server_group_id: resolved.server_group_id.clone(),
+        availability_zone: resolved.availability_zone.clone(),
     });
     if status.resolved != resolved_status {
         // Persisted before the first create call: cleanup trusts "never resolved" to mean
@@ -471,11 +485,32 @@ async fn create(
         node_group: node_group(&owners.machine),
     };
     let mut resources = status.resources.take().unwrap_or_default();
+    let volumes =
+        execute::ensure_volumes(session, m, &resolved.volumes, &owner, &mut resources).await;
+    let volumes = match volumes {
+        Ok(execute::Volumes::Ready(v)) => v,
+        Ok(execute::Volumes::Pending(msg)) => {
+            status.resources = Some(resources);
+            return Ok(Outcome::waiting(
+                reasons::INSTANCE_NOT_READY,
+                format!("waiting for volumes: {msg}"),
+                Some(ctx.config.build_poll),
+            ));
+        }
+        Err(e) => {
+            status.resources = Some(resources);
+            return Err(e);
+        }
+    };
     let ports = execute::ensure_ports(ctx, session, m, &resolved, &owner, &mut resources).await;
     status.resources = Some(resources);
     let ports = ports?;
 
-    let id = execute::create_server(
+    let hints = plan::scheduler_hints(
+        resolved.server_group_id.as_deref(),
+        &m.spec.scheduler_hint_additional_properties,
+    );
+    let created = execute::create_server(
         ctx,
         session,
         m,
@@ -489,15 +524,30 @@ async fn create(
             tags: owner.tags(&m.spec.tags),
             metadata: owner.metadata(&m.spec.server_metadata),
             config_drive: m.spec.config_drive,
-            availability_zone: owners
-                .machine
-                .spec
-                .failure_domain
-                .as_deref()
-                .filter(|z| !z.is_empty()),
+            availability_zone: resolved.availability_zone.as_deref(),
+            block_devices: plan::block_devices(&volumes, &resolved.local_disks),
         },
+        &hints,
     )
-    .await?;
+    .await;
+    let id = match created {
+        Ok(id) => id,
+        Err(e) => {
+            // Nova refused for good (bad input or quota): give the volumes back instead of
+            // holding quota for a server that will not come; retries create them again.
+            if let Error::OpenStack { source, .. } = &e
+                && (source.is_client_error() || source.is_quota_exceeded())
+                && !volumes.is_empty()
+            {
+                if let Err(cleanup) = execute::delete_volumes(session, m).await {
+                    tracing::warn!(error = %cleanup, "Failed to delete volumes after a refused server create");
+                } else if let Some(r) = status.resources.as_mut() {
+                    r.volumes.clear();
+                }
+            }
+            return Err(e);
+        }
+    };
     status.instance_id = Some(id.clone());
     status.instance_state = Some("BUILD".into());
     Ok(Outcome::waiting(
@@ -541,7 +591,11 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
         tracing::info!("Releasing the finalizer: nothing was created in OpenStack");
         return Ok(Action::await_change());
     }
-    let session = match observe::session(ctx, &ns, m.spec.identity_ref.as_ref()).await {
+    let identity = match m.spec.identity_ref.clone() {
+        Some(i) => Some(i),
+        None => observe::cluster_identity(ctx, &m).await?,
+    };
+    let session = match observe::session(ctx, &ns, identity.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             return Err(report_delete(ctx, &m, &before, Error::DeletionBlocked(Box::new(e))).await);

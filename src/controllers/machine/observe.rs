@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 
 use super::Error;
 use super::plan;
+use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::common::{
     FixedIp, FlavorParam, ImageParam, NetworkParam, OpenStackIdentityReference, PortOpts,
     ResolvedFixedIp, ResolvedPortSpec, SecurityGroupParam, SubnetParam,
@@ -25,6 +26,8 @@ pub struct Owners {
     pub machine: Machine,
     /// The Machine's `Cluster`.
     pub cluster: Cluster,
+    /// The Cluster's `OpenStackWorkerCluster`, when its infrastructureRef names one.
+    pub infra: Option<OpenStackWorkerCluster>,
 }
 
 /// Result of looking up the owners.
@@ -83,7 +86,57 @@ pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLo
             "Cluster {ns}/{cluster_name} does not exist"
         )));
     };
-    Ok(OwnerLookup::Found(Box::new(Owners { machine, cluster })))
+    let infra = match cluster.spec.infrastructure_ref.as_ref() {
+        Some(r) if r.kind == "OpenStackWorkerCluster" && !r.name.is_empty() => {
+            let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
+            api.get_opt(&r.name)
+                .await
+                .map_err(Error::kube("get the OpenStackWorkerCluster"))?
+        }
+        _ => None,
+    };
+    Ok(OwnerLookup::Found(Box::new(Owners {
+        machine,
+        cluster,
+        infra,
+    })))
+}
+
+/// The identityRef of the `OpenStackWorkerCluster` of `m`'s Cluster (found through the
+/// `cluster.x-k8s.io/cluster-name` label CAPI puts on infrastructure machines), for when the
+/// Machine itself may already be gone (deletion).
+///
+/// # Errors
+/// [`Error::Kube`] when the API server fails.
+pub async fn cluster_identity(
+    ctx: &Context,
+    m: &OpenStackWorkerMachine,
+) -> Result<Option<OpenStackIdentityReference>, Error> {
+    let ns = m.namespace().unwrap_or_default();
+    let Some(cluster_name) = m.labels().get(capi::CLUSTER_NAME_LABEL) else {
+        return Ok(None);
+    };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = clusters
+        .get_opt(cluster_name)
+        .await
+        .map_err(Error::kube("get the Cluster"))?
+    else {
+        return Ok(None);
+    };
+    let Some(r) = cluster
+        .spec
+        .infrastructure_ref
+        .filter(|r| r.kind == "OpenStackWorkerCluster")
+    else {
+        return Ok(None);
+    };
+    let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(api
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::kube("get the OpenStackWorkerCluster"))?
+        .map(|c| c.spec.identity_ref))
 }
 
 /// The bootstrap data of `machine`: key `value` of the Secret named by
@@ -179,8 +232,18 @@ pub struct Resolved {
     pub flavor: Flavor,
     /// Image UUID.
     pub image_id: String,
-    /// Ports with IDs, in spec order.
+    /// Ports with IDs, in order (the cluster's default port when the spec has none).
     pub ports: Vec<ResolvedPortSpec>,
+    /// Whether each port of `ports` gets a trunk.
+    pub trunks: Vec<bool>,
+    /// Server group UUID.
+    pub server_group_id: Option<String>,
+    /// Availability zone of the server (`Machine.spec.failureDomain`).
+    pub availability_zone: Option<String>,
+    /// Volumes to create: the root volume first (if any), then volume block devices.
+    pub volumes: Vec<plan::VolumePlan>,
+    /// Local (ephemeral) block devices: `(name, size GiB)`.
+    pub local_disks: Vec<(String, i32)>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
@@ -201,14 +264,22 @@ fn exactly_one<T>(mut found: Vec<T>, field: &str, what: &str) -> Result<T, Error
     }
 }
 
-/// Resolves flavor, image, ports and keypair of `m` (CAPO's `*Param` semantics: by ID, or by a
-/// filter that must match exactly one).
+/// Resolves flavor, image, ports, keypair, server group and volumes of `m` (CAPO's `*Param`
+/// semantics: by ID, or by a filter that must match exactly one). Ports without a network use
+/// the cluster's network; the cluster's managed worker security group is added to every port
+/// with port security.
 ///
 /// # Errors
-/// [`Error::InvalidSpec`] naming the field when something does not exist or a filter is
-/// ambiguous; [`Error::OpenStack`] when a call fails otherwise.
-pub async fn resolve(session: &Session, m: &OpenStackWorkerMachine) -> Result<Resolved, Error> {
+/// [`Error::InvalidSpec`] naming the field when something does not exist, is ambiguous, or
+/// the cluster provides no default the spec relies on; [`Error::OpenStack`] when a call fails
+/// otherwise.
+pub async fn resolve(
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    owners: &Owners,
+) -> Result<Resolved, Error> {
     let spec = &m.spec;
+    let infra = owners.infra.as_ref();
     let flavor = resolve_flavor(session, &spec.flavor).await?;
     let image_id = resolve_image(session, &spec.image).await?;
     if let Some(key) = spec.ssh_key_name.as_deref().filter(|k| !k.is_empty())
@@ -223,24 +294,108 @@ pub async fn resolve(session: &Session, m: &OpenStackWorkerMachine) -> Result<Re
             format!("keypair {key:?} does not exist"),
         ));
     }
-    if spec.ports.is_empty() {
+    let cluster_network = infra
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.id.clone());
+    let cluster_group = infra
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.worker_security_group.as_ref())
+        .map(|g| g.id.clone());
+    let port_opts = plan::effective_ports(&spec.ports);
+    let mut ports = Vec::with_capacity(port_opts.len());
+    let mut trunks = Vec::with_capacity(port_opts.len());
+    for (i, opts) in port_opts.iter().enumerate() {
+        let mut port = resolve_port(session, m, i, opts, cluster_network.as_deref()).await?;
+        if let Some(group) = &cluster_group
+            && opts.enable_port_security != Some(false)
+            && !port.security_groups.contains(group)
+        {
+            port.security_groups.push(group.clone());
+        }
+        ports.push(port);
+        trunks.push(opts.trunk.or(spec.trunk).unwrap_or(false));
+    }
+    if trunks.iter().any(|t| *t)
+        && !session
+            .network()
+            .has_extension("trunk")
+            .await
+            .map_err(Error::openstack("look up the trunk extension"))?
+    {
         return Err(invalid(
-            "spec.ports",
-            "at least one port is required: the cluster provides no default network",
+            "spec.trunk",
+            "trunk ports are requested but the cloud's Neutron has no trunk extension",
         ));
     }
-    let mut ports = Vec::with_capacity(spec.ports.len());
-    for (i, opts) in spec.ports.iter().enumerate() {
-        ports.push(resolve_port(session, m, i, opts).await?);
-    }
+    let server_group_id = match &spec.server_group {
+        Some(p) => Some(resolve_server_group(session, p).await?),
+        None => None,
+    };
+    let availability_zone = owners
+        .machine
+        .spec
+        .failure_domain
+        .clone()
+        .filter(|z| !z.is_empty());
+    let (volumes, local_disks) = plan::volume_plans(spec, &image_id, availability_zone.as_deref())
+        .map_err(|(field, message)| invalid(field, message))?;
+    plan::check_local_disks(&flavor, &local_disks)
+        .map_err(|(field, message)| invalid(field, message))?;
     Ok(Resolved {
         flavor,
         image_id,
         ports,
+        trunks,
+        server_group_id,
+        availability_zone,
+        volumes,
+        local_disks,
     })
 }
 
-async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor, Error> {
+async fn resolve_server_group(
+    session: &Session,
+    p: &crate::api::common::ServerGroupParam,
+) -> Result<String, Error> {
+    let compute = session.compute();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => compute
+            .get_server_group(id)
+            .await
+            .map_err(Error::openstack("get the server group"))?
+            .map(|g| g.id)
+            .ok_or_else(|| {
+                invalid(
+                    "spec.serverGroup.id",
+                    format!("server group {id:?} does not exist"),
+                )
+            }),
+        (None, Some(f)) => {
+            let all = compute
+                .list_server_groups()
+                .await
+                .map_err(Error::openstack("list server groups"))?;
+            let found = all.into_iter().filter(|g| g.name == f.name).collect();
+            exactly_one(
+                found,
+                "spec.serverGroup.filter.name",
+                &format!("server group named {:?}", f.name),
+            )
+            .map(|g| g.id)
+        }
+        (None, None) => Err(invalid(
+            "spec.serverGroup",
+            "one of id or filter is required",
+        )),
+    }
+}
+
+/// Resolves a flavor by ID or by name.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] (`spec.flavor...`) when it does not exist or is ambiguous.
+pub async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor, Error> {
     let compute = session.compute();
     match (&p.id, &p.filter) {
         (Some(id), _) => compute
@@ -265,6 +420,18 @@ async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor, Er
 }
 
 async fn resolve_image(session: &Session, p: &ImageParam) -> Result<String, Error> {
+    resolve_image_full(session, p).await.map(|i| i.id)
+}
+
+/// Resolves an image by ID or by name and tags; it must be active.
+///
+/// # Errors
+/// [`Error::InvalidSpec`] (`spec.image...`) when it does not exist, is not active or the filter
+/// is ambiguous.
+pub async fn resolve_image_full(
+    session: &Session,
+    p: &ImageParam,
+) -> Result<crate::openstack::image::Image, Error> {
     let image = session.image();
     match (&p.id, &p.filter) {
         (Some(id), _) => {
@@ -281,7 +448,7 @@ async fn resolve_image(session: &Session, p: &ImageParam) -> Result<String, Erro
                     "spec.image.id",
                     format!("image {id:?} is {}, not active", i.status),
                 )),
-                Some(i) => Ok(i.id),
+                Some(i) => Ok(i),
             }
         }
         (None, Some(f)) => {
@@ -294,7 +461,7 @@ async fn resolve_image(session: &Session, p: &ImageParam) -> Result<String, Erro
                 f.name.as_deref().unwrap_or(""),
                 f.tags
             );
-            exactly_one(found, "spec.image.filter", &what).map(|i| i.id)
+            exactly_one(found, "spec.image.filter", &what)
         }
         (None, None) => Err(invalid("spec.image", "one of id or filter is required")),
     }
@@ -450,15 +617,25 @@ async fn resolve_port(
     m: &OpenStackWorkerMachine,
     index: usize,
     opts: &PortOpts,
+    cluster_network: Option<&str>,
 ) -> Result<ResolvedPortSpec, Error> {
     let field = format!("spec.ports[{index}]");
-    let network = opts.network.as_ref().ok_or_else(|| {
-        invalid(
-            format!("{field}.network"),
-            "is required: the cluster provides no default network",
-        )
-    })?;
-    let network_id = resolve_network(session, network, &format!("{field}.network")).await?;
+    let network_id = match (&opts.network, cluster_network) {
+        (Some(network), _) => {
+            resolve_network(session, network, &format!("{field}.network")).await?
+        }
+        (None, Some(id)) => id.to_owned(),
+        (None, None) => {
+            return Err(invalid(
+                if m.spec.ports.is_empty() {
+                    "spec.ports".to_owned()
+                } else {
+                    format!("{field}.network")
+                },
+                "no network given and the cluster's OpenStackWorkerCluster reports none in status.network",
+            ));
+        }
+    };
     let mut fixed_ips = Vec::with_capacity(opts.fixed_ips.len());
     for (j, FixedIp { subnet, ip_address }) in opts.fixed_ips.iter().enumerate() {
         let subnet_id = match subnet {
@@ -560,7 +737,7 @@ pub async fn owned_ports(
         .await
         .map_err(Error::openstack("look up ports by tag"))?;
     let created = m.meta().creation_timestamp.as_ref().map(|t| t.0);
-    for (i, opts) in m.spec.ports.iter().enumerate() {
+    for (i, opts) in plan::effective_ports(&m.spec.ports).iter().enumerate() {
         let name = plan::port_name(&m.name_any(), i, opts);
         let by_name = net
             .list_ports(&ListFilter::attribute("name", name))

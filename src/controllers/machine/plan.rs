@@ -21,6 +21,9 @@ pub const CLUSTER_UID_TAG_PREFIX: &str = "capow-cluster-uid=";
 pub const METADATA_MACHINE_UID: &str = "capow-machine-uid";
 /// Server metadata key holding the cluster as `<namespace>/<name>`.
 pub const METADATA_CLUSTER: &str = "capow-cluster";
+/// Server and volume metadata key holding the Cluster's UID (the cluster sweep's filter for
+/// Cinder, which has no tags).
+pub const METADATA_CLUSTER_UID: &str = "capow-cluster-uid";
 /// Server metadata key holding the node group (`MachineDeployment/<ns>/<name>`, or
 /// `MachineSet/<ns>/<name>`), empty for Machines of neither.
 pub const METADATA_NODE_GROUP: &str = "capow-node-group";
@@ -73,6 +76,7 @@ impl Ownership {
             .collect();
         md.insert(METADATA_MACHINE_UID.into(), self.machine_uid.clone());
         md.insert(METADATA_CLUSTER.into(), self.cluster.clone());
+        md.insert(METADATA_CLUSTER_UID.into(), self.cluster_uid.clone());
         md.insert(
             METADATA_NODE_GROUP.into(),
             self.node_group.clone().unwrap_or_default(),
@@ -87,6 +91,200 @@ pub fn port_name(machine: &str, index: usize, opts: &PortOpts) -> String {
         Some(suffix) => format!("{machine}-{suffix}"),
         None => format!("{machine}-{index}"),
     }
+}
+
+/// The ports a machine gets: the spec's, or one default port (on the cluster's network) when
+/// the spec lists none (CAPO: "empty means one port on the cluster network").
+pub fn effective_ports(ports: &[PortOpts]) -> Vec<PortOpts> {
+    if ports.is_empty() {
+        vec![PortOpts::default()]
+    } else {
+        ports.to_vec()
+    }
+}
+
+/// A Cinder volume capow creates for a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumePlan {
+    /// `root` or the block device name; the volume is named `<machine>-<name>`.
+    pub name: String,
+    /// Size in GiB.
+    pub size_gib: i32,
+    /// Volume type.
+    pub volume_type: Option<String>,
+    /// Availability zone.
+    pub availability_zone: Option<String>,
+    /// Image to copy (root volume only).
+    pub image_id: Option<String>,
+}
+
+fn volume_az(
+    az: Option<&crate::api::common::VolumeAvailabilityZone>,
+    machine_az: Option<&str>,
+    field: &str,
+) -> Result<Option<String>, (String, String)> {
+    use crate::api::common::VolumeAzSource;
+    match az {
+        None => Ok(None),
+        Some(z) => match z.from.unwrap_or_default() {
+            VolumeAzSource::Name => z
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .map(Some)
+                .ok_or_else(|| {
+                    (
+                        format!("{field}.availabilityZone.name"),
+                        "is required when from is Name".to_owned(),
+                    )
+                }),
+            VolumeAzSource::Machine => Ok(machine_az.map(str::to_owned)),
+        },
+    }
+}
+
+/// The volumes (root first) and local disks of `spec`, with availability zones resolved from
+/// the Machine's failure domain where asked (CAPO `VolumeAvailabilityZone`).
+///
+/// # Errors
+/// `(field, message)` for a device named `root`, duplicate names or a missing zone name (the
+/// CRD's CEL rules reject these too; this keeps objects that predate the rules safe).
+#[allow(clippy::type_complexity)]
+pub fn volume_plans(
+    spec: &crate::api::machine::OpenStackWorkerMachineSpec,
+    image_id: &str,
+    machine_az: Option<&str>,
+) -> Result<(Vec<VolumePlan>, Vec<(String, i32)>), (String, String)> {
+    use crate::api::common::BlockDeviceType;
+    let mut volumes = Vec::new();
+    let mut local = Vec::new();
+    if let Some(root) = &spec.root_volume {
+        volumes.push(VolumePlan {
+            name: "root".into(),
+            size_gib: root.size_gib,
+            volume_type: root.type_.clone(),
+            availability_zone: volume_az(
+                root.availability_zone.as_ref(),
+                machine_az,
+                "spec.rootVolume",
+            )?,
+            image_id: Some(image_id.to_owned()),
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, d) in spec.additional_block_devices.iter().enumerate() {
+        let field = format!("spec.additionalBlockDevices[{i}]");
+        if d.name == "root" {
+            return Err((
+                format!("{field}.name"),
+                "the name 'root' is reserved".into(),
+            ));
+        }
+        if !seen.insert(d.name.clone()) {
+            return Err((
+                format!("{field}.name"),
+                format!("{:?} is used twice", d.name),
+            ));
+        }
+        match d.storage.type_ {
+            BlockDeviceType::Local => local.push((d.name.clone(), d.size_gib)),
+            BlockDeviceType::Volume => {
+                let v = d.storage.volume.as_ref();
+                volumes.push(VolumePlan {
+                    name: d.name.clone(),
+                    size_gib: d.size_gib,
+                    volume_type: v.and_then(|v| v.type_.clone()),
+                    availability_zone: volume_az(
+                        v.and_then(|v| v.availability_zone.as_ref()),
+                        machine_az,
+                        &format!("{field}.storage.volume"),
+                    )?,
+                    image_id: None,
+                });
+            }
+        }
+    }
+    Ok((volumes, local))
+}
+
+/// Nova carves local block devices out of the flavor's ephemeral disk and refuses a server
+/// whose local devices add up to more (compute API: "Ephemeral disks requested are larger than
+/// the instance type allows").
+///
+/// # Errors
+/// `(field, message)` naming the flavor's ephemeral size and the total asked for.
+pub fn check_local_disks(
+    flavor: &crate::openstack::compute::Flavor,
+    local_disks: &[(String, i32)],
+) -> Result<(), (String, String)> {
+    let total: i64 = local_disks.iter().map(|(_, s)| i64::from(*s)).sum();
+    if total > flavor.ephemeral as i64 {
+        return Err((
+            "spec.additionalBlockDevices".into(),
+            format!(
+                "local block devices need {total} GiB of ephemeral disk but flavor {} has {} GiB; use storage type Volume or a flavor with ephemeral disk",
+                flavor.name, flavor.ephemeral
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `block_device_mapping_v2` for the created volumes (`(name, id)`, root first when present)
+/// and local disks; every device is deleted with the server.
+pub fn block_devices(
+    volumes: &[(String, String)],
+    local_disks: &[(String, i32)],
+) -> Vec<crate::openstack::compute::BlockDeviceMapping> {
+    use crate::openstack::compute::BlockDeviceMapping;
+    let mut out = Vec::new();
+    for (name, id) in volumes {
+        let root = name == "root";
+        out.push(BlockDeviceMapping {
+            source_type: "volume".into(),
+            destination_type: "volume".into(),
+            uuid: Some(id.clone()),
+            boot_index: Some(if root { 0 } else { -1 }),
+            volume_size: None,
+            delete_on_termination: true,
+            tag: (!root).then(|| name.clone()),
+        });
+    }
+    for (name, size) in local_disks {
+        out.push(BlockDeviceMapping {
+            source_type: "blank".into(),
+            destination_type: "local".into(),
+            uuid: None,
+            boot_index: Some(-1),
+            volume_size: Some(*size),
+            delete_on_termination: true,
+            tag: Some(name.clone()),
+        });
+    }
+    out
+}
+
+/// `os:scheduler_hints`: the server group plus the spec's additional properties.
+pub fn scheduler_hints(
+    server_group: Option<&str>,
+    extra: &[crate::api::common::SchedulerHintAdditionalProperty],
+) -> serde_json::Map<String, serde_json::Value> {
+    use crate::api::common::SchedulerHintType;
+    let mut hints = serde_json::Map::new();
+    for p in extra {
+        let v = match p.value.type_ {
+            SchedulerHintType::Bool => serde_json::Value::Bool(p.value.bool.unwrap_or(false)),
+            SchedulerHintType::Number => serde_json::Value::from(p.value.number.unwrap_or(0)),
+            SchedulerHintType::String => {
+                serde_json::Value::String(p.value.string.clone().unwrap_or_default())
+            }
+        };
+        hints.insert(p.name.clone(), v);
+    }
+    if let Some(group) = server_group {
+        hints.insert("group".into(), serde_json::Value::String(group.to_owned()));
+    }
+    hints
 }
 
 /// Base64 of the bootstrap data for Nova's `user_data`.
@@ -128,14 +326,18 @@ pub struct ServerPlan<'a> {
     pub config_drive: Option<bool>,
     /// Availability zone (`Machine.spec.failureDomain`).
     pub availability_zone: Option<&'a str>,
+    /// Block devices; the root volume (boot index 0) replaces the image.
+    pub block_devices: Vec<crate::openstack::compute::BlockDeviceMapping>,
 }
 
 /// The `POST /servers` body for `plan`.
 pub fn create_server_request(plan: ServerPlan<'_>) -> CreateServer {
+    let boots_from_volume = plan.block_devices.iter().any(|b| b.boot_index == Some(0));
     CreateServer {
         name: plan.name.to_owned(),
         flavor_ref: plan.flavor_id.to_owned(),
-        image_ref: Some(plan.image_id.to_owned()),
+        image_ref: (!boots_from_volume).then(|| plan.image_id.to_owned()),
+        block_device_mapping_v2: plan.block_devices,
         networks: plan
             .port_ids
             .iter()
@@ -310,6 +512,157 @@ mod tests {
     }
 
     #[test]
+    fn local_disks_must_fit_the_flavors_ephemeral_disk() {
+        let mut flavor = crate::openstack::compute::Flavor {
+            name: "m1.small".into(),
+            ..Default::default()
+        };
+        let disks = vec![("scratch".to_owned(), 10), ("cache".to_owned(), 5)];
+        let err = check_local_disks(&flavor, &disks).unwrap_err();
+        assert_eq!(err.0, "spec.additionalBlockDevices");
+        assert!(
+            err.1.contains("need 15 GiB") && err.1.contains("m1.small has 0 GiB"),
+            "{}",
+            err.1
+        );
+        flavor.ephemeral = 15;
+        assert!(check_local_disks(&flavor, &disks).is_ok());
+        assert!(check_local_disks(&flavor, &[]).is_ok());
+    }
+
+    #[test]
+    fn volumes_and_local_disks_from_the_spec() {
+        use crate::api::common::*;
+        let spec = crate::api::machine::OpenStackWorkerMachineSpec {
+            root_volume: Some(RootVolume {
+                size_gib: 30,
+                type_: Some("ssd".into()),
+                availability_zone: Some(VolumeAvailabilityZone {
+                    from: Some(VolumeAzSource::Machine),
+                    name: None,
+                }),
+            }),
+            additional_block_devices: vec![
+                AdditionalBlockDevice {
+                    name: "data".into(),
+                    size_gib: 100,
+                    storage: BlockDeviceStorage {
+                        type_: BlockDeviceType::Volume,
+                        volume: Some(BlockDeviceVolume {
+                            type_: None,
+                            availability_zone: Some(VolumeAvailabilityZone {
+                                from: Some(VolumeAzSource::Name),
+                                name: Some("vol-az".into()),
+                            }),
+                        }),
+                    },
+                },
+                AdditionalBlockDevice {
+                    name: "scratch".into(),
+                    size_gib: 5,
+                    storage: BlockDeviceStorage::default(),
+                },
+            ],
+            ..Default::default()
+        };
+        let (volumes, local) = volume_plans(&spec, "img", Some("az1")).unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert_eq!(
+            volumes[0],
+            VolumePlan {
+                name: "root".into(),
+                size_gib: 30,
+                volume_type: Some("ssd".into()),
+                availability_zone: Some("az1".into()),
+                image_id: Some("img".into())
+            }
+        );
+        assert_eq!(volumes[1].availability_zone.as_deref(), Some("vol-az"));
+        assert_eq!(volumes[1].image_id, None);
+        assert_eq!(local, [("scratch".to_owned(), 5)]);
+
+        let bdm = block_devices(
+            &[
+                ("root".into(), "v-root".into()),
+                ("data".into(), "v-data".into()),
+            ],
+            &local,
+        );
+        let json = serde_json::to_value(&bdm).unwrap();
+        assert_eq!(json[0]["boot_index"], 0);
+        assert_eq!(json[0]["uuid"], "v-root");
+        assert!(json[0].get("tag").is_none());
+        assert_eq!(json[1]["boot_index"], -1);
+        assert_eq!(json[1]["tag"], "data");
+        assert_eq!(json[2]["source_type"], "blank");
+        assert_eq!(json[2]["destination_type"], "local");
+        assert_eq!(json[2]["volume_size"], 5);
+        assert!(bdm.iter().all(|b| b.delete_on_termination));
+        // Booting from a volume drops imageRef from the request.
+        let req = create_server_request(ServerPlan {
+            name: "m",
+            flavor_id: "f",
+            image_id: "img",
+            port_ids: &[],
+            key_name: None,
+            user_data: "",
+            tags: vec![],
+            metadata: Default::default(),
+            config_drive: None,
+            availability_zone: None,
+            block_devices: bdm,
+        });
+        assert!(req.image_ref.is_none());
+
+        let mut dup = spec.clone();
+        dup.additional_block_devices[1].name = "data".into();
+        assert_eq!(
+            volume_plans(&dup, "img", None).unwrap_err().0,
+            "spec.additionalBlockDevices[1].name"
+        );
+    }
+
+    #[test]
+    fn scheduler_hints_typed_values_and_server_group() {
+        use crate::api::common::{
+            SchedulerHintAdditionalProperty as P, SchedulerHintType as T, SchedulerHintValue as V,
+        };
+        let hints = scheduler_hints(
+            Some("sg-1"),
+            &[
+                P {
+                    name: "different_host".into(),
+                    value: V {
+                        type_: T::String,
+                        string: Some("x".into()),
+                        ..Default::default()
+                    },
+                },
+                P {
+                    name: "n".into(),
+                    value: V {
+                        type_: T::Number,
+                        number: Some(3),
+                        ..Default::default()
+                    },
+                },
+                P {
+                    name: "b".into(),
+                    value: V {
+                        type_: T::Bool,
+                        bool: Some(true),
+                        ..Default::default()
+                    },
+                },
+            ],
+        );
+        assert_eq!(
+            serde_json::Value::Object(hints),
+            serde_json::json!({"group": "sg-1", "different_host": "x", "n": 3, "b": true})
+        );
+    }
+
+    #[test]
     fn user_data_is_base64_and_bounded() {
         assert_eq!(
             encode_user_data(b"#cloud-config\n").unwrap(),
@@ -342,6 +695,7 @@ mod tests {
             metadata: owner().metadata(&[]),
             config_drive: Some(true),
             availability_zone: Some("az1"),
+            block_devices: vec![],
         });
         let body = serde_json::to_value(&req).unwrap();
         assert_eq!(body["flavorRef"], "f");

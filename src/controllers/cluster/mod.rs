@@ -1,0 +1,948 @@
+//! The `OpenStackWorkerCluster` controller: the workers' network, subnets, router and managed
+//! security group, and the failure domains (design §4 "Cluster"). No load balancer and no
+//! floating IP: the control plane is hosted and its provider writes
+//! `spec.controlPlaneEndpoint`.
+//!
+//! Everything capow creates carries the tags `capow` and `capow-cluster-uid=<Cluster UID>`, is
+//! found again by them (never duplicated after a crash), and is deleted in reverse order on
+//! deletion, after capow has swept any server, port or volume still tagged with the cluster.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::api::cluster::{
+    ClusterInitialization, NetworkStatus, NetworkStatusWithSubnets, OpenStackWorkerCluster,
+    OpenStackWorkerClusterStatus, RouterStatus, SecurityGroupStatus, SubnetStatus,
+};
+use crate::api::common::{NetworkParam, SubnetParam};
+use crate::api::conditions::{self, reasons};
+use crate::capi::{self, Cluster};
+use crate::controllers::machine::{Error, observe};
+use crate::controllers::{Context, FIELD_MANAGER};
+use crate::openstack::Session;
+use crate::openstack::network::{ListFilter, TaggedResource};
+
+/// Finalizer capow puts on every `OpenStackWorkerCluster`.
+pub const FINALIZER: &str = "openstackworkercluster.infrastructure.cluster.x-k8s.io";
+const CONTROLLER: &str = "openstackworkercluster";
+
+struct Outcome {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    requeue: Option<Duration>,
+}
+
+fn owner_cluster(c: &OpenStackWorkerCluster) -> Option<(String, String)> {
+    c.owner_references()
+        .iter()
+        .find(|o| o.kind == "Cluster" && o.api_version.split('/').next() == Some(capi::GROUP))
+        .map(|o| (o.name.clone(), o.uid.clone()))
+}
+
+async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = c.namespace().unwrap_or_default();
+    let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", OpenStackWorkerCluster = %format!("{ns}/{}", c.name_any()));
+    finalizer(&api, FINALIZER, c, |event| async {
+        match event {
+            FinalizerEvent::Apply(c) => apply(c, &ctx).await,
+            FinalizerEvent::Cleanup(c) => cleanup(c, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let inner = match error {
+        Error::Finalizer(e) => match &**e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            _ => error,
+        },
+        e => e,
+    };
+    if matches!(inner, Error::DeletionInProgress) {
+        return Action::requeue(ctx.config.build_poll);
+    }
+    ctx.metrics.failure(CONTROLLER, error.category());
+    tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), error = %error, "Reconcile failed");
+    if matches!(
+        inner,
+        Error::InvalidSpec { .. } | Error::InvalidIdentity { .. }
+    ) {
+        return Action::requeue(ctx.config.input_retry);
+    }
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn write_status(
+    ctx: &Context,
+    c: &OpenStackWorkerCluster,
+    before: &OpenStackWorkerClusterStatus,
+    after: &OpenStackWorkerClusterStatus,
+) -> Result<(), Error> {
+    let mut a = before.clone();
+    let mut b = after.clone();
+    let same = conditions::same_conditions(&a.conditions, &b.conditions);
+    a.conditions.clear();
+    b.conditions.clear();
+    if same && a == b {
+        return Ok(());
+    }
+    let api: Api<OpenStackWorkerCluster> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "OpenStackWorkerCluster",
+        "status": after,
+    });
+    api.patch_status(
+        &c.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("write status"))?;
+    Ok(())
+}
+
+async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
+    let before = c.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let result = run(&c, ctx, &mut status).await;
+    let generation = c.meta().generation;
+    let (ready, reason, message) = match &result {
+        Ok(o) => (o.ready, o.reason, o.message.clone()),
+        Err(e) => (false, e.reason(), e.to_string()),
+    };
+    let paused = reason == reasons::PAUSED;
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::PAUSED,
+            paused,
+            if paused {
+                reasons::PAUSED
+            } else {
+                reasons::NOT_PAUSED
+            },
+            "",
+            generation,
+        ),
+    );
+    if !paused {
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::READY,
+                ready,
+                reason,
+                message.clone(),
+                generation,
+            ),
+        );
+    }
+    status.observed_generation = generation;
+    write_status(ctx, &c, &before, &status).await?;
+    let previous = before
+        .conditions
+        .iter()
+        .find(|x| x.type_ == conditions::READY)
+        .map(|x| x.reason.clone());
+    if previous.as_deref() != Some(reason) || result.is_err() {
+        let type_ = if result.is_err() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let note = if message.is_empty() {
+            reason.to_owned()
+        } else {
+            message
+        };
+        ctx.event(&c.object_ref(&()), type_, reason, "Reconcile", note)
+            .await;
+    }
+    result.map(|o| o.requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+async fn run(
+    c: &OpenStackWorkerCluster,
+    ctx: &Context,
+    status: &mut OpenStackWorkerClusterStatus,
+) -> Result<Outcome, Error> {
+    let waiting = |reason, message: String, requeue| Outcome {
+        ready: false,
+        reason,
+        message,
+        requeue,
+    };
+    if capi::has_paused_annotation(c.annotations()) {
+        return Ok(waiting(reasons::PAUSED, "paused".into(), None));
+    }
+    let ns = c.namespace().unwrap_or_default();
+    let Some((cluster_name, cluster_uid)) = owner_cluster(c) else {
+        return Ok(waiting(
+            reasons::WAITING_FOR_OWNER,
+            "waiting for a Cluster to own this object".into(),
+            None,
+        ));
+    };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(cluster) = clusters
+        .get_opt(&cluster_name)
+        .await
+        .map_err(Error::kube("get the Cluster"))?
+        && cluster.is_paused()
+    {
+        return Ok(waiting(
+            reasons::PAUSED,
+            "the Cluster is paused".into(),
+            None,
+        ));
+    }
+    let session = observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
+    session
+        .authenticate()
+        .await
+        .map_err(Error::openstack("authenticate with Keystone"))?;
+
+    let tags = plan::tags(&cluster_uid, &c.spec.tags);
+    let base = plan::base_name(&ns, &cluster_name);
+    let network = ensure_network(&session, c, &tags, &base).await?;
+    status.network = Some(network.clone());
+    let (router, external) = ensure_router(&session, c, &network, &tags, &base).await?;
+    status.router = router;
+    status.external_network = external;
+    status.worker_security_group = match &c.spec.managed_security_groups {
+        Some(spec) => {
+            Some(ensure_security_group(&session, spec, &tags, &format!("{base}-worker")).await?)
+        }
+        None => None,
+    };
+    let zones = session
+        .compute()
+        .list_availability_zones()
+        .await
+        .map_err(Error::openstack("list availability zones"))?;
+    status.failure_domains = plan::failure_domains(&zones);
+    status.initialization = Some(ClusterInitialization {
+        provisioned: Some(true),
+    });
+    Ok(Outcome {
+        ready: true,
+        reason: reasons::READY,
+        message: format!(
+            "network {} with {} subnet(s){}",
+            network.id,
+            network.subnets.len(),
+            if c.spec
+                .control_plane_endpoint
+                .as_ref()
+                .is_some_and(|e| !e.host.is_empty())
+            {
+                ""
+            } else {
+                "; waiting for the control-plane provider to set spec.controlPlaneEndpoint"
+            }
+        ),
+        requeue: Some(ctx.config.resync),
+    })
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn tag_filter(tags: &[String]) -> ListFilter {
+    // The UID tag alone identifies the cluster; the extra tags are not part of the lookup.
+    ListFilter {
+        tags: tags.iter().take(2).cloned().collect(),
+        ..ListFilter::default()
+    }
+}
+
+async fn resolve_network_param(
+    session: &Session,
+    p: &NetworkParam,
+    field: &str,
+    external: bool,
+) -> Result<(String, String), Error> {
+    let net = session.network();
+    match (&p.id, &p.filter) {
+        (Some(id), _) => net
+            .get_network(id)
+            .await
+            .map_err(Error::openstack("get the network"))?
+            .map(|n| (n.id, n.name))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.id"),
+                    format!("network {id:?} does not exist"),
+                )
+            }),
+        (None, Some(f)) => {
+            let mut filter = ListFilter {
+                tags: f.tags.tags.clone(),
+                tags_any: f.tags.tags_any.clone(),
+                not_tags: f.tags.not_tags.clone(),
+                not_tags_any: f.tags.not_tags_any.clone(),
+                ..ListFilter::default()
+            };
+            for (k, v) in [
+                ("name", &f.name),
+                ("description", &f.description),
+                ("project_id", &f.project_id),
+            ] {
+                if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+                    filter.attributes.push((k, v.clone()));
+                }
+            }
+            if external {
+                filter.attributes.push(("router:external", "true".into()));
+            }
+            let mut found = net
+                .list_networks(&filter)
+                .await
+                .map_err(Error::openstack("list networks"))?;
+            match found.len() {
+                1 => {
+                    let n = found.remove(0);
+                    Ok((n.id, n.name))
+                }
+                0 => Err(invalid(format!("{field}.filter"), "no network matches")),
+                n => Err(invalid(
+                    format!("{field}.filter"),
+                    format!("{n} networks match; the filter must select exactly one"),
+                )),
+            }
+        }
+        (None, None) => Err(invalid(field, "one of id or filter is required")),
+    }
+}
+
+async fn resolve_subnet_param(
+    session: &Session,
+    p: &SubnetParam,
+    network_id: &str,
+    field: &str,
+) -> Result<SubnetStatus, Error> {
+    let net = session.network();
+    let subnet = match (&p.id, &p.filter) {
+        (Some(id), _) => net
+            .get_subnet(id)
+            .await
+            .map_err(Error::openstack("get the subnet"))?
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.id"),
+                    format!("subnet {id:?} does not exist"),
+                )
+            })?,
+        (None, Some(f)) => {
+            let mut filter = ListFilter::attribute("network_id", network_id);
+            for (k, v) in [
+                ("name", &f.name),
+                ("cidr", &f.cidr),
+                ("description", &f.description),
+            ] {
+                if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+                    filter.attributes.push((k, v.clone()));
+                }
+            }
+            filter.tags = f.tags.tags.clone();
+            let mut found = net
+                .list_subnets(&filter)
+                .await
+                .map_err(Error::openstack("list subnets"))?;
+            match found.len() {
+                1 => found.remove(0),
+                0 => {
+                    return Err(invalid(
+                        format!("{field}.filter"),
+                        "no subnet of the network matches",
+                    ));
+                }
+                n => {
+                    return Err(invalid(
+                        format!("{field}.filter"),
+                        format!("{n} subnets match; the filter must select exactly one"),
+                    ));
+                }
+            }
+        }
+        (None, None) => return Err(invalid(field, "one of id or filter is required")),
+    };
+    if subnet.network_id != network_id {
+        return Err(invalid(
+            field,
+            format!("subnet {} is not on network {network_id}", subnet.id),
+        ));
+    }
+    Ok(SubnetStatus {
+        id: subnet.id,
+        name: subnet.name,
+        cidr: subnet.cidr,
+    })
+}
+
+async fn ensure_network(
+    session: &Session,
+    c: &OpenStackWorkerCluster,
+    tags: &[String],
+    base: &str,
+) -> Result<NetworkStatusWithSubnets, Error> {
+    let net = session.network();
+    let spec = &c.spec;
+    if let Some(p) = &spec.network {
+        let (id, name) = resolve_network_param(session, p, "spec.network", false).await?;
+        let mut subnets = Vec::new();
+        for (i, s) in spec.subnets.iter().enumerate() {
+            subnets
+                .push(resolve_subnet_param(session, s, &id, &format!("spec.subnets[{i}]")).await?);
+        }
+        if subnets.is_empty() {
+            subnets = net
+                .list_subnets(&ListFilter::attribute("network_id", id.clone()))
+                .await
+                .map_err(Error::openstack("list subnets"))?
+                .into_iter()
+                .map(|s| SubnetStatus {
+                    id: s.id,
+                    name: s.name,
+                    cidr: s.cidr,
+                })
+                .collect();
+        }
+        if subnets.is_empty() {
+            return Err(invalid(
+                "spec.network",
+                format!("network {id} has no subnet"),
+            ));
+        }
+        return Ok(NetworkStatusWithSubnets {
+            id,
+            name,
+            managed: false,
+            subnets,
+        });
+    }
+    if !plan::manages_network(spec) {
+        return Err(invalid(
+            "spec",
+            "set network (an existing network) or managedSubnets (capow creates the network)",
+        ));
+    }
+    let found = net
+        .list_networks(&tag_filter(tags))
+        .await
+        .map_err(Error::openstack("look up the cluster network"))?;
+    let network = match found.into_iter().next() {
+        Some(n) => n,
+        None => {
+            let mut body = json!({ "name": base, "admin_state_up": true });
+            if let Some(m) = &spec.managed_network {
+                if let Some(mtu) = m.mtu {
+                    body["mtu"] = json!(mtu);
+                }
+                if let Some(ps) = m.port_security_enabled {
+                    body["port_security_enabled"] = json!(ps);
+                }
+            }
+            let n = net
+                .create_network(body)
+                .await
+                .map_err(Error::openstack("create the network"))?;
+            tracing::info!(network = %n.id, "Created network");
+            n
+        }
+    };
+    net.set_tags(TaggedResource::Network, &network.id, tags)
+        .await
+        .map_err(Error::openstack("tag the network"))?;
+    let existing = net
+        .list_subnets(&ListFilter::attribute("network_id", network.id.clone()))
+        .await
+        .map_err(Error::openstack("list subnets"))?;
+    let mut subnets = Vec::new();
+    for (i, want) in spec.managed_subnets.iter().enumerate() {
+        let subnet = match existing.iter().find(|s| s.cidr == want.cidr) {
+            Some(s) => s.clone(),
+            None => {
+                let mut body = json!({
+                    "network_id": network.id,
+                    "name": format!("{base}-{i}"),
+                    "cidr": want.cidr,
+                    "ip_version": if want.cidr.contains(':') { 6 } else { 4 },
+                });
+                if !want.dns_nameservers.is_empty() {
+                    body["dns_nameservers"] = json!(want.dns_nameservers);
+                }
+                if !want.allocation_pools.is_empty() {
+                    body["allocation_pools"] = json!(want.allocation_pools);
+                }
+                let s = net.create_subnet(body).await.map_err(|e| match &e {
+                    crate::openstack::Error::Api(a) if a.status.as_u16() == 400 => {
+                        invalid(format!("spec.managedSubnets[{i}]"), a.message.clone())
+                    }
+                    _ => Error::OpenStack {
+                        action: "create a subnet",
+                        source: e,
+                    },
+                })?;
+                tracing::info!(subnet = %s.id, cidr = %s.cidr, "Created subnet");
+                s
+            }
+        };
+        net.set_tags(TaggedResource::Subnet, &subnet.id, tags)
+            .await
+            .map_err(Error::openstack("tag a subnet"))?;
+        subnets.push(SubnetStatus {
+            id: subnet.id,
+            name: subnet.name,
+            cidr: subnet.cidr,
+        });
+    }
+    Ok(NetworkStatusWithSubnets {
+        id: network.id,
+        name: network.name,
+        managed: true,
+        subnets,
+    })
+}
+
+async fn ensure_router(
+    session: &Session,
+    c: &OpenStackWorkerCluster,
+    network: &NetworkStatusWithSubnets,
+    tags: &[String],
+    base: &str,
+) -> Result<(Option<RouterStatus>, Option<NetworkStatus>), Error> {
+    let net = session.network();
+    let spec = &c.spec;
+    if let Some(p) = &spec.router {
+        let router = match (&p.id, &p.filter) {
+            (Some(id), _) => net
+                .get_router(id)
+                .await
+                .map_err(Error::openstack("get the router"))?
+                .ok_or_else(|| {
+                    invalid("spec.router.id", format!("router {id:?} does not exist"))
+                })?,
+            (None, Some(f)) => {
+                let mut found = net
+                    .list_routers(&ListFilter::attribute("name", f.name.clone()))
+                    .await
+                    .map_err(Error::openstack("list routers"))?;
+                match found.len() {
+                    1 => found.remove(0),
+                    0 => {
+                        return Err(invalid(
+                            "spec.router.filter.name",
+                            format!("no router named {:?}", f.name),
+                        ));
+                    }
+                    n => {
+                        return Err(invalid(
+                            "spec.router.filter.name",
+                            format!("{n} routers named {:?}", f.name),
+                        ));
+                    }
+                }
+            }
+            (None, None) => return Err(invalid("spec.router", "one of id or filter is required")),
+        };
+        if network.managed {
+            for s in &network.subnets {
+                net.add_router_interface(&router.id, &s.id)
+                    .await
+                    .map_err(Error::openstack("attach a subnet to the router"))?;
+            }
+        }
+        let ips = gateway_ips(&router);
+        return Ok((
+            Some(RouterStatus {
+                id: router.id,
+                name: router.name,
+                managed: false,
+                ips,
+            }),
+            None,
+        ));
+    }
+    if !network.managed || spec.enable_external_network == Some(false) {
+        return Ok((None, None));
+    }
+    let external = match &spec.external_network {
+        Some(p) => Some(resolve_network_param(session, p, "spec.externalNetwork", false).await?),
+        None => {
+            let mut found = net
+                .list_networks(&ListFilter::attribute("router:external", "true"))
+                .await
+                .map_err(Error::openstack("list external networks"))?;
+            match found.len() {
+                0 => None,
+                1 => {
+                    let n = found.remove(0);
+                    Some((n.id, n.name))
+                }
+                n => {
+                    return Err(invalid(
+                        "spec.externalNetwork",
+                        format!(
+                            "the cloud has {n} external networks; name one (or set enableExternalNetwork: false)"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let Some((ext_id, ext_name)) = external else {
+        return Ok((None, None));
+    };
+    let found = net
+        .list_routers(&tag_filter(tags))
+        .await
+        .map_err(Error::openstack("look up the cluster router"))?;
+    let router = match found.into_iter().next() {
+        Some(r) => r,
+        None => {
+            let mut gateway = json!({ "network_id": ext_id });
+            let ips = spec
+                .managed_router
+                .as_ref()
+                .map(|r| r.external_ips.clone())
+                .unwrap_or_default();
+            if !ips.is_empty() {
+                gateway["external_fixed_ips"] = json!(
+                    ips.iter()
+                        .map(|ip| json!({ "ip_address": ip }))
+                        .collect::<Vec<_>>()
+                );
+            }
+            let r = net
+                .create_router(json!({ "name": base, "external_gateway_info": gateway }))
+                .await
+                .map_err(Error::openstack("create the router"))?;
+            tracing::info!(router = %r.id, "Created router");
+            r
+        }
+    };
+    net.set_tags(TaggedResource::Router, &router.id, tags)
+        .await
+        .map_err(Error::openstack("tag the router"))?;
+    for s in &network.subnets {
+        net.add_router_interface(&router.id, &s.id)
+            .await
+            .map_err(Error::openstack("attach a subnet to the router"))?;
+    }
+    let ips = gateway_ips(&router);
+    Ok((
+        Some(RouterStatus {
+            id: router.id,
+            name: router.name,
+            managed: true,
+            ips,
+        }),
+        Some(NetworkStatus {
+            id: ext_id,
+            name: ext_name,
+        }),
+    ))
+}
+
+fn gateway_ips(router: &crate::openstack::network::Router) -> Vec<String> {
+    router
+        .external_gateway_info
+        .as_ref()
+        .map(|g| {
+            g.external_fixed_ips
+                .iter()
+                .filter_map(|f| f.ip_address.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn ensure_security_group(
+    session: &Session,
+    spec: &crate::api::cluster::ManagedSecurityGroups,
+    tags: &[String],
+    name: &str,
+) -> Result<SecurityGroupStatus, Error> {
+    let net = session.network();
+    let mut filter = tag_filter(tags);
+    filter.attributes.push(("name", name.to_owned()));
+    let found = net
+        .list_security_groups(&filter)
+        .await
+        .map_err(Error::openstack("look up the worker security group"))?;
+    let group = match found.into_iter().next() {
+        Some(g) => g,
+        None => {
+            let g = net
+                .create_security_group(name, "Worker nodes of a capow cluster")
+                .await
+                .map_err(Error::openstack("create the worker security group"))?;
+            tracing::info!(security_group = %g.id, "Created security group");
+            g
+        }
+    };
+    net.set_tags(TaggedResource::SecurityGroup, &group.id, tags)
+        .await
+        .map_err(Error::openstack("tag the security group"))?;
+    let existing = net
+        .list_security_group_rules(&group.id)
+        .await
+        .map_err(Error::openstack("list security group rules"))?;
+    let (create, delete) = plan::rule_changes(&plan::desired_rules(spec, &group.id), &existing);
+    for id in delete {
+        net.delete_security_group_rule(&id)
+            .await
+            .map_err(Error::openstack("delete a security group rule"))?;
+    }
+    for (key, description) in create {
+        net.create_security_group_rule(&key.create(&group.id, description))
+            .await
+            .map_err(|e| match &e {
+                crate::openstack::Error::Api(a) if a.status.as_u16() == 400 => invalid(
+                    "spec.managedSecurityGroups.workerNodesSecurityGroupRules",
+                    a.message.clone(),
+                ),
+                _ => Error::OpenStack {
+                    action: "create a security group rule",
+                    source: e,
+                },
+            })?;
+    }
+    Ok(SecurityGroupStatus {
+        id: group.id,
+        name: group.name,
+    })
+}
+
+async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let Some((cluster_name, cluster_uid)) = owner_cluster(&c) else {
+        // Never owned by a Cluster: nothing was ever created (creation waits for the owner).
+        return Ok(Action::await_change());
+    };
+    let status = c.status.clone().unwrap_or_default();
+    // Machines first: CAPI deletes them before the infrastructure cluster, but an
+    // OpenStackWorkerMachine still finishing its own cleanup must not lose its network.
+    let machines: Api<crate::api::machine::OpenStackWorkerMachine> =
+        Api::namespaced(ctx.client.clone(), &ns);
+    let left = machines
+        .list(
+            &ListParams::default().labels(&format!("{}={cluster_name}", capi::CLUSTER_NAME_LABEL)),
+        )
+        .await
+        .map_err(Error::kube("list the cluster's machines"))?
+        .items
+        .len();
+    if left > 0 {
+        tracing::info!(
+            machines = left,
+            "Waiting for the cluster's machines to be deleted"
+        );
+        return Err(Error::DeletionInProgress);
+    }
+    let session = match observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await {
+        Ok(s) => s,
+        Err(e) if status.initialization.is_none() && status.network.is_none() => {
+            tracing::info!(error = %e, "Releasing the finalizer: nothing was created in OpenStack");
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(Error::DeletionBlocked(Box::new(e))),
+    };
+    let tags = plan::tags(&cluster_uid, &[]);
+    if !sweep(&session, &tags, &cluster_uid).await? {
+        return Err(Error::DeletionInProgress);
+    }
+    let net = session.network();
+    // Security group, router, subnets, network: only those carrying the cluster's tag.
+    for g in net
+        .list_security_groups(&tag_filter(&tags))
+        .await
+        .map_err(Error::openstack("look up security groups"))?
+    {
+        if let Err(e) = net.delete(TaggedResource::SecurityGroup, &g.id).await {
+            if e.status().map(|s| s.as_u16()) == Some(409) {
+                return Err(Error::DeletionInProgress);
+            }
+            return Err(Error::OpenStack {
+                action: "delete the worker security group",
+                source: e,
+            });
+        }
+    }
+    let managed_subnets: Vec<String> = net
+        .list_subnets(&tag_filter(&tags))
+        .await
+        .map_err(Error::openstack("look up subnets"))?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let routers = net
+        .list_routers(&tag_filter(&tags))
+        .await
+        .map_err(Error::openstack("look up routers"))?;
+    // An existing (unmanaged) router got interfaces on the managed subnets: detach them too.
+    let mut all_routers: Vec<String> = routers.iter().map(|r| r.id.clone()).collect();
+    if let Some(r) = status.router.as_ref().filter(|r| !r.managed) {
+        all_routers.push(r.id.clone());
+    }
+    for router in &all_routers {
+        for subnet in &managed_subnets {
+            net.remove_router_interface(router, subnet)
+                .await
+                .map_err(Error::openstack("detach a subnet from the router"))?;
+        }
+    }
+    for r in routers {
+        net.delete(TaggedResource::Router, &r.id)
+            .await
+            .map_err(Error::openstack("delete the router"))?;
+    }
+    for n in net
+        .list_networks(&tag_filter(&tags))
+        .await
+        .map_err(Error::openstack("look up networks"))?
+    {
+        if let Err(e) = net.delete(TaggedResource::Network, &n.id).await {
+            if e.status().map(|s| s.as_u16()) == Some(409) {
+                return Err(Error::DeletionInProgress);
+            }
+            return Err(Error::OpenStack {
+                action: "delete the network",
+                source: e,
+            });
+        }
+    }
+    ctx.event(
+        &c.object_ref(&()),
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        "Deleted the cluster's OpenStack resources",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Deletes servers, unbound ports and available volumes still tagged with the cluster (left by
+/// machines deleted without capow, or by a crash). Returns false while servers are going.
+async fn sweep(session: &Session, tags: &[String], cluster_uid: &str) -> Result<bool, Error> {
+    let compute = session.compute();
+    let uid_tag = tags.get(1).cloned().unwrap_or_default();
+    let servers = compute
+        .list_servers_by_tags(&[&uid_tag])
+        .await
+        .map_err(Error::openstack("look up the cluster's servers"))?;
+    if !servers.is_empty() {
+        for s in servers.iter().filter(|s| !s.is_gone()) {
+            tracing::warn!(server = %s.id, "Deleting an orphaned server of the cluster");
+            compute
+                .delete_server(&s.id)
+                .await
+                .map_err(Error::openstack("delete an orphaned server"))?;
+        }
+        return Ok(false);
+    }
+    let net = session.network();
+    for t in net.list_trunks(&tag_filter(tags)).await.unwrap_or_default() {
+        net.delete(TaggedResource::Trunk, &t.id)
+            .await
+            .map_err(Error::openstack("delete an orphaned trunk"))?;
+    }
+    for p in net
+        .list_ports(&tag_filter(tags))
+        .await
+        .map_err(Error::openstack("look up the cluster's ports"))?
+    {
+        net.delete(TaggedResource::Port, &p.id)
+            .await
+            .map_err(Error::openstack("delete an orphaned port"))?;
+    }
+    if let Ok(volumes) = session
+        .volume()
+        .list_volumes_by_metadata(
+            crate::controllers::machine::plan::METADATA_CLUSTER_UID,
+            cluster_uid,
+        )
+        .await
+    {
+        for v in volumes.iter().filter(|v| v.status != "deleting") {
+            session
+                .volume()
+                .delete_volume(&v.id)
+                .await
+                .map_err(Error::openstack("delete an orphaned volume"))?;
+        }
+        if !volumes.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerCluster`s and the
+/// Clusters that own them (pause, ownership).
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (api, clusters): (Api<OpenStackWorkerCluster>, Api<Cluster>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
+        .watches(
+            clusters,
+            watcher::Config::default().any_semantic(),
+            |cluster: Cluster| {
+                cluster
+                    .spec
+                    .infrastructure_ref
+                    .as_ref()
+                    .filter(|r| r.kind == "OpenStackWorkerCluster" && !r.name.is_empty())
+                    .map(|r| {
+                        ObjectRef::new(&r.name).within(&cluster.namespace().unwrap_or_default())
+                    })
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Controller event");
+            }
+        })
+        .await;
+}

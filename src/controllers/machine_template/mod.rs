@@ -1,0 +1,210 @@
+//! The `OpenStackWorkerMachineTemplate` controller: fills `status.capacity` and
+//! `status.nodeInfo` from the flavor and image (design §4 "Machine template"), so both capow's
+//! externalgrpc server and cluster-autoscaler's clusterapi provider can scale a node group from
+//! zero without hand-written capacity annotations. Refreshed on every change and every resync
+//! interval (a flavor's extra specs can change under the same name).
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::cluster::OpenStackWorkerCluster;
+use crate::api::common::OpenStackIdentityReference;
+use crate::api::conditions::{self, reasons};
+use crate::api::machine::OpenStackWorkerMachine;
+use crate::api::machine_template::{
+    OpenStackWorkerMachineTemplate, OpenStackWorkerMachineTemplateStatus, TemplateResolved,
+};
+use crate::capi::{self, Cluster};
+use crate::controllers::machine::{Error, observe};
+use crate::controllers::{Context, FIELD_MANAGER};
+
+const CONTROLLER: &str = "openstackworkermachinetemplate";
+
+/// The identity of a template: its own `identityRef`, else the `OpenStackWorkerCluster` of the
+/// Cluster named by the `cluster.x-k8s.io/cluster-name` label or an owning Cluster.
+async fn identity(
+    ctx: &Context,
+    t: &OpenStackWorkerMachineTemplate,
+) -> Result<Option<OpenStackIdentityReference>, Error> {
+    if let Some(i) = &t.spec.template.spec.identity_ref {
+        return Ok(Some(i.clone()));
+    }
+    let ns = t.namespace().unwrap_or_default();
+    let cluster = t
+        .labels()
+        .get(capi::CLUSTER_NAME_LABEL)
+        .cloned()
+        .or_else(|| {
+            t.owner_references()
+                .iter()
+                .find(|o| o.kind == "Cluster" && o.api_version.starts_with(capi::GROUP))
+                .map(|o| o.name.clone())
+        });
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cluster) = clusters
+        .get_opt(&cluster)
+        .await
+        .map_err(Error::kube("get the Cluster"))?
+    else {
+        return Ok(None);
+    };
+    let Some(r) = cluster
+        .spec
+        .infrastructure_ref
+        .filter(|r| r.kind == "OpenStackWorkerCluster")
+    else {
+        return Ok(None);
+    };
+    let infra: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(infra
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::kube("get the OpenStackWorkerCluster"))?
+        .map(|c| c.spec.identity_ref))
+}
+
+async fn compute_status(
+    ctx: &Context,
+    t: &OpenStackWorkerMachineTemplate,
+    status: &mut OpenStackWorkerMachineTemplateStatus,
+) -> Result<Option<String>, Error> {
+    let Some(identity) = identity(ctx, t).await? else {
+        return Ok(Some(
+            "waiting for an identity: set spec.template.spec.identityRef, or the cluster.x-k8s.io/cluster-name label of a Cluster with an OpenStackWorkerCluster".into(),
+        ));
+    };
+    let ns = t.namespace().unwrap_or_default();
+    let session = observe::session(ctx, &ns, Some(&identity)).await?;
+    // The template's spec is resolved the way a machine's would be (same `*Param` rules).
+    let probe = OpenStackWorkerMachine::new(&t.name_any(), t.spec.template.spec.clone());
+    let flavor = observe::resolve_flavor(&session, &probe.spec.flavor).await?;
+    let image = observe::resolve_image_full(&session, &probe.spec.image).await?;
+    let root = t
+        .spec
+        .template
+        .spec
+        .root_volume
+        .as_ref()
+        .map(|r| r.size_gib);
+    status.capacity = plan::capacity(&flavor, root);
+    status.node_info = Some(plan::node_info(&image));
+    status.resolved = Some(TemplateResolved {
+        flavor_id: Some(flavor.id.clone()),
+        flavor_name: Some(flavor.name.clone()),
+        image_id: Some(image.id.clone()),
+        price_per_hour: plan::price(&flavor, t.annotations()),
+    });
+    Ok(None)
+}
+
+async fn reconcile(
+    t: Arc<OpenStackWorkerMachineTemplate>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let before = t.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let result = compute_status(&ctx, &t, &mut status).await;
+    let generation = t.meta().generation;
+    let condition = match &result {
+        Ok(None) => conditions::condition(
+            conditions::READY,
+            true,
+            reasons::READY,
+            "capacity computed from the flavor and image",
+            generation,
+        ),
+        Ok(Some(waiting)) => conditions::condition(
+            conditions::READY,
+            false,
+            reasons::INVALID_IDENTITY,
+            waiting.clone(),
+            generation,
+        ),
+        Err(e) => conditions::condition(
+            conditions::READY,
+            false,
+            e.reason(),
+            e.to_string(),
+            generation,
+        ),
+    };
+    conditions::set_condition(&mut status.conditions, condition);
+    status.observed_generation = generation;
+    let mut a = before.clone();
+    let mut b = status.clone();
+    let same = conditions::same_conditions(&a.conditions, &b.conditions);
+    a.conditions.clear();
+    b.conditions.clear();
+    if !(same && a == b) {
+        let api: Api<OpenStackWorkerMachineTemplate> =
+            Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "OpenStackWorkerMachineTemplate",
+            "status": status,
+        });
+        api.patch_status(
+            &t.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write status"))?;
+    }
+    match result {
+        Ok(None) => Ok(Action::requeue(ctx.config.resync)),
+        Ok(Some(_)) => Ok(Action::requeue(ctx.config.input_retry)),
+        Err(e) => Err(e),
+    }
+}
+
+fn error_policy(
+    _t: Arc<OpenStackWorkerMachineTemplate>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.failure(CONTROLLER, error.category());
+    tracing::warn!(error = %error, "Template reconcile failed");
+    match error {
+        Error::InvalidSpec { .. } | Error::InvalidIdentity { .. } => {
+            Action::requeue(ctx.config.input_retry)
+        }
+        _ => Action::requeue(Duration::from_secs(30)),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let api: Api<OpenStackWorkerMachineTemplate> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(ControllerRunConfig::default().concurrency(4))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Controller event");
+            }
+        })
+        .await;
+}
