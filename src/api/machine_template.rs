@@ -110,4 +110,9 @@ pub struct TemplateResolved {
     /// decimal string in the cloud's currency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_hour: Option<String>,
+    /// GPU model of the flavor (extra spec `capow:gpu-type`, else the first
+    /// `pci_passthrough:alias` name, else `vgpu`/`pgpu`), when it has GPUs. Used as the value of
+    /// the GPU label on nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<String>,
 }

@@ -2,4 +2,5 @@
 //! built from the objects the manager watches, a tonic service answering the 15 RPCs from it,
 //! and the mTLS transport that scopes each caller to its own cluster.
 
+pub mod index;
 pub mod proto;

@@ -122,6 +122,96 @@ pub struct MachineSpec {
     /// Failure domain (OpenStack availability zone) the Machine should run in.
     #[serde(default)]
     pub failure_domain: Option<String>,
+    /// Taints CAPI keeps on the Machine's Node (CAPI ≥ 1.12).
+    #[serde(default)]
+    pub taints: Vec<MachineTaint>,
+}
+
+/// A taint of a Machine's Node (`MachineTaint`, CAPI v1beta2 common_types.go).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineTaint {
+    /// Key.
+    #[serde(default)]
+    pub key: String,
+    /// Value.
+    #[serde(default)]
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    #[serde(default)]
+    pub effect: String,
+}
+
+/// The `metadata` of a Machine template (CAPI `ObjectMeta`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMeta {
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `spec.template` of a MachineDeployment or MachineSet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineTemplateSpec {
+    /// Labels and annotations of the Machines.
+    #[serde(default)]
+    pub metadata: TemplateMeta,
+    /// Spec of the Machines.
+    #[serde(default)]
+    pub spec: MachineSpec,
+}
+
+/// `MachineDeployment.spec` (fields capow reads).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "cluster.x-k8s.io",
+    version = "v1beta2",
+    kind = "MachineDeployment",
+    namespaced,
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas"}"#,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineDeploymentSpec {
+    /// Cluster name.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// Desired number of Machines.
+    #[serde(default)]
+    pub replicas: Option<i32>,
+    /// The Machines' template.
+    #[serde(default)]
+    pub template: MachineTemplateSpec,
+    /// Pauses reconciliation of this MachineDeployment.
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// `MachineSet.spec` (fields capow reads).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "cluster.x-k8s.io",
+    version = "v1beta2",
+    kind = "MachineSet",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSetSpec {
+    /// Cluster name.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// Desired number of Machines.
+    #[serde(default)]
+    pub replicas: Option<i32>,
+    /// The Machines' template.
+    #[serde(default)]
+    pub template: MachineTemplateSpec,
 }
 
 /// `Machine.spec.bootstrap`.
@@ -153,6 +243,14 @@ pub struct MachineNodeReference {
     #[serde(default)]
     pub name: String,
 }
+
+/// Annotation CA puts on a Machine before lowering replicas, so CAPI deletes that Machine
+/// first (`cluster.x-k8s.io/delete-machine`, CAPI `DeleteMachineAnnotation`).
+pub const DELETE_MACHINE_ANNOTATION: &str = "cluster.x-k8s.io/delete-machine";
+/// Minimum size of a node group (`cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size`).
+pub const NODE_GROUP_MIN_SIZE_ANNOTATION: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size";
+/// Maximum size of a node group; a group without it is not autoscaled.
+pub const NODE_GROUP_MAX_SIZE_ANNOTATION: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size";
 
 /// True when `annotations` carry the CAPI paused annotation.
 pub fn has_paused_annotation(annotations: &BTreeMap<String, String>) -> bool {

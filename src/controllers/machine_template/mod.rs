@@ -105,6 +105,7 @@ async fn compute_status(
         flavor_name: Some(flavor.name.clone()),
         image_id: Some(image.id.clone()),
         price_per_hour: plan::price(&flavor, t.annotations()),
+        gpu_type: plan::gpu_type(&flavor),
     });
     Ok(None)
 }

@@ -37,6 +37,27 @@ pub fn gpu_count(flavor: &Flavor) -> u32 {
     count
 }
 
+/// GPU model of a flavor with GPUs: extra spec `capow:gpu-type`, else the first
+/// `pci_passthrough:alias` name, else `vgpu`/`pgpu` for placement GPU resources.
+pub fn gpu_type(flavor: &Flavor) -> Option<String> {
+    if gpu_count(flavor) == 0 {
+        return None;
+    }
+    if let Some(t) = flavor.extra_specs.get("capow:gpu-type").filter(|t| !t.is_empty()) {
+        return Some(t.clone());
+    }
+    if let Some(alias) = flavor
+        .extra_specs
+        .get("pci_passthrough:alias")
+        .and_then(|a| a.split(',').next())
+        .map(|a| a.split(':').next().unwrap_or(a).trim().to_owned())
+        .filter(|a| !a.is_empty())
+    {
+        return Some(alias);
+    }
+    if flavor.extra_specs.contains_key("resources:VGPU") { Some("vgpu".into()) } else { Some("pgpu".into()) }
+}
+
 /// Kubernetes architecture of an image from `hw_architecture` or `architecture` (Glance
 /// common image properties); `None` when neither is set or the value is unknown.
 pub fn architecture(image: &Image) -> Option<String> {
@@ -163,6 +184,10 @@ mod tests {
             3
         );
         assert_eq!(gpu_count(&flavor(&[("hw:cpu_policy", "dedicated")])), 0);
+        assert_eq!(gpu_type(&flavor(&[("pci_passthrough:alias", "a100:2,t4:1")])).as_deref(), Some("a100"));
+        assert_eq!(gpu_type(&flavor(&[("resources:VGPU", "1"), ("capow:gpu-type", "l4")])).as_deref(), Some("l4"));
+        assert_eq!(gpu_type(&flavor(&[("resources:VGPU", "1")])).as_deref(), Some("vgpu"));
+        assert_eq!(gpu_type(&flavor(&[])), None);
         let c = capacity(
             &flavor(&[
                 ("resources:VGPU", "1"),

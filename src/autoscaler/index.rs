@@ -1,0 +1,569 @@
+//! The node-group index (pure): built from snapshots of the watched MachineDeployments,
+//! MachineSets, Machines, OpenStackWorkerMachines, OpenStackWorkerMachineTemplates and
+//! OpenStackWorkerClusters, it answers every read RPC without calling the API server or
+//! OpenStack.
+//!
+//! Semantics follow the in-tree cluster-autoscaler clusterapi provider (mission-anchors §2):
+//! a node group is a MachineDeployment (or a MachineSet no MachineDeployment owns) whose
+//! infrastructure template is an `OpenStackWorkerMachineTemplate` and whose max-size
+//! annotation is > 0; its id is `<Kind>/<namespace>/<name>`; instance ids are providerIDs.
+//! Unlike the in-tree provider, capow reads the server's state, so Nova ERROR, quota and
+//! NoValidHost failures reach CA as `instanceCreating` with an error class at once (§2.5).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use crate::api::cluster::OpenStackWorkerCluster;
+use crate::api::conditions::{READY, reasons};
+use crate::api::machine::OpenStackWorkerMachine;
+use crate::api::machine_template::OpenStackWorkerMachineTemplate;
+use crate::capi::{self, Machine, MachineDeployment, MachineSet, MachineTemplateSpec};
+
+/// `InstanceErrorClass` values of cluster-autoscaler (`pkg/cloudprovider/cloud_provider.go`).
+pub mod error_class {
+    /// Stockout or quota: CA backs the group off and tries another one.
+    pub const OUT_OF_RESOURCES: i32 = 1;
+    /// Anything else.
+    pub const OTHER: i32 = 99;
+}
+
+/// A cluster, as `<namespace>/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Cluster name.
+    pub name: String,
+}
+
+/// Everything the index is built from (cheap clones of reflector store contents).
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    /// MachineDeployments.
+    pub machine_deployments: Vec<Arc<MachineDeployment>>,
+    /// MachineSets.
+    pub machine_sets: Vec<Arc<MachineSet>>,
+    /// Machines.
+    pub machines: Vec<Arc<Machine>>,
+    /// OpenStackWorkerMachines.
+    pub infra_machines: Vec<Arc<OpenStackWorkerMachine>>,
+    /// OpenStackWorkerMachineTemplates.
+    pub templates: Vec<Arc<OpenStackWorkerMachineTemplate>>,
+    /// OpenStackWorkerClusters.
+    pub infra_clusters: Vec<Arc<OpenStackWorkerCluster>>,
+}
+
+/// State of one instance as CA sees it (`InstanceStatus.InstanceState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// The server runs (ACTIVE) or the Machine has a Node.
+    Running,
+    /// Not there yet, or failed to come up (then with an error).
+    Creating,
+    /// Being deleted.
+    Deleting,
+}
+
+/// Why an instance failed to come up (`InstanceErrorInfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceError {
+    /// Short machine-readable code, e.g. `QuotaExceeded`.
+    pub code: String,
+    /// Human-readable message (Nova's fault or OpenStack's answer).
+    pub message: String,
+    /// [`error_class`].
+    pub class: i32,
+}
+
+/// One instance of a node group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// providerID (`openstack:///<uuid>`), or `capow://pending/<ns>/<machine>` while no
+    /// server exists.
+    pub id: String,
+    /// Machine name.
+    pub machine: String,
+    /// State.
+    pub state: InstanceState,
+    /// Error, for failed creations.
+    pub error: Option<InstanceError>,
+    /// True when a server exists (the instance is "real" for DecreaseTargetSize).
+    pub has_server: bool,
+}
+
+/// Scalable resource kind of a node group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    /// A MachineDeployment.
+    MachineDeployment,
+    /// A MachineSet no MachineDeployment owns.
+    MachineSet,
+}
+
+impl GroupKind {
+    /// Kind name as in the node group id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupKind::MachineDeployment => "MachineDeployment",
+            GroupKind::MachineSet => "MachineSet",
+        }
+    }
+}
+
+/// A node group.
+#[derive(Clone, Debug)]
+pub struct NodeGroup {
+    /// `<Kind>/<namespace>/<name>`.
+    pub id: String,
+    /// Kind.
+    pub kind: GroupKind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name of the MachineDeployment or MachineSet.
+    pub name: String,
+    /// Cluster it belongs to.
+    pub cluster: ClusterKey,
+    /// Minimum size (annotation, default 0).
+    pub min_size: i32,
+    /// Maximum size (annotation).
+    pub max_size: i32,
+    /// `spec.replicas`.
+    pub target_size: i32,
+    /// Annotations of the MachineDeployment/MachineSet (capacity and options overrides).
+    pub annotations: BTreeMap<String, String>,
+    /// The Machines' template (labels, taints, failure domain).
+    pub machine_template: MachineTemplateSpec,
+    /// The infrastructure template, if it exists.
+    pub template: Option<Arc<OpenStackWorkerMachineTemplate>>,
+    /// OpenStack region of the cluster's identity (for the region label).
+    pub region: Option<String>,
+    /// Instances, sorted by id.
+    pub instances: Vec<Instance>,
+}
+
+impl NodeGroup {
+    /// Debug string CA logs (`NodeGroup.debug`).
+    pub fn debug(&self) -> String {
+        format!(
+            "{} (min: {}, max: {}, target: {}, instances: {})",
+            self.id,
+            self.min_size,
+            self.max_size,
+            self.target_size,
+            self.instances.len()
+        )
+    }
+}
+
+/// Node groups of one view (a cluster, or all clusters when unscoped).
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    groups: BTreeMap<String, NodeGroup>,
+    by_instance: HashMap<String, String>,
+}
+
+/// Parses a size annotation: a non-negative integer.
+fn size_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Option<i32> {
+    annotations.get(key).and_then(|v| v.trim().parse::<i32>().ok()).filter(|v| *v >= 0)
+}
+
+fn cluster_of(namespace: &str, cluster_name: &str, labels: &BTreeMap<String, String>) -> ClusterKey {
+    let name = if cluster_name.is_empty() {
+        labels.get(capi::CLUSTER_NAME_LABEL).cloned().unwrap_or_default()
+    } else {
+        cluster_name.to_owned()
+    };
+    ClusterKey { namespace: namespace.to_owned(), name }
+}
+
+/// The `(code, class)` of an OpenStackWorkerMachine whose server did not come up, from its
+/// `Ready` condition: quota (Nova 403/413 "Quota exceeded", Neutron `OverQuota`) and "No valid
+/// host" are out of resources; a refused create, a bad spec or a server in ERROR otherwise are
+/// other errors.
+pub fn creation_error(m: &OpenStackWorkerMachine) -> Option<InstanceError> {
+    let c = m.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY && c.status == "False")?;
+    let failure = matches!(
+        c.reason.as_str(),
+        reasons::INSTANCE_STATE_ERROR
+            | reasons::INSTANCE_CREATE_FAILED
+            | reasons::PORT_CREATE_FAILED
+            | reasons::VOLUME_CREATE_FAILED
+            | reasons::INVALID_MACHINE_SPEC
+            | reasons::INVALID_IDENTITY
+            | reasons::OPENSTACK_AUTHENTICATION_FAILED
+    );
+    if !failure {
+        return None;
+    }
+    let msg = c.message.to_ascii_lowercase();
+    let (code, class) = if msg.contains("quota exceeded") || msg.contains("overquota") || msg.contains("http 413") {
+        ("QuotaExceeded", error_class::OUT_OF_RESOURCES)
+    } else if msg.contains("no valid host") {
+        ("NoValidHost", error_class::OUT_OF_RESOURCES)
+    } else {
+        (c.reason.as_str(), error_class::OTHER)
+    };
+    Some(InstanceError { code: code.to_owned(), message: c.message.clone(), class })
+}
+
+/// Instance id of a Machine: its providerID, else its server's, else a pending placeholder.
+fn instance_id(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region: Option<&str>) -> (String, bool) {
+    if let Some(p) = machine.spec.provider_id.as_ref().filter(|p| !p.is_empty()) {
+        return (p.clone(), true);
+    }
+    if let Some(m) = infra {
+        if let Some(p) = m.spec.provider_id.as_ref().filter(|p| !p.is_empty()) {
+            return (p.clone(), true);
+        }
+        if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_ref()) {
+            return (crate::controllers::machine::plan::provider_id(region, id), true);
+        }
+    }
+    (pending_id(&machine.namespace().unwrap_or_default(), &machine.name_any()), false)
+}
+
+/// Placeholder instance id of a Machine without a server.
+pub fn pending_id(namespace: &str, machine: &str) -> String {
+    format!("capow://pending/{namespace}/{machine}")
+}
+
+fn instance_of(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region: Option<&str>) -> Instance {
+    let (id, has_server) = instance_id(machine, infra, region);
+    let deleting = machine.metadata.deletion_timestamp.is_some()
+        || infra.is_some_and(|m| m.metadata.deletion_timestamp.is_some());
+    let running = machine.status.as_ref().and_then(|s| s.node_ref.as_ref()).is_some_and(|n| !n.name.is_empty())
+        || infra
+            .and_then(|m| m.status.as_ref())
+            .and_then(|s| s.instance_state.as_deref())
+            .is_some_and(|s| s == "ACTIVE");
+    let (state, error) = if deleting {
+        (InstanceState::Deleting, None)
+    } else if running {
+        (InstanceState::Running, None)
+    } else {
+        (InstanceState::Creating, infra.and_then(creation_error))
+    };
+    Instance { id, machine: machine.name_any(), state, error, has_server }
+}
+
+impl Index {
+    /// Builds the node groups of the clusters `scope` admits (`None`: all clusters).
+    pub fn build(snapshot: &Snapshot, scope: Option<&ClusterKey>) -> Index {
+        let in_scope = |ns: &str, cluster: &ClusterKey| match scope {
+            None => true,
+            Some(s) => s.namespace == ns && s.name == cluster.name,
+        };
+        // Lookups by namespace and name.
+        let templates: HashMap<(String, String), &Arc<OpenStackWorkerMachineTemplate>> = snapshot
+            .templates
+            .iter()
+            .map(|t| ((t.namespace().unwrap_or_default(), t.name_any()), t))
+            .collect();
+        let infra_machines: HashMap<(String, String), &Arc<OpenStackWorkerMachine>> = snapshot
+            .infra_machines
+            .iter()
+            .map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m))
+            .collect();
+        let regions: HashMap<(String, String), Option<String>> = snapshot
+            .infra_clusters
+            .iter()
+            .map(|c| {
+                let cluster = c.labels().get(capi::CLUSTER_NAME_LABEL).cloned().unwrap_or_else(|| c.name_any());
+                ((c.namespace().unwrap_or_default(), cluster), c.spec.identity_ref.region.clone())
+            })
+            .collect();
+
+        let mut groups: BTreeMap<String, NodeGroup> = BTreeMap::new();
+        let mut add_group = |kind: GroupKind,
+                             ns: String,
+                             name: String,
+                             cluster: ClusterKey,
+                             replicas: Option<i32>,
+                             annotations: &BTreeMap<String, String>,
+                             template: &MachineTemplateSpec| {
+            let r = &template.spec.infrastructure_ref;
+            if r.kind != "OpenStackWorkerMachineTemplate" || !in_scope(&ns, &cluster) {
+                return;
+            }
+            if capi::has_paused_annotation(annotations) {
+                return;
+            }
+            let Some(max) = size_annotation(annotations, capi::NODE_GROUP_MAX_SIZE_ANNOTATION).filter(|m| *m > 0) else {
+                return;
+            };
+            let min = size_annotation(annotations, capi::NODE_GROUP_MIN_SIZE_ANNOTATION).unwrap_or(0);
+            if min > max {
+                return;
+            }
+            let id = format!("{}/{ns}/{name}", kind.as_str());
+            let region = regions.get(&(ns.clone(), cluster.name.clone())).cloned().flatten();
+            groups.insert(
+                id.clone(),
+                NodeGroup {
+                    id,
+                    kind,
+                    template: templates.get(&(ns.clone(), r.name.clone())).map(|t| Arc::clone(t)),
+                    namespace: ns,
+                    name,
+                    cluster,
+                    min_size: min,
+                    max_size: max,
+                    target_size: replicas.unwrap_or(0),
+                    annotations: annotations.clone(),
+                    machine_template: template.clone(),
+                    region,
+                    instances: Vec::new(),
+                },
+            );
+        };
+        for md in &snapshot.machine_deployments {
+            let ns = md.namespace().unwrap_or_default();
+            let cluster = cluster_of(&ns, &md.spec.cluster_name, md.labels());
+            add_group(GroupKind::MachineDeployment, ns, md.name_any(), cluster, md.spec.replicas, md.annotations(), &md.spec.template);
+        }
+        let mut set_owner: HashMap<(String, String), String> = HashMap::new();
+        for ms in &snapshot.machine_sets {
+            let ns = ms.namespace().unwrap_or_default();
+            let owner_md = ms
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "MachineDeployment")
+                .map(|o| o.name.clone())
+                .or_else(|| ms.labels().get(capi::DEPLOYMENT_NAME_LABEL).cloned());
+            match owner_md {
+                Some(md) => {
+                    set_owner.insert((ns, ms.name_any()), format!("MachineDeployment/{}/{md}", ms.namespace().unwrap_or_default()));
+                }
+                None => {
+                    let cluster = cluster_of(&ns, &ms.spec.cluster_name, ms.labels());
+                    let id = format!("MachineSet/{ns}/{}", ms.name_any());
+                    set_owner.insert((ns.clone(), ms.name_any()), id);
+                    add_group(GroupKind::MachineSet, ns, ms.name_any(), cluster, ms.spec.replicas, ms.annotations(), &ms.spec.template);
+                }
+            }
+        }
+
+        let mut by_instance = HashMap::new();
+        for machine in &snapshot.machines {
+            let ns = machine.namespace().unwrap_or_default();
+            let labels = machine.labels();
+            // CAPI labels every Machine with its MachineSet and MachineDeployment.
+            let group_id = labels
+                .get(capi::SET_NAME_LABEL)
+                .and_then(|set| set_owner.get(&(ns.clone(), set.clone())).cloned())
+                .or_else(|| labels.get(capi::DEPLOYMENT_NAME_LABEL).map(|md| format!("MachineDeployment/{ns}/{md}")));
+            let Some(group) = group_id.and_then(|id| groups.get_mut(&id)) else {
+                continue;
+            };
+            let infra = (machine.spec.infrastructure_ref.kind == "OpenStackWorkerMachine")
+                .then(|| infra_machines.get(&(ns.clone(), machine.spec.infrastructure_ref.name.clone())))
+                .flatten()
+                .map(|m| m.as_ref());
+            let instance = instance_of(machine, infra, group.region.as_deref());
+            by_instance.insert(instance.id.clone(), group.id.clone());
+            group.instances.push(instance);
+        }
+        for g in groups.values_mut() {
+            g.instances.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Index { groups, by_instance }
+    }
+
+    /// All node groups, sorted by id.
+    pub fn groups(&self) -> impl Iterator<Item = &NodeGroup> {
+        self.groups.values()
+    }
+
+    /// The node group `id`.
+    pub fn group(&self, id: &str) -> Option<&NodeGroup> {
+        self.groups.get(id)
+    }
+
+    /// The node group of the instance with providerID (or placeholder id) `id`. providerIDs
+    /// match exactly; as CA normalises OpenStack IDs to the last path segment (§2.4), a bare
+    /// server UUID also matches.
+    pub fn group_of_instance(&self, id: &str) -> Option<&NodeGroup> {
+        if id.is_empty() {
+            return None;
+        }
+        if let Some(g) = self.by_instance.get(id) {
+            return self.groups.get(g);
+        }
+        let uuid = id.rsplit('/').next().unwrap_or(id);
+        self.by_instance
+            .iter()
+            .find(|(k, _)| k.starts_with("openstack://") && k.rsplit('/').next() == Some(uuid))
+            .and_then(|(_, g)| self.groups.get(g))
+    }
+
+    /// Number of node groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// True when there is no node group.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    pub(crate) fn md(ns: &str, name: &str, replicas: i32, annotations: serde_json::Value) -> Arc<MachineDeployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+                "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+                "spec": {"clusterName": "c1", "replicas": replicas, "template": {
+                    "metadata": {"labels": {"node-role.kubernetes.io/worker": "", "team": "a"}},
+                    "spec": {"clusterName": "c1", "bootstrap": {}, "failureDomain": "az1",
+                             "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerMachineTemplate", "name": format!("{name}-t")}}}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    pub(crate) fn machine(ns: &str, name: &str, md: &str, provider_id: Option<&str>, node: bool) -> Arc<Machine> {
+        let mut v = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/deployment-name": md, "cluster.x-k8s.io/cluster-name": "c1"}},
+            "spec": {"clusterName": "c1", "bootstrap": {}, "infrastructureRef": {"kind": "OpenStackWorkerMachine", "name": name}}
+        });
+        if let Some(p) = provider_id {
+            v["spec"]["providerID"] = json!(p);
+        }
+        if node {
+            v["status"] = json!({"nodeRef": {"name": name}});
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    pub(crate) fn infra(ns: &str, name: &str, instance: Option<&str>, state: Option<&str>, ready: Option<(&str, &str)>) -> Arc<OpenStackWorkerMachine> {
+        let mut v = json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachine",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"flavor": {"id": "1"}, "image": {"id": "i"}},
+            "status": {}
+        });
+        if let Some(i) = instance {
+            v["status"]["instanceID"] = json!(i);
+        }
+        if let Some(s) = state {
+            v["status"]["instanceState"] = json!(s);
+        }
+        if let Some((reason, message)) = ready {
+            v["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn scaling(min: i32, max: i32) -> serde_json::Value {
+        json!({
+            "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": min.to_string(),
+            "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": max.to_string(),
+        })
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.machine_deployments = vec![
+            md("ns", "md-0", 3, scaling(1, 5)),
+            md("ns", "not-autoscaled", 1, json!({})),
+            md("other", "md-0", 1, scaling(0, 2)),
+        ];
+        s.machines = vec![
+            machine("ns", "m-running", "md-0", Some("openstack:///u-1"), true),
+            machine("ns", "m-building", "md-0", None, false),
+            machine("ns", "m-quota", "md-0", None, false),
+            machine("ns", "m-nothing", "md-0", None, false),
+            machine("ns", "x", "not-autoscaled", Some("openstack:///u-9"), true),
+        ];
+        s.infra_machines = vec![
+            infra("ns", "m-running", Some("u-1"), Some("ACTIVE"), None),
+            infra("ns", "m-building", Some("u-2"), Some("BUILD"), None),
+            infra("ns", "m-quota", None, None, Some(("InstanceCreateFailed", "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores"))),
+        ];
+        s
+    }
+
+    #[test]
+    fn groups_need_the_template_kind_and_a_max_size() {
+        let index = Index::build(&snapshot(), None);
+        let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["MachineDeployment/ns/md-0", "MachineDeployment/other/md-0"]);
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        assert_eq!((g.min_size, g.max_size, g.target_size), (1, 5, 3));
+    }
+
+    #[test]
+    fn scope_limits_groups_to_one_cluster() {
+        let scope = ClusterKey { namespace: "other".into(), name: "c1".into() };
+        let index = Index::build(&snapshot(), Some(&scope));
+        let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["MachineDeployment/other/md-0"]);
+        assert!(index.group_of_instance("openstack:///u-1").is_none(), "another cluster's instance is invisible");
+    }
+
+    #[test]
+    fn instances_carry_provider_ids_states_and_errors() {
+        let index = Index::build(&snapshot(), None);
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        let by_machine: HashMap<&str, &Instance> = g.instances.iter().map(|i| (i.machine.as_str(), i)).collect();
+        assert_eq!(by_machine["m-running"].id, "openstack:///u-1");
+        assert_eq!(by_machine["m-running"].state, InstanceState::Running);
+        assert_eq!(by_machine["m-building"].id, "openstack:///u-2", "the server's providerID before the Machine has one");
+        assert_eq!(by_machine["m-building"].state, InstanceState::Creating);
+        assert!(by_machine["m-building"].error.is_none());
+        let quota = by_machine["m-quota"];
+        assert_eq!(quota.id, "capow://pending/ns/m-quota");
+        assert_eq!(quota.error.as_ref().unwrap().class, error_class::OUT_OF_RESOURCES);
+        assert_eq!(quota.error.as_ref().unwrap().code, "QuotaExceeded");
+        assert!(!by_machine["m-nothing"].has_server);
+        assert_eq!(index.group_of_instance("openstack:///u-2").unwrap().id, g.id);
+        assert_eq!(index.group_of_instance("u-2").unwrap().id, g.id, "a bare UUID matches too");
+        assert_eq!(index.group_of_instance("capow://pending/ns/m-quota").unwrap().id, g.id);
+        assert!(index.group_of_instance("openstack:///u-9").is_none(), "not in an autoscaled group");
+        assert!(index.group_of_instance("").is_none());
+    }
+
+    #[test]
+    fn deleting_machines_are_deleting_and_error_classes_follow_the_fault() {
+        let mut s = snapshot();
+        let mut m = (*s.machines[0]).clone();
+        m.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        s.machines[0] = Arc::new(m);
+        s.infra_machines[1] = infra("ns", "m-building", Some("u-2"), Some("ERROR"), Some(("InstanceStateError", "server u-2 is in ERROR: No valid host was found. (code 500)")));
+        let index = Index::build(&s, None);
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        let running = g.instances.iter().find(|i| i.machine == "m-running").unwrap();
+        assert_eq!(running.state, InstanceState::Deleting);
+        let err = g.instances.iter().find(|i| i.machine == "m-building").unwrap().error.clone().unwrap();
+        assert_eq!((err.code.as_str(), err.class), ("NoValidHost", error_class::OUT_OF_RESOURCES));
+
+        s.infra_machines[1] = infra("ns", "m-building", None, None, Some(("InvalidMachineSpec", "spec.flavor.filter.name: no flavor named \"x\" matches")));
+        let index = Index::build(&s, None);
+        let err = index.group("MachineDeployment/ns/md-0").unwrap().instances.iter().find(|i| i.machine == "m-building").unwrap().error.clone().unwrap();
+        assert_eq!((err.code.as_str(), err.class), ("InvalidMachineSpec", error_class::OTHER));
+    }
+
+    #[test]
+    fn invalid_sizes_and_paused_groups_are_skipped() {
+        let mut s = Snapshot::default();
+        s.machine_deployments = vec![
+            md("ns", "min-over-max", 1, scaling(5, 2)),
+            md("ns", "negative", 1, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "-1"})),
+            md("ns", "paused", 1, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3", "cluster.x-k8s.io/paused": ""})),
+            md("ns", "ok", 0, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3"})),
+        ];
+        let index = Index::build(&s, None);
+        let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["MachineDeployment/ns/ok"]);
+        assert_eq!(index.group("MachineDeployment/ns/ok").unwrap().min_size, 0);
+    }
+}
