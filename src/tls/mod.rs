@@ -9,6 +9,8 @@
 //! - [`server`]: the rustls `ServerConfig` of the gRPC server. It requires client certificates
 //!   and verifies them against the CA. It advertises ALPN `h2`. Its serving certificate is
 //!   re-issued in place ([`ServingCert`]), so rotation needs no restart.
+//! - [`cloud_config`]: the per-cluster Secret that a cluster-autoscaler mounts. It holds a
+//!   client certificate, the CA, and a ready `--cloud-config` file.
 //!
 //! How the server uses it:
 //! 1. At startup, call [`Ca::load_or_create`] (share the CA as `Arc<Ca>`), then
@@ -20,20 +22,28 @@
 //!    [`ClusterIdentity::from_peer_certificate`] turns the leaf into the cluster the caller
 //!    may see.
 //! 4. Spawn [`ServingCert::run`] so the serving certificate rotates.
+//! 5. The Cluster watcher calls [`cloud_config::publish`] for each cluster whose
+//!    cluster-autoscaler talks to capow, on every reconcile (it is idempotent). When
+//!    [`Published::reissued`] is set, it restarts that cluster-autoscaler, because CA reads
+//!    its certificate files only at start.
 //!
 //! Every rustls config here is built with the ring provider passed in explicitly, so nothing
 //! depends on the process-wide default provider. Private keys never appear in logs, in error
 //! messages or in `Debug` output.
 
 pub mod ca;
+pub mod cloud_config;
 pub mod issue;
 pub mod server;
 
 use std::path::PathBuf;
 
 pub use ca::{Ca, CaOrigin};
+pub use cloud_config::{CloudConfig, PublishSettings, Published, publish};
 pub use issue::{CertPolicy, ClusterIdentity, IssuedCert, ServingNames, Validity};
-pub use server::{CertResolver, ServingCert, client_config_from_pem, server_config};
+pub use server::{
+    CertResolver, ServingCert, client_config_from_pem, server_config, verify_client_cert,
+};
 
 /// Secret key of a PEM certificate, as in Secrets of type `kubernetes.io/tls`.
 pub const TLS_CRT: &str = "tls.crt";
