@@ -7,6 +7,8 @@
 //! - [`capi`]: read-only views of the CAPI kinds capow reads;
 //! - [`openstack`]: the OpenStack client seam (Keystone, Nova, Neutron, Glance), no Kubernetes;
 //! - [`controllers`]: reconcilers (observe → plan → execute → status);
+//! - [`tls`]: capow's CA in a Secret, serving and per-cluster client certificates, rotation,
+//!   and the rustls configs of the externalgrpc server;
 //! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown).
 
 pub mod api;
@@ -15,3 +17,4 @@ pub mod capi;
 pub mod controllers;
 pub mod openstack;
 pub mod runtime;
+pub mod tls;
