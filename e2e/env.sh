@@ -11,6 +11,7 @@ case "${1:-}" in
   up)
     "$E2E_DIR/prereqs.sh"
     "$E2E_DIR/components/build.sh" kubernetes
+    "$E2E_DIR/components/build.sh" grpcprobe
     OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/up.sh" > "$CAPOW_E2E_STATE/openstack-up.log" 2>&1 \
       || { tail -30 "$CAPOW_E2E_STATE/openstack-up.log"; die "OpenStack did not come up (log: $CAPOW_E2E_STATE/openstack-up.log)"; }
     log "OpenStack is up (clouds.yaml: $OSDEV_STATE/clouds.yaml)"

@@ -40,6 +40,8 @@ export CAPOW_E2E_KUBECONFIG="$KUBECONFIG_E2E"
 export CAPOW_E2E_CLOUDS_YAML="$OSDEV_STATE/clouds.yaml"
 export CAPOW_E2E_CLOUD=osdev-demo CAPOW_E2E_ADMIN_CLOUD=osdev-admin
 export CAPOW_BIN="$REPO_DIR/target/debug/capow" CAPOW_E2E_STATE
+CAPOW_GRPCPROBE=$(cat "$CAPOW_CACHE/bin/grpcprobe.path")
+export CAPOW_GRPCPROBE
 # Start from a clean cloud even if an earlier run was interrupted.
 OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 : > "$CAPOW_E2E_STATE/measurements.txt"

@@ -20,6 +20,19 @@ build_kubernetes() {
   log "kubernetes $K8S_VERSION: built into $out"
 }
 
+# The e2e suite's grpc-go client of capow's externalgrpc server (dials like cluster-autoscaler
+# does, decodes v1.Node with k8s.io/api). Cached by the hash of its sources.
+build_grpcprobe() {
+  local src="$E2E_DIR/components/grpcprobe" hash out
+  hash=$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-12)
+  out=$(bin_dir grpcprobe "$hash")
+  if [[ -x $out/grpcprobe ]]; then log "grpcprobe $hash: cached"; echo "$out/grpcprobe" > "$CAPOW_CACHE/bin/grpcprobe.path"; return; fi
+  mkdir -p "$out"
+  (cd "$src" && GOMAXPROCS=2 go build -p 2 -trimpath -ldflags='-s -w' -o "$out/grpcprobe" .)
+  echo "$out/grpcprobe" > "$CAPOW_CACHE/bin/grpcprobe.path"
+  log "grpcprobe $hash: built into $out"
+}
+
 # The CAPI CRDs come from the published module's source tree (core/config/crd/bases).
 fetch_cluster_api() {
   local dir
@@ -30,6 +43,7 @@ fetch_cluster_api() {
 
 case "${1:-}" in
   kubernetes) build_kubernetes ;;
+  grpcprobe) build_grpcprobe ;;
   cluster-api-dir) fetch_cluster_api ;;
-  *) die "usage: build.sh kubernetes|cluster-api-dir" ;;
+  *) die "usage: build.sh kubernetes|grpcprobe|cluster-api-dir" ;;
 esac

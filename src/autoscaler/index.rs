@@ -166,16 +166,29 @@ pub struct Index {
 
 /// Parses a size annotation: a non-negative integer.
 fn size_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Option<i32> {
-    annotations.get(key).and_then(|v| v.trim().parse::<i32>().ok()).filter(|v| *v >= 0)
+    annotations
+        .get(key)
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|v| *v >= 0)
 }
 
-fn cluster_of(namespace: &str, cluster_name: &str, labels: &BTreeMap<String, String>) -> ClusterKey {
+fn cluster_of(
+    namespace: &str,
+    cluster_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> ClusterKey {
     let name = if cluster_name.is_empty() {
-        labels.get(capi::CLUSTER_NAME_LABEL).cloned().unwrap_or_default()
+        labels
+            .get(capi::CLUSTER_NAME_LABEL)
+            .cloned()
+            .unwrap_or_default()
     } else {
         cluster_name.to_owned()
     };
-    ClusterKey { namespace: namespace.to_owned(), name }
+    ClusterKey {
+        namespace: namespace.to_owned(),
+        name,
+    }
 }
 
 /// The `(code, class)` of an OpenStackWorkerMachine whose server did not come up, from its
@@ -183,7 +196,12 @@ fn cluster_of(namespace: &str, cluster_name: &str, labels: &BTreeMap<String, Str
 /// host" are out of resources; a refused create, a bad spec or a server in ERROR otherwise are
 /// other errors.
 pub fn creation_error(m: &OpenStackWorkerMachine) -> Option<InstanceError> {
-    let c = m.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY && c.status == "False")?;
+    let c = m
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY && c.status == "False")?;
     let failure = matches!(
         c.reason.as_str(),
         reasons::INSTANCE_STATE_ERROR
@@ -198,18 +216,29 @@ pub fn creation_error(m: &OpenStackWorkerMachine) -> Option<InstanceError> {
         return None;
     }
     let msg = c.message.to_ascii_lowercase();
-    let (code, class) = if msg.contains("quota exceeded") || msg.contains("overquota") || msg.contains("http 413") {
+    let (code, class) = if msg.contains("quota exceeded")
+        || msg.contains("overquota")
+        || msg.contains("http 413")
+    {
         ("QuotaExceeded", error_class::OUT_OF_RESOURCES)
     } else if msg.contains("no valid host") {
         ("NoValidHost", error_class::OUT_OF_RESOURCES)
     } else {
         (c.reason.as_str(), error_class::OTHER)
     };
-    Some(InstanceError { code: code.to_owned(), message: c.message.clone(), class })
+    Some(InstanceError {
+        code: code.to_owned(),
+        message: c.message.clone(),
+        class,
+    })
 }
 
 /// Instance id of a Machine: its providerID, else its server's, else a pending placeholder.
-fn instance_id(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region: Option<&str>) -> (String, bool) {
+fn instance_id(
+    machine: &Machine,
+    infra: Option<&OpenStackWorkerMachine>,
+    region: Option<&str>,
+) -> (String, bool) {
     if let Some(p) = machine.spec.provider_id.as_ref().filter(|p| !p.is_empty()) {
         return (p.clone(), true);
     }
@@ -218,10 +247,19 @@ fn instance_id(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region
             return (p.clone(), true);
         }
         if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_ref()) {
-            return (crate::controllers::machine::plan::provider_id(region, id), true);
+            return (
+                crate::controllers::machine::plan::provider_id(region, id),
+                true,
+            );
         }
     }
-    (pending_id(&machine.namespace().unwrap_or_default(), &machine.name_any()), false)
+    (
+        pending_id(
+            &machine.namespace().unwrap_or_default(),
+            &machine.name_any(),
+        ),
+        false,
+    )
 }
 
 /// Placeholder instance id of a Machine without a server.
@@ -229,11 +267,19 @@ pub fn pending_id(namespace: &str, machine: &str) -> String {
     format!("capow://pending/{namespace}/{machine}")
 }
 
-fn instance_of(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region: Option<&str>) -> Instance {
+fn instance_of(
+    machine: &Machine,
+    infra: Option<&OpenStackWorkerMachine>,
+    region: Option<&str>,
+) -> Instance {
     let (id, has_server) = instance_id(machine, infra, region);
     let deleting = machine.metadata.deletion_timestamp.is_some()
         || infra.is_some_and(|m| m.metadata.deletion_timestamp.is_some());
-    let running = machine.status.as_ref().and_then(|s| s.node_ref.as_ref()).is_some_and(|n| !n.name.is_empty())
+    let running = machine
+        .status
+        .as_ref()
+        .and_then(|s| s.node_ref.as_ref())
+        .is_some_and(|n| !n.name.is_empty())
         || infra
             .and_then(|m| m.status.as_ref())
             .and_then(|s| s.instance_state.as_deref())
@@ -245,7 +291,13 @@ fn instance_of(machine: &Machine, infra: Option<&OpenStackWorkerMachine>, region
     } else {
         (InstanceState::Creating, infra.and_then(creation_error))
     };
-    Instance { id, machine: machine.name_any(), state, error, has_server }
+    Instance {
+        id,
+        machine: machine.name_any(),
+        state,
+        error,
+        has_server,
+    }
 }
 
 impl Index {
@@ -270,8 +322,15 @@ impl Index {
             .infra_clusters
             .iter()
             .map(|c| {
-                let cluster = c.labels().get(capi::CLUSTER_NAME_LABEL).cloned().unwrap_or_else(|| c.name_any());
-                ((c.namespace().unwrap_or_default(), cluster), c.spec.identity_ref.region.clone())
+                let cluster = c
+                    .labels()
+                    .get(capi::CLUSTER_NAME_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| c.name_any());
+                (
+                    (c.namespace().unwrap_or_default(), cluster),
+                    c.spec.identity_ref.region.clone(),
+                )
             })
             .collect();
 
@@ -290,21 +349,29 @@ impl Index {
             if capi::has_paused_annotation(annotations) {
                 return;
             }
-            let Some(max) = size_annotation(annotations, capi::NODE_GROUP_MAX_SIZE_ANNOTATION).filter(|m| *m > 0) else {
+            let Some(max) = size_annotation(annotations, capi::NODE_GROUP_MAX_SIZE_ANNOTATION)
+                .filter(|m| *m > 0)
+            else {
                 return;
             };
-            let min = size_annotation(annotations, capi::NODE_GROUP_MIN_SIZE_ANNOTATION).unwrap_or(0);
+            let min =
+                size_annotation(annotations, capi::NODE_GROUP_MIN_SIZE_ANNOTATION).unwrap_or(0);
             if min > max {
                 return;
             }
             let id = format!("{}/{ns}/{name}", kind.as_str());
-            let region = regions.get(&(ns.clone(), cluster.name.clone())).cloned().flatten();
+            let region = regions
+                .get(&(ns.clone(), cluster.name.clone()))
+                .cloned()
+                .flatten();
             groups.insert(
                 id.clone(),
                 NodeGroup {
                     id,
                     kind,
-                    template: templates.get(&(ns.clone(), r.name.clone())).map(|t| Arc::clone(t)),
+                    template: templates
+                        .get(&(ns.clone(), r.name.clone()))
+                        .map(|t| Arc::clone(t)),
                     namespace: ns,
                     name,
                     cluster,
@@ -321,7 +388,15 @@ impl Index {
         for md in &snapshot.machine_deployments {
             let ns = md.namespace().unwrap_or_default();
             let cluster = cluster_of(&ns, &md.spec.cluster_name, md.labels());
-            add_group(GroupKind::MachineDeployment, ns, md.name_any(), cluster, md.spec.replicas, md.annotations(), &md.spec.template);
+            add_group(
+                GroupKind::MachineDeployment,
+                ns,
+                md.name_any(),
+                cluster,
+                md.spec.replicas,
+                md.annotations(),
+                &md.spec.template,
+            );
         }
         let mut set_owner: HashMap<(String, String), String> = HashMap::new();
         for ms in &snapshot.machine_sets {
@@ -334,13 +409,27 @@ impl Index {
                 .or_else(|| ms.labels().get(capi::DEPLOYMENT_NAME_LABEL).cloned());
             match owner_md {
                 Some(md) => {
-                    set_owner.insert((ns, ms.name_any()), format!("MachineDeployment/{}/{md}", ms.namespace().unwrap_or_default()));
+                    set_owner.insert(
+                        (ns, ms.name_any()),
+                        format!(
+                            "MachineDeployment/{}/{md}",
+                            ms.namespace().unwrap_or_default()
+                        ),
+                    );
                 }
                 None => {
                     let cluster = cluster_of(&ns, &ms.spec.cluster_name, ms.labels());
                     let id = format!("MachineSet/{ns}/{}", ms.name_any());
                     set_owner.insert((ns.clone(), ms.name_any()), id);
-                    add_group(GroupKind::MachineSet, ns, ms.name_any(), cluster, ms.spec.replicas, ms.annotations(), &ms.spec.template);
+                    add_group(
+                        GroupKind::MachineSet,
+                        ns,
+                        ms.name_any(),
+                        cluster,
+                        ms.spec.replicas,
+                        ms.annotations(),
+                        &ms.spec.template,
+                    );
                 }
             }
         }
@@ -353,12 +442,18 @@ impl Index {
             let group_id = labels
                 .get(capi::SET_NAME_LABEL)
                 .and_then(|set| set_owner.get(&(ns.clone(), set.clone())).cloned())
-                .or_else(|| labels.get(capi::DEPLOYMENT_NAME_LABEL).map(|md| format!("MachineDeployment/{ns}/{md}")));
+                .or_else(|| {
+                    labels
+                        .get(capi::DEPLOYMENT_NAME_LABEL)
+                        .map(|md| format!("MachineDeployment/{ns}/{md}"))
+                });
             let Some(group) = group_id.and_then(|id| groups.get_mut(&id)) else {
                 continue;
             };
             let infra = (machine.spec.infrastructure_ref.kind == "OpenStackWorkerMachine")
-                .then(|| infra_machines.get(&(ns.clone(), machine.spec.infrastructure_ref.name.clone())))
+                .then(|| {
+                    infra_machines.get(&(ns.clone(), machine.spec.infrastructure_ref.name.clone()))
+                })
                 .flatten()
                 .map(|m| m.as_ref());
             let instance = instance_of(machine, infra, group.region.as_deref());
@@ -368,7 +463,10 @@ impl Index {
         for g in groups.values_mut() {
             g.instances.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        Index { groups, by_instance }
+        Index {
+            groups,
+            by_instance,
+        }
     }
 
     /// All node groups, sorted by id.
@@ -410,12 +508,21 @@ impl Index {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::field_reassign_with_default,
+    reason = "fixtures fill a snapshot field by field"
+)]
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
-    pub(crate) fn md(ns: &str, name: &str, replicas: i32, annotations: serde_json::Value) -> Arc<MachineDeployment> {
+    pub(crate) fn md(
+        ns: &str,
+        name: &str,
+        replicas: i32,
+        annotations: serde_json::Value,
+    ) -> Arc<MachineDeployment> {
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
@@ -429,7 +536,13 @@ pub(crate) mod tests {
         )
     }
 
-    pub(crate) fn machine(ns: &str, name: &str, md: &str, provider_id: Option<&str>, node: bool) -> Arc<Machine> {
+    pub(crate) fn machine(
+        ns: &str,
+        name: &str,
+        md: &str,
+        provider_id: Option<&str>,
+        node: bool,
+    ) -> Arc<Machine> {
         let mut v = json!({
             "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
             "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/deployment-name": md, "cluster.x-k8s.io/cluster-name": "c1"}},
@@ -444,7 +557,13 @@ pub(crate) mod tests {
         Arc::new(serde_json::from_value(v).unwrap())
     }
 
-    pub(crate) fn infra(ns: &str, name: &str, instance: Option<&str>, state: Option<&str>, ready: Option<(&str, &str)>) -> Arc<OpenStackWorkerMachine> {
+    pub(crate) fn infra(
+        ns: &str,
+        name: &str,
+        instance: Option<&str>,
+        state: Option<&str>,
+        ready: Option<(&str, &str)>,
+    ) -> Arc<OpenStackWorkerMachine> {
         let mut v = json!({
             "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachine",
             "metadata": {"name": name, "namespace": ns},
@@ -487,7 +606,16 @@ pub(crate) mod tests {
         s.infra_machines = vec![
             infra("ns", "m-running", Some("u-1"), Some("ACTIVE"), None),
             infra("ns", "m-building", Some("u-2"), Some("BUILD"), None),
-            infra("ns", "m-quota", None, None, Some(("InstanceCreateFailed", "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores"))),
+            infra(
+                "ns",
+                "m-quota",
+                None,
+                None,
+                Some((
+                    "InstanceCreateFailed",
+                    "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores",
+                )),
+            ),
         ];
         s
     }
@@ -496,39 +624,74 @@ pub(crate) mod tests {
     fn groups_need_the_template_kind_and_a_max_size() {
         let index = Index::build(&snapshot(), None);
         let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
-        assert_eq!(ids, ["MachineDeployment/ns/md-0", "MachineDeployment/other/md-0"]);
+        assert_eq!(
+            ids,
+            ["MachineDeployment/ns/md-0", "MachineDeployment/other/md-0"]
+        );
         let g = index.group("MachineDeployment/ns/md-0").unwrap();
         assert_eq!((g.min_size, g.max_size, g.target_size), (1, 5, 3));
     }
 
     #[test]
     fn scope_limits_groups_to_one_cluster() {
-        let scope = ClusterKey { namespace: "other".into(), name: "c1".into() };
+        let scope = ClusterKey {
+            namespace: "other".into(),
+            name: "c1".into(),
+        };
         let index = Index::build(&snapshot(), Some(&scope));
         let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
         assert_eq!(ids, ["MachineDeployment/other/md-0"]);
-        assert!(index.group_of_instance("openstack:///u-1").is_none(), "another cluster's instance is invisible");
+        assert!(
+            index.group_of_instance("openstack:///u-1").is_none(),
+            "another cluster's instance is invisible"
+        );
     }
 
     #[test]
     fn instances_carry_provider_ids_states_and_errors() {
         let index = Index::build(&snapshot(), None);
         let g = index.group("MachineDeployment/ns/md-0").unwrap();
-        let by_machine: HashMap<&str, &Instance> = g.instances.iter().map(|i| (i.machine.as_str(), i)).collect();
+        let by_machine: HashMap<&str, &Instance> = g
+            .instances
+            .iter()
+            .map(|i| (i.machine.as_str(), i))
+            .collect();
         assert_eq!(by_machine["m-running"].id, "openstack:///u-1");
         assert_eq!(by_machine["m-running"].state, InstanceState::Running);
-        assert_eq!(by_machine["m-building"].id, "openstack:///u-2", "the server's providerID before the Machine has one");
+        assert_eq!(
+            by_machine["m-building"].id, "openstack:///u-2",
+            "the server's providerID before the Machine has one"
+        );
         assert_eq!(by_machine["m-building"].state, InstanceState::Creating);
         assert!(by_machine["m-building"].error.is_none());
         let quota = by_machine["m-quota"];
         assert_eq!(quota.id, "capow://pending/ns/m-quota");
-        assert_eq!(quota.error.as_ref().unwrap().class, error_class::OUT_OF_RESOURCES);
+        assert_eq!(
+            quota.error.as_ref().unwrap().class,
+            error_class::OUT_OF_RESOURCES
+        );
         assert_eq!(quota.error.as_ref().unwrap().code, "QuotaExceeded");
         assert!(!by_machine["m-nothing"].has_server);
-        assert_eq!(index.group_of_instance("openstack:///u-2").unwrap().id, g.id);
-        assert_eq!(index.group_of_instance("u-2").unwrap().id, g.id, "a bare UUID matches too");
-        assert_eq!(index.group_of_instance("capow://pending/ns/m-quota").unwrap().id, g.id);
-        assert!(index.group_of_instance("openstack:///u-9").is_none(), "not in an autoscaled group");
+        assert_eq!(
+            index.group_of_instance("openstack:///u-2").unwrap().id,
+            g.id
+        );
+        assert_eq!(
+            index.group_of_instance("u-2").unwrap().id,
+            g.id,
+            "a bare UUID matches too"
+        );
+        assert_eq!(
+            index
+                .group_of_instance("capow://pending/ns/m-quota")
+                .unwrap()
+                .id,
+            g.id
+        );
+        assert!(
+            index.group_of_instance("openstack:///u-9").is_none(),
+            "not in an autoscaled group"
+        );
         assert!(index.group_of_instance("").is_none());
     }
 
@@ -538,18 +701,62 @@ pub(crate) mod tests {
         let mut m = (*s.machines[0]).clone();
         m.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         s.machines[0] = Arc::new(m);
-        s.infra_machines[1] = infra("ns", "m-building", Some("u-2"), Some("ERROR"), Some(("InstanceStateError", "server u-2 is in ERROR: No valid host was found. (code 500)")));
+        s.infra_machines[1] = infra(
+            "ns",
+            "m-building",
+            Some("u-2"),
+            Some("ERROR"),
+            Some((
+                "InstanceStateError",
+                "server u-2 is in ERROR: No valid host was found. (code 500)",
+            )),
+        );
         let index = Index::build(&s, None);
         let g = index.group("MachineDeployment/ns/md-0").unwrap();
-        let running = g.instances.iter().find(|i| i.machine == "m-running").unwrap();
+        let running = g
+            .instances
+            .iter()
+            .find(|i| i.machine == "m-running")
+            .unwrap();
         assert_eq!(running.state, InstanceState::Deleting);
-        let err = g.instances.iter().find(|i| i.machine == "m-building").unwrap().error.clone().unwrap();
-        assert_eq!((err.code.as_str(), err.class), ("NoValidHost", error_class::OUT_OF_RESOURCES));
+        let err = g
+            .instances
+            .iter()
+            .find(|i| i.machine == "m-building")
+            .unwrap()
+            .error
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (err.code.as_str(), err.class),
+            ("NoValidHost", error_class::OUT_OF_RESOURCES)
+        );
 
-        s.infra_machines[1] = infra("ns", "m-building", None, None, Some(("InvalidMachineSpec", "spec.flavor.filter.name: no flavor named \"x\" matches")));
+        s.infra_machines[1] = infra(
+            "ns",
+            "m-building",
+            None,
+            None,
+            Some((
+                "InvalidMachineSpec",
+                "spec.flavor.filter.name: no flavor named \"x\" matches",
+            )),
+        );
         let index = Index::build(&s, None);
-        let err = index.group("MachineDeployment/ns/md-0").unwrap().instances.iter().find(|i| i.machine == "m-building").unwrap().error.clone().unwrap();
-        assert_eq!((err.code.as_str(), err.class), ("InvalidMachineSpec", error_class::OTHER));
+        let err = index
+            .group("MachineDeployment/ns/md-0")
+            .unwrap()
+            .instances
+            .iter()
+            .find(|i| i.machine == "m-building")
+            .unwrap()
+            .error
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (err.code.as_str(), err.class),
+            ("InvalidMachineSpec", error_class::OTHER)
+        );
     }
 
     #[test]
@@ -557,9 +764,24 @@ pub(crate) mod tests {
         let mut s = Snapshot::default();
         s.machine_deployments = vec![
             md("ns", "min-over-max", 1, scaling(5, 2)),
-            md("ns", "negative", 1, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "-1"})),
-            md("ns", "paused", 1, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3", "cluster.x-k8s.io/paused": ""})),
-            md("ns", "ok", 0, json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3"})),
+            md(
+                "ns",
+                "negative",
+                1,
+                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "-1"}),
+            ),
+            md(
+                "ns",
+                "paused",
+                1,
+                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3", "cluster.x-k8s.io/paused": ""}),
+            ),
+            md(
+                "ns",
+                "ok",
+                0,
+                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3"}),
+            ),
         ];
         let index = Index::build(&s, None);
         let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();

@@ -2,5 +2,12 @@
 //! built from the objects the manager watches, a tonic service answering the 15 RPCs from it,
 //! and the mTLS transport that scopes each caller to its own cluster.
 
+pub mod credentials;
 pub mod index;
+pub mod node;
+pub mod options;
 pub mod proto;
+pub mod quantity;
+pub mod server;
+pub mod service;
+pub mod sources;

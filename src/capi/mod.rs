@@ -125,6 +125,9 @@ pub struct MachineSpec {
     /// Taints CAPI keeps on the Machine's Node (CAPI ≥ 1.12).
     #[serde(default)]
     pub taints: Vec<MachineTaint>,
+    /// Kubernetes version of the Machine's kubelet, e.g. `v1.34.2`.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// A taint of a Machine's Node (`MachineTaint`, CAPI v1beta2 common_types.go).
@@ -248,9 +251,11 @@ pub struct MachineNodeReference {
 /// first (`cluster.x-k8s.io/delete-machine`, CAPI `DeleteMachineAnnotation`).
 pub const DELETE_MACHINE_ANNOTATION: &str = "cluster.x-k8s.io/delete-machine";
 /// Minimum size of a node group (`cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size`).
-pub const NODE_GROUP_MIN_SIZE_ANNOTATION: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size";
+pub const NODE_GROUP_MIN_SIZE_ANNOTATION: &str =
+    "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size";
 /// Maximum size of a node group; a group without it is not autoscaled.
-pub const NODE_GROUP_MAX_SIZE_ANNOTATION: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size";
+pub const NODE_GROUP_MAX_SIZE_ANNOTATION: &str =
+    "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size";
 
 /// True when `annotations` carry the CAPI paused annotation.
 pub fn has_paused_annotation(annotations: &BTreeMap<String, String>) -> bool {

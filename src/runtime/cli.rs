@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller manager.
-    Manager(ManagerArgs),
+    Manager(Box<ManagerArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a
     /// directory (`capow crd --output-dir config/crd/bases`).
     Crd {
@@ -71,6 +71,53 @@ pub struct ManagerArgs {
     /// Controller timings.
     #[command(flatten)]
     pub controller: ControllerArgs,
+
+    /// The cluster-autoscaler externalgrpc server.
+    #[command(flatten)]
+    pub autoscaler: AutoscalerArgs,
+}
+
+/// The externalgrpc cloud provider (design §4 "Autoscaler", "Identity and TLS").
+#[derive(Debug, Args)]
+pub struct AutoscalerArgs {
+    /// Address of the externalgrpc server; unset disables it.
+    #[arg(long, env = "CAPOW_AUTOSCALER_ADDRESS")]
+    pub autoscaler_address: Option<SocketAddr>,
+    /// Serve plaintext gRPC without client certificates; every caller then sees every
+    /// cluster. For local experiments only.
+    #[arg(long, env = "CAPOW_AUTOSCALER_INSECURE", default_value_t = false)]
+    pub autoscaler_insecure: bool,
+    /// Name of the Service in front of the server (DNS SANs of the serving certificate).
+    #[arg(
+        long,
+        env = "CAPOW_AUTOSCALER_SERVICE",
+        default_value = "capow-autoscaler"
+    )]
+    pub autoscaler_service: String,
+    /// capow's namespace: the Service's, and the CA Secret's (default `POD_NAMESPACE`, then
+    /// `capow-system`).
+    #[arg(long, env = "CAPOW_SYSTEM_NAMESPACE")]
+    pub system_namespace: Option<String>,
+    /// Extra IP addresses for the serving certificate (e.g. 127.0.0.1 in tests).
+    #[arg(long, env = "CAPOW_AUTOSCALER_IP_SANS", value_delimiter = ',')]
+    pub autoscaler_ip_san: Vec<std::net::IpAddr>,
+    /// Address the cluster-autoscalers use to reach the server, written into their
+    /// cloud-config (default `<service>.<namespace>.svc:<port>`).
+    #[arg(long, env = "CAPOW_AUTOSCALER_PUBLISHED_ADDRESS")]
+    pub autoscaler_published_address: Option<String>,
+    /// Where the cluster-autoscaler mounts its credentials Secret.
+    #[arg(long, env = "CAPOW_AUTOSCALER_MOUNT_DIR", default_value = crate::tls::cloud_config::DEFAULT_MOUNT_DIR)]
+    pub autoscaler_mount_dir: String,
+    /// Name of the Secret holding capow's CA.
+    #[arg(long, env = "CAPOW_CA_SECRET", default_value = crate::tls::ca::DEFAULT_SECRET_NAME)]
+    pub ca_secret: String,
+    /// Node label that names a GPU node's GPU type (the GPULabel RPC).
+    #[arg(
+        long,
+        env = "CAPOW_GPU_LABEL",
+        default_value = "cluster-api/accelerator"
+    )]
+    pub gpu_label: String,
 }
 
 /// Leader election (a `coordination.k8s.io/v1` Lease).

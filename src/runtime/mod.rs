@@ -38,7 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Manager(args) => manager(args).await,
+        Command::Manager(args) => manager(*args).await,
     }
 }
 
@@ -74,6 +74,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         leader,
         openstack,
         controller,
+        autoscaler,
     } = args;
     telemetry::init(&log, log_format)?;
     tracing::info!(
@@ -91,6 +92,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     openstack_metrics.register(registry.sub_registry_with_prefix("openstack"));
     let reconcile_metrics = ReconcileMetrics::default();
     reconcile_metrics.register(registry.sub_registry_with_prefix("reconcile"));
+    let rpc_metrics = crate::autoscaler::service::RpcMetrics::default();
+    rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
 
     let clouds = Arc::new(Clouds::new(
         ClientOptions {
@@ -128,6 +131,22 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(signal_shutdown(shutdown.clone()));
+
+    // The externalgrpc server answers on every replica (reads come from local caches); only
+    // the leader publishes credentials and reconciles.
+    let publisher = match autoscaler.autoscaler_address {
+        Some(addr) => start_autoscaler(
+            &client,
+            namespace.as_deref(),
+            addr,
+            &autoscaler,
+            rpc_metrics,
+            &shutdown,
+        )
+        .await
+        .context("failed to start the externalgrpc server")?,
+        None => None,
+    };
 
     // Leadership: without election this replica reconciles at once; with it, only after the
     // Lease is held, and losing it ends the process (the Deployment restarts it as a follower).
@@ -173,7 +192,20 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         let namespace = namespace.clone();
         tokio::spawn(async move {
             let ns = namespace.as_deref();
+            let credentials = async {
+                if let Some((ca, settings)) = publisher {
+                    crate::autoscaler::credentials::run(
+                        ctx.client.clone(),
+                        ns,
+                        ca,
+                        settings,
+                        token.clone().cancelled_owned(),
+                    )
+                    .await;
+                }
+            };
             tokio::join!(
+                credentials,
                 controllers::machine::run_controller(
                     ctx.clone(),
                     ns,
@@ -226,6 +258,77 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`) and the serving
+/// certificate's rotation; returns what the credentials publisher needs (TLS only).
+async fn start_autoscaler(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    addr: std::net::SocketAddr,
+    args: &cli::AutoscalerArgs,
+    metrics: crate::autoscaler::service::RpcMetrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
+    use crate::autoscaler::{server, service, sources};
+    let stores = sources::Stores::start(client, namespace, shutdown);
+    tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
+        .await
+        .context("the watches of the autoscaler index did not sync within 120 s")??;
+    let options = service::ServiceOptions {
+        require_identity: !args.autoscaler_insecure,
+        template: crate::autoscaler::node::TemplateOptions {
+            gpu_label: args.gpu_label.clone(),
+        },
+    };
+    let svc =
+        service::CloudProviderService::new(Arc::new(stores), client.clone(), options, metrics);
+    let listener = server::bind(addr).await?;
+    let port = listener.local_addr()?.port();
+    let mut publish = None;
+    let tls = if args.autoscaler_insecure {
+        None
+    } else {
+        let system_ns = args
+            .system_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "capow-system".into());
+        let (ca, origin) =
+            crate::tls::Ca::load_or_create(client, &system_ns, &args.ca_secret).await?;
+        tracing::info!(secret = %format!("{system_ns}/{}", args.ca_secret), ?origin, "Loaded capow's CA");
+        let ca = Arc::new(ca);
+        let names = crate::tls::ServingNames::for_service(&args.autoscaler_service, &system_ns)
+            .with_ips(args.autoscaler_ip_san.iter().copied());
+        let serving = Arc::new(crate::tls::ServingCert::new(
+            ca.clone(),
+            names,
+            crate::tls::CertPolicy::serving_default(),
+        )?);
+        let config = serving.server_config()?;
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            serving
+                .run(crate::tls::server::DEFAULT_CHECK_INTERVAL, token)
+                .await
+        });
+        let address = args
+            .autoscaler_published_address
+            .clone()
+            .unwrap_or_else(|| format!("{}.{system_ns}.svc:{port}", args.autoscaler_service));
+        let mut settings = crate::tls::PublishSettings::new(address);
+        settings.mount_dir = args.autoscaler_mount_dir.clone();
+        publish = Some((ca, settings));
+        Some(config)
+    };
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, svc, tls, token.clone()).await {
+            tracing::error!(error = %e, "externalgrpc server failed");
+            token.cancel();
+        }
+    });
+    Ok(publish)
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -43,7 +43,11 @@ pub fn gpu_type(flavor: &Flavor) -> Option<String> {
     if gpu_count(flavor) == 0 {
         return None;
     }
-    if let Some(t) = flavor.extra_specs.get("capow:gpu-type").filter(|t| !t.is_empty()) {
+    if let Some(t) = flavor
+        .extra_specs
+        .get("capow:gpu-type")
+        .filter(|t| !t.is_empty())
+    {
         return Some(t.clone());
     }
     if let Some(alias) = flavor
@@ -55,7 +59,11 @@ pub fn gpu_type(flavor: &Flavor) -> Option<String> {
     {
         return Some(alias);
     }
-    if flavor.extra_specs.contains_key("resources:VGPU") { Some("vgpu".into()) } else { Some("pgpu".into()) }
+    if flavor.extra_specs.contains_key("resources:VGPU") {
+        Some("vgpu".into())
+    } else {
+        Some("pgpu".into())
+    }
 }
 
 /// Kubernetes architecture of an image from `hw_architecture` or `architecture` (Glance
@@ -184,9 +192,22 @@ mod tests {
             3
         );
         assert_eq!(gpu_count(&flavor(&[("hw:cpu_policy", "dedicated")])), 0);
-        assert_eq!(gpu_type(&flavor(&[("pci_passthrough:alias", "a100:2,t4:1")])).as_deref(), Some("a100"));
-        assert_eq!(gpu_type(&flavor(&[("resources:VGPU", "1"), ("capow:gpu-type", "l4")])).as_deref(), Some("l4"));
-        assert_eq!(gpu_type(&flavor(&[("resources:VGPU", "1")])).as_deref(), Some("vgpu"));
+        assert_eq!(
+            gpu_type(&flavor(&[("pci_passthrough:alias", "a100:2,t4:1")])).as_deref(),
+            Some("a100")
+        );
+        assert_eq!(
+            gpu_type(&flavor(&[
+                ("resources:VGPU", "1"),
+                ("capow:gpu-type", "l4")
+            ]))
+            .as_deref(),
+            Some("l4")
+        );
+        assert_eq!(
+            gpu_type(&flavor(&[("resources:VGPU", "1")])).as_deref(),
+            Some("vgpu")
+        );
         assert_eq!(gpu_type(&flavor(&[])), None);
         let c = capacity(
             &flavor(&[

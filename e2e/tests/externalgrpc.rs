@@ -1,0 +1,829 @@
+//! Conformance of capow's externalgrpc server: every RPC over real mTLS with a tonic client
+//! generated from the same proto (both CA wire generations), scale writes against the real
+//! kube-apiserver's `scale` subresources, TLS refusals, and interop with grpc-go and
+//! Kubernetes' own protobuf decoder through `grpcprobe` (e2e/components/grpcprobe).
+//!
+//! The index reads real reflector stores of objects created in a test namespace; the
+//! OpenStackWorkerMachines' statuses are written by the test (no controller runs here), so
+//! every instance state can be set up exactly.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use capow::autoscaler::node::TemplateOptions;
+use capow::autoscaler::proto::externalgrpc as pb;
+use capow::autoscaler::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
+use capow::autoscaler::proto::{core_v1, meta_v1};
+use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions};
+use capow::autoscaler::{server, sources};
+use capow::tls::{Ca, CertPolicy, ClusterIdentity, PublishSettings, ServingCert, ServingNames};
+use capow_e2e::{Env, TestNamespace, apply_json};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use prost::Message;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const SERVICE: &str = "capow-autoscaler";
+
+async fn patch_status(
+    client: &kube::Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+    name: &str,
+    status: Value,
+) {
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+fn md(ns: &str, name: &str, cluster: &str, replicas: i32, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "clusterName": cluster, "replicas": replicas,
+            "selector": {"matchLabels": {"e2e/md": name}},
+            "template": {
+                "metadata": {"labels": {"e2e/md": name, "node-role.kubernetes.io/worker": ""}},
+                "spec": {"clusterName": cluster, "bootstrap": {"dataSecretName": "none"}, "failureDomain": "nova",
+                         "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerMachineTemplate", "name": format!("{name}-t")}}
+            }
+        }
+    })
+}
+
+fn machine(ns: &str, name: &str, cluster: &str, md: &str, provider_id: Option<&str>) -> Value {
+    let mut m = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+        "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/deployment-name": md, "cluster.x-k8s.io/cluster-name": cluster}},
+        "spec": {"clusterName": cluster, "bootstrap": {"dataSecretName": "none"},
+                 "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerMachine", "name": name}}
+    });
+    if let Some(p) = provider_id {
+        m["spec"]["providerID"] = json!(p);
+    }
+    m
+}
+
+fn oswm(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachine",
+           "metadata": {"name": name, "namespace": ns}, "spec": {"flavor": {"id": "3"}, "image": {"id": "i"}}})
+}
+
+fn template(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachineTemplate",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"template": {"spec": {"flavor": {"filter": {"name": "m1.medium"}}, "image": {"id": "i"}}}}})
+}
+
+async fn replicas(client: &kube::Client, ns: &str, md: &str) -> i32 {
+    let api: Api<capow::capi::MachineDeployment> = Api::namespaced(client.clone(), ns);
+    api.get_scale(md)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas
+        .unwrap()
+}
+
+async fn channel(
+    port: u16,
+    ns: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(format!("{SERVICE}.{ns}.svc"));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn node(provider_id: &str) -> Option<pb::ExternalGrpcNode> {
+    Some(pb::ExternalGrpcNode {
+        provider_id: provider_id.into(),
+        name: provider_id.into(),
+        ..Default::default()
+    })
+}
+
+fn probe(args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let bin = std::env::var("CAPOW_GRPCPROBE").expect("CAPOW_GRPCPROBE (set by e2e/test.sh)");
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "grpcprobe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+// Multi-threaded: the grpcprobe child process is awaited synchronously while this process
+// serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn every_rpc_over_mtls_in_both_wire_shapes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::get();
+    let client = env.client().await;
+    let ns_guard = TestNamespace::create(&client, "xgrpc").await;
+    let ns = ns_guard.name.clone();
+
+    // Clusters c1 and c2 in the same namespace: scoping is by cluster, not namespace.
+    for c in ["c1", "c2"] {
+        apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+            "metadata": {"name": c, "namespace": ns},
+            "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": c}}})).await.unwrap();
+    }
+    let scaling = |min: i32, max: i32| {
+        json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": min.to_string(),
+               "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": max.to_string()})
+    };
+    let mut md0 = scaling(1, 4);
+    md0["cluster.x-k8s.io/autoscaling-options-scaledownutilizationthreshold"] = json!("0.3");
+    md0["cluster.x-k8s.io/autoscaling-options-maxnodeprovisiontime"] = json!("5m");
+    let mut zero = scaling(0, 2);
+    zero["capacity.cluster-autoscaler.kubernetes.io/cpu"] = json!("8");
+    zero["capacity.cluster-autoscaler.kubernetes.io/memory"] = json!("32Gi");
+    for obj in [
+        template(&ns, "md-0-t"),
+        template(&ns, "md-zero-t"),
+        template(&ns, "other-t"),
+        md(&ns, "md-0", "c1", 3, md0),
+        md(&ns, "md-zero", "c1", 0, zero),
+        md(&ns, "other", "c2", 1, scaling(0, 2)),
+        md(&ns, "not-autoscaled", "c1", 1, json!({})),
+        machine(&ns, "m-a", "c1", "md-0", Some("openstack:///aaa")),
+        machine(&ns, "m-b", "c1", "md-0", None),
+        machine(&ns, "m-q", "c1", "md-0", None),
+        machine(&ns, "m-o", "c2", "other", Some("openstack:///ooo")),
+        oswm(&ns, "m-a"),
+        oswm(&ns, "m-b"),
+        oswm(&ns, "m-q"),
+    ] {
+        apply_json(&client, &obj).await.unwrap();
+    }
+    let infra = ("infrastructure.cluster.x-k8s.io", "v1alpha1");
+    patch_status(
+        &client,
+        &ns,
+        infra.0,
+        infra.1,
+        "OpenStackWorkerMachineTemplate",
+        "md-0-t",
+        json!({
+            "capacity": {"cpu": "2", "memory": "4096Mi", "ephemeral-storage": "40Gi"},
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
+            "resolved": {"flavorName": "m1.medium", "pricePerHour": "0.1"}
+        }),
+    )
+    .await;
+    patch_status(
+        &client,
+        &ns,
+        infra.0,
+        infra.1,
+        "OpenStackWorkerMachine",
+        "m-a",
+        json!({"instanceID": "aaa", "instanceState": "ACTIVE"}),
+    )
+    .await;
+    patch_status(
+        &client,
+        &ns,
+        infra.0,
+        infra.1,
+        "OpenStackWorkerMachine",
+        "m-b",
+        json!({"instanceID": "bbb", "instanceState": "BUILD"}),
+    )
+    .await;
+    patch_status(&client, &ns, infra.0, infra.1, "OpenStackWorkerMachine", "m-q", json!({"conditions": [{
+        "type": "Ready", "status": "False", "reason": "InstanceCreateFailed", "lastTransitionTime": "2026-11-25T00:00:00Z",
+        "message": "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores: Requested 2, but already used 400 of 400 cores"}]})).await;
+    patch_status(
+        &client,
+        &ns,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+        "m-a",
+        json!({"nodeRef": {"name": "m-a"}}),
+    )
+    .await;
+
+    // The server: real stores, capow's CA in a Secret of the test namespace, mTLS on loopback.
+    let shutdown = CancellationToken::new();
+    let stores = sources::Stores::start(&client, Some(&ns), &shutdown);
+    stores.ready().await.unwrap();
+    let (ca, _) = Ca::load_or_create(&client, &ns, "capow-ca").await.unwrap();
+    let ca = Arc::new(ca);
+    let names = ServingNames::for_service(SERVICE, &ns).with_ips(["127.0.0.1".parse().unwrap()]);
+    let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = CloudProviderService::new(
+        Arc::new(stores),
+        client.clone(),
+        ServiceOptions {
+            require_identity: true,
+            template: TemplateOptions {
+                gpu_label: "cluster-api/accelerator".into(),
+            },
+        },
+        RpcMetrics::default(),
+    );
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        service,
+        Some(serving.server_config().unwrap()),
+        shutdown.clone(),
+    ));
+    // Let the stores see the statuses just written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let c1 = ca
+        .issue_client(
+            &ClusterIdentity::new(&ns, "c1").unwrap(),
+            &CertPolicy::client_default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let c2 = ca
+        .issue_client(
+            &ClusterIdentity::new(&ns, "c2").unwrap(),
+            &CertPolicy::client_default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let mut api = CloudProviderClient::new(
+        channel(
+            port,
+            &ns,
+            ca.cert_pem(),
+            Some((c1.cert_pem(), c1.key_pem())),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut api2 = CloudProviderClient::new(
+        channel(
+            port,
+            &ns,
+            ca.cert_pem(),
+            Some((c2.cert_pem(), c2.key_pem())),
+        )
+        .await
+        .unwrap(),
+    );
+    let id = |name: &str| format!("MachineDeployment/{ns}/{name}");
+
+    // Refresh, NodeGroups: c1 sees its two autoscaled groups, c2 only its own.
+    api.refresh(pb::RefreshRequest {}).await.unwrap();
+    let groups = api
+        .node_groups(pb::NodeGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .node_groups;
+    let ids: Vec<_> = groups.iter().map(|g| g.id.clone()).collect();
+    assert_eq!(ids, [id("md-0"), id("md-zero")]);
+    assert_eq!((groups[0].min_size, groups[0].max_size), (1, 4));
+    let other = api2
+        .node_groups(pb::NodeGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .node_groups;
+    assert_eq!(
+        other.iter().map(|g| g.id.clone()).collect::<Vec<_>>(),
+        [id("other")]
+    );
+
+    // NodeGroupForNode: own node, another cluster's node, a node without providerID.
+    let for_node = |p: &str| pb::NodeGroupForNodeRequest { node: node(p) };
+    assert_eq!(
+        api.node_group_for_node(for_node("openstack:///aaa"))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_group
+            .unwrap()
+            .id,
+        id("md-0")
+    );
+    assert_eq!(
+        api.node_group_for_node(for_node("openstack:///ooo"))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_group
+            .unwrap()
+            .id,
+        ""
+    );
+    assert_eq!(
+        api.node_group_for_node(for_node(""))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_group
+            .unwrap()
+            .id,
+        ""
+    );
+
+    // Target size; another cluster's group is invisible.
+    assert_eq!(
+        api.node_group_target_size(pb::NodeGroupTargetSizeRequest { id: id("md-0") })
+            .await
+            .unwrap()
+            .into_inner()
+            .target_size,
+        3
+    );
+    let err = api2
+        .node_group_target_size(pb::NodeGroupTargetSizeRequest { id: id("md-0") })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+
+    // NodeGroupNodes: providerIDs, states, and the quota failure as OutOfResources.
+    let instances = api
+        .node_group_nodes(pb::NodeGroupNodesRequest { id: id("md-0") })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    let by_id = |i: &str| {
+        instances
+            .iter()
+            .find(|x| x.id == i)
+            .unwrap_or_else(|| panic!("{i} missing from {instances:?}"))
+            .status
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        by_id("openstack:///aaa").instance_state,
+        pb::instance_status::InstanceState::InstanceRunning as i32
+    );
+    assert_eq!(
+        by_id("openstack:///bbb").instance_state,
+        pb::instance_status::InstanceState::InstanceCreating as i32
+    );
+    let quota = by_id(&format!("capow://pending/{ns}/m-q"));
+    assert_eq!(
+        quota.instance_state,
+        pb::instance_status::InstanceState::InstanceCreating as i32
+    );
+    let info = quota.error_info.unwrap();
+    assert_eq!(
+        (info.error_code.as_str(), info.instance_error_class),
+        ("QuotaExceeded", 1)
+    );
+    assert!(info.error_message.contains("Quota exceeded for cores"));
+
+    // TemplateNodeInfo: field 2 (CA ≥ 1.34.2) and field 1 (CA ≤ 1.34.1) carry the same Node.
+    let t = api
+        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: id("md-0") })
+        .await
+        .unwrap()
+        .into_inner();
+    let from_bytes = core_v1::Node::decode(t.node_bytes.as_slice()).unwrap();
+    assert_eq!(
+        Some(&from_bytes),
+        t.node_info.as_ref(),
+        "both fields carry the same node"
+    );
+    let status = from_bytes.status.clone().unwrap();
+    assert_eq!(status.capacity["cpu"].string, "2");
+    assert_eq!(status.capacity["pods"].string, "110");
+    assert_eq!(status.allocatable["memory"].string, "3996Mi");
+    // Kubernetes' own decoder (k8s.io/api, as CA uses it) reads the same bytes.
+    use base64::Engine;
+    let json: Value = serde_json::from_str(&probe(
+        &["decode-node"],
+        Some(&base64::engine::general_purpose::STANDARD.encode(&t.node_bytes)),
+    ))
+    .unwrap();
+    assert_eq!(json["status"]["capacity"]["cpu"], "2", "{json}");
+    assert_eq!(json["status"]["allocatable"]["ephemeral-storage"], "36Gi");
+    assert_eq!(
+        json["metadata"]["labels"]["node.kubernetes.io/instance-type"],
+        "m1.medium"
+    );
+    assert_eq!(
+        json["metadata"]["labels"]["topology.kubernetes.io/zone"],
+        "nova"
+    );
+    assert_eq!(
+        json["metadata"]["labels"]["node-role.kubernetes.io/worker"],
+        ""
+    );
+    assert_eq!(json["status"]["conditions"][0]["type"], "Ready");
+    // Scale from zero on capacity annotations alone.
+    let z = api
+        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: id("md-zero") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        core_v1::Node::decode(z.node_bytes.as_slice())
+            .unwrap()
+            .status
+            .unwrap()
+            .capacity["memory"]
+            .string,
+        "32Gi"
+    );
+
+    // GetOptions: overrides + echoed defaults, in the new and the old wire shape; a group
+    // without option annotations answers Unimplemented (CA keeps its defaults).
+    let new_defaults = pb::NodeGroupAutoscalingOptions {
+        scale_down_utilization_threshold: 0.5,
+        scale_down_gpu_utilization_threshold: 0.6,
+        ignore_daemon_sets_utilization: true,
+        scale_down_unneeded_duration: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        scale_down_unready_duration: Some(prost_types::Duration {
+            seconds: 1200,
+            nanos: 0,
+        }),
+        max_node_provision_duration: Some(prost_types::Duration {
+            seconds: 900,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let o = api
+        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+            id: id("md-0"),
+            defaults: Some(new_defaults),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node_group_autoscaling_options
+        .unwrap();
+    assert_eq!(o.scale_down_utilization_threshold, 0.3);
+    assert_eq!(o.scale_down_gpu_utilization_threshold, 0.6);
+    assert!(o.ignore_daemon_sets_utilization);
+    assert_eq!(o.max_node_provision_duration.unwrap().seconds, 300);
+    assert_eq!(o.max_node_provision_time.unwrap().duration, 300_000_000_000);
+    assert_eq!(o.scale_down_unneeded_duration.unwrap().seconds, 600);
+    assert_eq!(
+        o.scale_down_unready_time.unwrap().duration,
+        1_200_000_000_000
+    );
+    let old_defaults = pb::NodeGroupAutoscalingOptions {
+        scale_down_unneeded_time: Some(meta_v1::Duration {
+            duration: 420_000_000_000,
+        }),
+        ..Default::default()
+    };
+    let o = api
+        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+            id: id("md-0"),
+            defaults: Some(old_defaults),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .node_group_autoscaling_options
+        .unwrap();
+    assert_eq!(
+        o.scale_down_unneeded_time.unwrap().duration,
+        420_000_000_000
+    );
+    assert_eq!(o.scale_down_unneeded_duration.unwrap().seconds, 420);
+    let err = api
+        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+            id: id("md-zero"),
+            defaults: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // Pricing: 2 h of a 0.1/h flavor, in the new and the old time fields; pods Unimplemented.
+    let ts = |s: i64| {
+        Some(prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    let price = api
+        .pricing_node_price(pb::PricingNodePriceRequest {
+            node: node("openstack:///aaa"),
+            start_timestamp: ts(0),
+            end_timestamp: ts(7200),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .price;
+    assert!((price - 0.2).abs() < 1e-9, "{price}");
+    let mt = |s: i64| {
+        Some(meta_v1::Time {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    let price = api
+        .pricing_node_price(pb::PricingNodePriceRequest {
+            node: node("openstack:///aaa"),
+            start_time: mt(0),
+            end_time: mt(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .price;
+    assert!((price - 0.1).abs() < 1e-9, "{price}");
+    assert_eq!(
+        api.pricing_pod_price(pb::PricingPodPriceRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unimplemented
+    );
+    assert_eq!(
+        api.gpu_label(pb::GpuLabelRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .label,
+        "cluster-api/accelerator"
+    );
+    assert!(
+        api.get_available_gpu_types(pb::GetAvailableGpuTypesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .gpu_types
+            .is_empty()
+    );
+
+    // IncreaseSize: within max, then beyond max, then a bad delta.
+    api.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+        id: id("md-0"),
+        delta: 1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(replicas(&client, &ns, "md-0").await, 4);
+    let err = api
+        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+            id: id("md-0"),
+            delta: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("max size 4"), "{}", err.message());
+    let err = api
+        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+            id: id("md-0"),
+            delta: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        replicas(&client, &ns, "md-0").await,
+        4,
+        "refusals change nothing"
+    );
+    // Another cluster cannot write to c1's group.
+    let err = api2
+        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
+            id: id("md-0"),
+            delta: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // DecreaseTargetSize: only unfulfilled requests (4 target, 2 instances with a server).
+    api.node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
+        id: id("md-0"),
+        delta: -1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(replicas(&client, &ns, "md-0").await, 3);
+    api.node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
+        id: id("md-0"),
+        delta: -1,
+    })
+    .await
+    .unwrap();
+    let err = api
+        .node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
+            id: id("md-0"),
+            delta: -1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert_eq!(replicas(&client, &ns, "md-0").await, 2);
+
+    // DeleteNodes: a node of another group is refused; below min is refused; CA's fake node
+    // for the quota-failed machine is accepted: the Machine is marked and replicas drop.
+    let delete = |nodes: Vec<Option<pb::ExternalGrpcNode>>| pb::NodeGroupDeleteNodesRequest {
+        id: id("md-0"),
+        nodes: nodes.into_iter().flatten().collect(),
+    };
+    let err = api
+        .node_group_delete_nodes(delete(vec![node("openstack:///ooo")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = api
+        .node_group_delete_nodes(delete(vec![
+            node("openstack:///aaa"),
+            node("openstack:///bbb"),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "2 - 2 < min 1: {err}"
+    );
+    let mut fake = node(&format!("capow://pending/{ns}/m-q")).unwrap();
+    fake.annotations.insert(
+        "k8s.io/cluster-autoscaler/fake-node-reason".into(),
+        "create-error".into(),
+    );
+    api.node_group_delete_nodes(delete(vec![Some(fake)]))
+        .await
+        .unwrap();
+    assert_eq!(replicas(&client, &ns, "md-0").await, 1);
+    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), &ns);
+    let m_q = machines.get("m-q").await.unwrap();
+    assert!(
+        m_q.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("cluster.x-k8s.io/delete-machine")
+    );
+    let m_a = machines.get("m-a").await.unwrap();
+    assert!(
+        !m_a.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("cluster.x-k8s.io/delete-machine")
+    );
+
+    api.cleanup(pb::CleanupRequest {}).await.unwrap();
+
+    // grpc-go (as in CA 1.36) over the published cloud-config: ALPN h2, IP SAN, client cert.
+    let cluster: capow::capi::Cluster = Api::namespaced(client.clone(), &ns)
+        .get("c1")
+        .await
+        .unwrap();
+    let mount = env.state.join(format!("xgrpc-{}", ns));
+    std::fs::create_dir_all(&mount).unwrap();
+    let mut settings = PublishSettings::new(format!("127.0.0.1:{port}"));
+    settings.mount_dir = mount.display().to_string();
+    let published = capow::tls::publish(&client, &ca, &cluster, &settings, SystemTime::now())
+        .await
+        .unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns)
+        .get(&published.secret_name)
+        .await
+        .unwrap();
+    for (k, v) in secret.data.unwrap() {
+        std::fs::write(mount.join(&k), &v.0).unwrap();
+    }
+    let reply = probe(
+        &[
+            "call",
+            "--cloud-config",
+            &mount.join("cloud-config").display().to_string(),
+            "--method",
+            "NodeGroups",
+        ],
+        None,
+    );
+    let reply = pb::NodeGroupsResponse::decode(
+        base64::engine::general_purpose::STANDARD
+            .decode(reply)
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(
+        reply
+            .node_groups
+            .iter()
+            .map(|g| g.id.clone())
+            .collect::<Vec<_>>(),
+        [id("md-0"), id("md-zero")]
+    );
+
+    // Refusals: a certificate from another CA, and no certificate at all.
+    let stranger = Ca::generate(SystemTime::now()).unwrap();
+    let s = stranger
+        .issue_client(
+            &ClusterIdentity::new(&ns, "c1").unwrap(),
+            &CertPolicy::client_default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let denied = match channel(port, &ns, ca.cert_pem(), Some((s.cert_pem(), s.key_pem()))).await {
+        Err(_) => true,
+        Ok(ch) => CloudProviderClient::new(ch)
+            .node_groups(pb::NodeGroupsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        denied,
+        "a client certificate from another CA must be refused"
+    );
+    let denied = match channel(port, &ns, ca.cert_pem(), None).await {
+        Err(_) => true,
+        Ok(ch) => CloudProviderClient::new(ch)
+            .node_groups(pb::NodeGroupsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(denied, "a client without a certificate must be refused");
+
+    // Health.
+    let health_channel = channel(
+        port,
+        &ns,
+        ca.cert_pem(),
+        Some((c1.cert_pem(), c1.key_pem())),
+    )
+    .await
+    .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(health_channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "clusterautoscaler.cloudprovider.v1.externalgrpc.CloudProvider".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
+    ns_guard.delete().await;
+}

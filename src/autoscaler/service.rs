@@ -1,0 +1,712 @@
+//! The tonic adapter: the 15 `CloudProvider` RPCs over the [`Index`], scoped to the caller's
+//! cluster (from its client certificate), and the three writes (IncreaseSize, DeleteNodes,
+//! DecreaseTargetSize) done on the MachineDeployment/MachineSet `scale` subresource and the
+//! Machines' `cluster.x-k8s.io/delete-machine` annotation, as the in-tree clusterapi provider
+//! does (mission-anchors §2.3). Reads never call the API server or OpenStack.
+//!
+//! Status codes (CA's client passes them on as errors, except `Unimplemented` on the optional
+//! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
+//! for bad requests (non-positive delta, a node of another group), `FailedPrecondition` when a
+//! size limit would be crossed, `Unauthenticated` without a client certificate, `Unavailable`
+//! when the API server fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use kube::api::{Api, Patch, PatchParams};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use super::index::{ClusterKey, GroupKind, Index, InstanceState, NodeGroup, Snapshot};
+use super::node::{TemplateOptions, template_node};
+use super::options;
+use super::proto::externalgrpc as pb;
+use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
+use crate::capi::{self, Machine, MachineDeployment, MachineSet};
+use crate::tls::ClusterIdentity;
+
+/// Where the index's inputs come from (reflector stores in the manager, fixed lists in tests).
+pub trait Snapshots: Send + Sync + 'static {
+    /// The current objects.
+    fn snapshot(&self) -> Snapshot;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_method: &'static str,
+}
+
+/// Per-RPC metrics (`grpc_server_handled_total`, `grpc_server_handling_seconds`).
+#[derive(Clone, Debug)]
+pub struct RpcMetrics {
+    handled: Family<RpcLabels, Counter>,
+    seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        fn histogram() -> Histogram {
+            // 50 µs .. ~1.6 s; CA's deadline is 5 s.
+            Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+        }
+        Self {
+            handled: Family::default(),
+            seconds: Family::new_with_constructor(histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Registers `handled` and `handling_seconds` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "handled",
+            "RPCs completed, by method and gRPC status code",
+            self.handled.clone(),
+        );
+        registry.register(
+            "handling_seconds",
+            "RPC handling time in seconds",
+            self.seconds.clone(),
+        );
+    }
+
+    fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        let code = match code {
+            tonic::Code::Ok => "OK",
+            tonic::Code::NotFound => "NotFound",
+            tonic::Code::InvalidArgument => "InvalidArgument",
+            tonic::Code::FailedPrecondition => "FailedPrecondition",
+            tonic::Code::Unimplemented => "Unimplemented",
+            tonic::Code::Unauthenticated => "Unauthenticated",
+            tonic::Code::PermissionDenied => "PermissionDenied",
+            tonic::Code::Unavailable => "Unavailable",
+            tonic::Code::Aborted => "Aborted",
+            _ => "Other",
+        };
+        self.handled
+            .get_or_create(&RpcLabels {
+                grpc_method: method,
+                grpc_code: code,
+            })
+            .inc();
+        self.seconds
+            .get_or_create(&MethodLabels {
+                grpc_method: method,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Settings of the service.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// When true, callers must present a client certificate naming a cluster and see only its
+    /// node groups. False only behind the explicit plaintext flag (then all clusters).
+    pub require_identity: bool,
+    /// Template node options (GPU label).
+    pub template: TemplateOptions,
+}
+
+/// The externalgrpc `CloudProvider` service.
+pub struct CloudProviderService {
+    sources: Arc<dyn Snapshots>,
+    client: kube::Client,
+    options: ServiceOptions,
+    metrics: RpcMetrics,
+    cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
+    group_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl CloudProviderService {
+    /// A service reading from `sources` and writing with `client`.
+    pub fn new(
+        sources: Arc<dyn Snapshots>,
+        client: kube::Client,
+        options: ServiceOptions,
+        metrics: RpcMetrics,
+    ) -> Self {
+        Self {
+            sources,
+            client,
+            options,
+            metrics,
+            cache: std::sync::Mutex::new(HashMap::new()),
+            group_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cluster the caller may see: from its client certificate, or every cluster when the
+    /// server runs without TLS.
+    #[allow(clippy::result_large_err)]
+    fn scope<T>(&self, request: &Request<T>) -> Result<Option<ClusterKey>, Status> {
+        if !self.options.require_identity {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a client certificate issued by capow is required")
+        })?;
+        let leaf = certs.first().ok_or_else(|| {
+            Status::unauthenticated("a client certificate issued by capow is required")
+        })?;
+        let id = ClusterIdentity::from_peer_certificate(leaf.as_ref()).map_err(|e| {
+            Status::permission_denied(format!("the client certificate names no cluster: {e}"))
+        })?;
+        Ok(Some(ClusterKey {
+            namespace: id.namespace,
+            name: id.name,
+        }))
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Option<ClusterKey>, Arc<Index>>> {
+        match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Rebuilds the scope's index from the current objects (Refresh, and after writes).
+    fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
+        let index = Arc::new(Index::build(&self.sources.snapshot(), scope.as_ref()));
+        self.lock_cache().insert(scope.clone(), index.clone());
+        index
+    }
+
+    /// The scope's index as of the last Refresh (built now if there was none).
+    fn index(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
+        if let Some(i) = self.lock_cache().get(scope) {
+            return i.clone();
+        }
+        self.rebuild(scope)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn group<'a>(index: &'a Index, id: &str) -> Result<&'a NodeGroup, Status> {
+        index.group(id).ok_or_else(|| {
+            Status::not_found(format!(
+                "node group {id:?} does not exist or is not autoscaled"
+            ))
+        })
+    }
+
+    async fn group_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        self.group_locks
+            .lock()
+            .await
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Current `spec.replicas` from the `scale` subresource (not the cache: writes must not
+    /// act on stale sizes).
+    async fn replicas(&self, group: &NodeGroup) -> Result<i32, Status> {
+        let scale = match group.kind {
+            GroupKind::MachineDeployment => {
+                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
+                    .get_scale(&group.name)
+                    .await
+            }
+            GroupKind::MachineSet => {
+                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
+                    .get_scale(&group.name)
+                    .await
+            }
+        }
+        .map_err(|e| {
+            Status::unavailable(format!("failed to read the scale of {}: {e}", group.id))
+        })?;
+        Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
+    }
+
+    async fn set_replicas(&self, group: &NodeGroup, replicas: i32) -> Result<(), Status> {
+        let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+        let pp = PatchParams::default();
+        match group.kind {
+            GroupKind::MachineDeployment => {
+                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
+                    .patch_scale(&group.name, &pp, &patch)
+                    .await
+            }
+            GroupKind::MachineSet => {
+                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
+                    .patch_scale(&group.name, &pp, &patch)
+                    .await
+            }
+        }
+        .map(|_| ())
+        .map_err(|e| {
+            Status::unavailable(format!("failed to scale {} to {replicas}: {e}", group.id))
+        })
+    }
+
+    async fn annotate_for_deletion(
+        &self,
+        namespace: &str,
+        machine: &str,
+        mark: bool,
+    ) -> Result<(), kube::Error> {
+        let value = if mark {
+            json!(k8s_openapi::jiff::Timestamp::now().to_string())
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = Patch::Merge(
+            json!({ "metadata": { "annotations": { capi::DELETE_MACHINE_ANNOTATION: value } } }),
+        );
+        Api::<Machine>::namespaced(self.client.clone(), namespace)
+            .patch(machine, &PatchParams::default(), &patch)
+            .await
+            .map(|_| ())
+    }
+
+    async fn measure<T>(
+        &self,
+        method: &'static str,
+        f: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = f.await;
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.observe(method, code, started.elapsed());
+        if let Err(s) = &result
+            && !matches!(s.code(), tonic::Code::Unimplemented | tonic::Code::NotFound)
+        {
+            tracing::info!(method, code = ?s.code(), message = s.message(), "RPC refused");
+        }
+        result.map(Response::new)
+    }
+}
+
+fn to_pb_group(g: &NodeGroup) -> pb::NodeGroup {
+    pb::NodeGroup {
+        id: g.id.clone(),
+        min_size: g.min_size,
+        max_size: g.max_size,
+        debug: g.debug(),
+    }
+}
+
+fn to_pb_instance(i: &super::index::Instance) -> pb::Instance {
+    use pb::instance_status::InstanceState as S;
+    let state = match i.state {
+        InstanceState::Running => S::InstanceRunning,
+        InstanceState::Creating => S::InstanceCreating,
+        InstanceState::Deleting => S::InstanceDeleting,
+    };
+    pb::Instance {
+        id: i.id.clone(),
+        status: Some(pb::InstanceStatus {
+            instance_state: state as i32,
+            error_info: i.error.as_ref().map(|e| pb::InstanceErrorInfo {
+                error_code: e.code.clone(),
+                error_message: e.message.clone(),
+                instance_error_class: e.class,
+            }),
+        }),
+    }
+}
+
+fn price_per_hour(g: &NodeGroup) -> Option<f64> {
+    g.template
+        .as_ref()?
+        .status
+        .as_ref()?
+        .resolved
+        .as_ref()?
+        .price_per_hour
+        .as_ref()?
+        .parse()
+        .ok()
+}
+
+fn hours(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+    old_start: Option<&super::proto::meta_v1::Time>,
+    old_end: Option<&super::proto::meta_v1::Time>,
+) -> f64 {
+    let secs = |new: Option<&prost_types::Timestamp>, old: Option<&super::proto::meta_v1::Time>| {
+        new.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+            .or_else(|| old.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9))
+    };
+    match (secs(start, old_start), secs(end, old_end)) {
+        (Some(s), Some(e)) if e > s => (e - s) / 3600.0,
+        _ => 0.0,
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl CloudProvider for CloudProviderService {
+    async fn node_groups(
+        &self,
+        request: Request<pb::NodeGroupsRequest>,
+    ) -> RpcResult<pb::NodeGroupsResponse> {
+        self.measure("NodeGroups", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            Ok(pb::NodeGroupsResponse {
+                node_groups: index.groups().map(to_pb_group).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn node_group_for_node(
+        &self,
+        request: Request<pb::NodeGroupForNodeRequest>,
+    ) -> RpcResult<pb::NodeGroupForNodeResponse> {
+        self.measure("NodeGroupForNode", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let provider_id = request
+                .get_ref()
+                .node
+                .as_ref()
+                .map(|n| n.provider_id.as_str())
+                .unwrap_or("");
+            // An empty id tells CA the node is not managed here; empty providerIDs (nodes the
+            // cloud controller manager has not initialised) included (§1.9).
+            let group = index
+                .group_of_instance(provider_id)
+                .map(to_pb_group)
+                .unwrap_or_default();
+            Ok(pb::NodeGroupForNodeResponse {
+                node_group: Some(group),
+            })
+        })
+        .await
+    }
+
+    async fn pricing_node_price(
+        &self,
+        request: Request<pb::PricingNodePriceRequest>,
+    ) -> RpcResult<pb::PricingNodePriceResponse> {
+        self.measure("PricingNodePrice", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let r = request.get_ref();
+            let provider_id = r
+                .node
+                .as_ref()
+                .map(|n| n.provider_id.as_str())
+                .unwrap_or("");
+            let group = index.group_of_instance(provider_id).ok_or_else(|| {
+                Status::not_found(format!("node {provider_id:?} is not in a node group"))
+            })?;
+            let price = price_per_hour(group).ok_or_else(|| {
+                Status::unimplemented(format!(
+                    "no price for node group {}: set the flavor's capow:price-per-hour extra spec",
+                    group.id
+                ))
+            })?;
+            let h = hours(
+                r.start_timestamp.as_ref(),
+                r.end_timestamp.as_ref(),
+                r.start_time.as_ref(),
+                r.end_time.as_ref(),
+            );
+            Ok(pb::PricingNodePriceResponse { price: price * h })
+        })
+        .await
+    }
+
+    async fn pricing_pod_price(
+        &self,
+        request: Request<pb::PricingPodPriceRequest>,
+    ) -> RpcResult<pb::PricingPodPriceResponse> {
+        self.measure("PricingPodPrice", async {
+            self.scope(&request)?;
+            Err(Status::unimplemented(
+                "pod prices are not provided; node prices come from flavor prices",
+            ))
+        })
+        .await
+    }
+
+    async fn gpu_label(
+        &self,
+        request: Request<pb::GpuLabelRequest>,
+    ) -> RpcResult<pb::GpuLabelResponse> {
+        self.measure("GPULabel", async {
+            self.scope(&request)?;
+            Ok(pb::GpuLabelResponse {
+                label: self.options.template.gpu_label.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn get_available_gpu_types(
+        &self,
+        request: Request<pb::GetAvailableGpuTypesRequest>,
+    ) -> RpcResult<pb::GetAvailableGpuTypesResponse> {
+        self.measure("GetAvailableGPUTypes", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let gpu_types = index
+                .groups()
+                .filter_map(|g| {
+                    g.template
+                        .as_ref()?
+                        .status
+                        .as_ref()?
+                        .resolved
+                        .as_ref()?
+                        .gpu_type
+                        .clone()
+                })
+                .map(|t| (t, prost_types::Any::default()))
+                .collect();
+            Ok(pb::GetAvailableGpuTypesResponse { gpu_types })
+        })
+        .await
+    }
+
+    async fn cleanup(
+        &self,
+        request: Request<pb::CleanupRequest>,
+    ) -> RpcResult<pb::CleanupResponse> {
+        self.measure("Cleanup", async {
+            let scope = self.scope(&request)?;
+            self.lock_cache().remove(&scope);
+            Ok(pb::CleanupResponse {})
+        })
+        .await
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> RpcResult<pb::RefreshResponse> {
+        self.measure("Refresh", async {
+            let scope = self.scope(&request)?;
+            self.rebuild(&scope);
+            Ok(pb::RefreshResponse {})
+        })
+        .await
+    }
+
+    async fn node_group_target_size(
+        &self,
+        request: Request<pb::NodeGroupTargetSizeRequest>,
+    ) -> RpcResult<pb::NodeGroupTargetSizeResponse> {
+        self.measure("NodeGroupTargetSize", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let g = Self::group(&index, &request.get_ref().id)?;
+            Ok(pb::NodeGroupTargetSizeResponse {
+                target_size: g.target_size,
+            })
+        })
+        .await
+    }
+
+    async fn node_group_increase_size(
+        &self,
+        request: Request<pb::NodeGroupIncreaseSizeRequest>,
+    ) -> RpcResult<pb::NodeGroupIncreaseSizeResponse> {
+        self.measure("NodeGroupIncreaseSize", async {
+            let scope = self.scope(&request)?;
+            let r = request.get_ref();
+            if r.delta <= 0 {
+                return Err(Status::invalid_argument(format!("delta must be positive, got {}", r.delta)));
+            }
+            let index = self.index(&scope);
+            let g = Self::group(&index, &r.id)?;
+            let lock = self.group_lock(&g.id).await;
+            let _held = lock.lock().await;
+            let current = self.replicas(g).await?;
+            let desired = current.saturating_add(r.delta);
+            if desired > g.max_size {
+                return Err(Status::failed_precondition(format!(
+                    "size increase too large: {} has {current} replicas, +{} would exceed its max size {}",
+                    g.id, r.delta, g.max_size
+                )));
+            }
+            self.set_replicas(g, desired).await?;
+            tracing::info!(group = %g.id, from = current, to = desired, "Scaled up");
+            self.rebuild(&scope);
+            Ok(pb::NodeGroupIncreaseSizeResponse {})
+        })
+        .await
+    }
+
+    async fn node_group_delete_nodes(
+        &self,
+        request: Request<pb::NodeGroupDeleteNodesRequest>,
+    ) -> RpcResult<pb::NodeGroupDeleteNodesResponse> {
+        self.measure("NodeGroupDeleteNodes", async {
+            let scope = self.scope(&request)?;
+            let r = request.get_ref();
+            let index = self.index(&scope);
+            let g = Self::group(&index, &r.id)?;
+            // Membership first: every node must be an instance of this group. CA's fake nodes
+            // (unregistered or create-error instances) carry the instance id as providerID.
+            let mut machines = Vec::with_capacity(r.nodes.len());
+            for node in &r.nodes {
+                let id = if node.provider_id.is_empty() { node.name.as_str() } else { node.provider_id.as_str() };
+                let uuid = id.rsplit('/').next().unwrap_or(id);
+                let instance = g
+                    .instances
+                    .iter()
+                    .find(|i| i.id == id || (id.starts_with("openstack://") && i.id.rsplit('/').next() == Some(uuid)))
+                    .ok_or_else(|| Status::invalid_argument(format!("node {:?} ({id}) does not belong to node group {}", node.name, g.id)))?;
+                if instance.state != InstanceState::Deleting && !machines.contains(&instance.machine) {
+                    machines.push(instance.machine.clone());
+                }
+            }
+            if machines.is_empty() {
+                return Ok(pb::NodeGroupDeleteNodesResponse {});
+            }
+            let lock = self.group_lock(&g.id).await;
+            let _held = lock.lock().await;
+            let current = self.replicas(g).await?;
+            let n = i32::try_from(machines.len()).unwrap_or(i32::MAX);
+            if current - n < g.min_size {
+                return Err(Status::failed_precondition(format!(
+                    "deleting {n} node(s) would take {} below its min size {} (replicas {current})",
+                    g.id, g.min_size
+                )));
+            }
+            let mut marked: Vec<String> = Vec::with_capacity(machines.len());
+            for m in &machines {
+                if let Err(e) = self.annotate_for_deletion(&g.namespace, m, true).await {
+                    for done in &marked {
+                        let _ = self.annotate_for_deletion(&g.namespace, done, false).await;
+                    }
+                    return Err(Status::unavailable(format!("failed to mark Machine {}/{m} for deletion: {e}", g.namespace)));
+                }
+                marked.push(m.clone());
+            }
+            if let Err(e) = self.set_replicas(g, current - n).await {
+                // Unmark, so CAPI does not prefer these Machines on some later scale-down.
+                for m in &marked {
+                    let _ = self.annotate_for_deletion(&g.namespace, m, false).await;
+                }
+                return Err(e);
+            }
+            tracing::info!(group = %g.id, machines = ?machines, from = current, to = current - n, "Deleted nodes");
+            self.rebuild(&scope);
+            Ok(pb::NodeGroupDeleteNodesResponse {})
+        })
+        .await
+    }
+
+    async fn node_group_decrease_target_size(
+        &self,
+        request: Request<pb::NodeGroupDecreaseTargetSizeRequest>,
+    ) -> RpcResult<pb::NodeGroupDecreaseTargetSizeResponse> {
+        self.measure("NodeGroupDecreaseTargetSize", async {
+            let scope = self.scope(&request)?;
+            let r = request.get_ref();
+            if r.delta >= 0 {
+                return Err(Status::invalid_argument(format!("delta must be negative, got {}", r.delta)));
+            }
+            let index = self.index(&scope);
+            let g = Self::group(&index, &r.id)?;
+            let lock = self.group_lock(&g.id).await;
+            let _held = lock.lock().await;
+            let current = self.replicas(g).await?;
+            let desired = current.saturating_add(r.delta);
+            // Only requests not fulfilled yet may be cancelled: never below the instances that
+            // already have a server (in-tree provider rule, §2.3).
+            let real = g.instances.iter().filter(|i| i.has_server && i.state != InstanceState::Deleting).count();
+            let real = i32::try_from(real).unwrap_or(i32::MAX);
+            if desired < real {
+                return Err(Status::failed_precondition(format!(
+                    "attempt to delete existing nodes: {} has {real} instance(s) with a server, target {current}{:+} = {desired}",
+                    g.id, r.delta
+                )));
+            }
+            self.set_replicas(g, desired).await?;
+            self.rebuild(&scope);
+            Ok(pb::NodeGroupDecreaseTargetSizeResponse {})
+        })
+        .await
+    }
+
+    async fn node_group_nodes(
+        &self,
+        request: Request<pb::NodeGroupNodesRequest>,
+    ) -> RpcResult<pb::NodeGroupNodesResponse> {
+        self.measure("NodeGroupNodes", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let g = Self::group(&index, &request.get_ref().id)?;
+            Ok(pb::NodeGroupNodesResponse {
+                instances: g.instances.iter().map(to_pb_instance).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn node_group_template_node_info(
+        &self,
+        request: Request<pb::NodeGroupTemplateNodeInfoRequest>,
+    ) -> RpcResult<pb::NodeGroupTemplateNodeInfoResponse> {
+        self.measure("NodeGroupTemplateNodeInfo", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let g = Self::group(&index, &request.get_ref().id)?;
+            let node = template_node(g, &self.options.template)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            // Both generations of the field (§1.3): CA ≤ 1.34.1 reads field 1, ≥ 1.35 field 2.
+            let bytes = node.encode_to_vec();
+            Ok(pb::NodeGroupTemplateNodeInfoResponse {
+                node_info: Some(node),
+                node_bytes: bytes,
+            })
+        })
+        .await
+    }
+
+    async fn node_group_get_options(
+        &self,
+        request: Request<pb::NodeGroupAutoscalingOptionsRequest>,
+    ) -> RpcResult<pb::NodeGroupAutoscalingOptionsResponse> {
+        self.measure("NodeGroupGetOptions", async {
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let r = request.get_ref();
+            let g = Self::group(&index, &r.id)?;
+            let defaults = r.defaults.unwrap_or_default();
+            match options::options(&g.annotations, &defaults) {
+                Ok(Some(o)) => Ok(pb::NodeGroupAutoscalingOptionsResponse {
+                    node_group_autoscaling_options: Some(o),
+                }),
+                Ok(None) => Err(Status::unimplemented(format!(
+                    "node group {} sets no autoscaling options",
+                    g.id
+                ))),
+                Err(e) => Err(Status::failed_precondition(format!(
+                    "node group {}: {e}",
+                    g.id
+                ))),
+            }
+        })
+        .await
+    }
+}
+
+/// Keeps a boxed future type name short in signatures elsewhere.
+pub type Shutdown = BoxFuture<'static, ()>;
