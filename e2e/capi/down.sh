@@ -10,14 +10,15 @@ LOG_TAG=capi
 KBIN=$(bin_dir kubernetes "$K8S_VERSION")
 kubectl_m() { "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_E2E" --request-timeout=20s "$@"; }
 if [[ -x $KBIN/kubectl ]] && kubectl_m get --raw /readyz >/dev/null 2>&1; then
-  kubectl_m delete mutatingwebhookconfiguration capi-mutating-webhook-configuration --ignore-not-found >/dev/null
-  kubectl_m delete validatingwebhookconfiguration capi-validating-webhook-configuration --ignore-not-found >/dev/null
+  removed=$(kubectl_m delete mutatingwebhookconfiguration capi-mutating-webhook-configuration --ignore-not-found -o name
+            kubectl_m delete validatingwebhookconfiguration capi-validating-webhook-configuration --ignore-not-found -o name)
   for crd in $(kubectl_m get crd -o json | jq -r --arg url "https://127.0.0.1:$CAPI_WEBHOOK_PORT/convert" \
                  '.items[] | select(.spec.conversion.webhook.clientConfig.url == $url) | .metadata.name'); do
     kubectl_m patch crd "$crd" --type=merge --field-manager=capow-e2e-capi \
       -p '{"spec":{"conversion":{"strategy":"None","webhook":null}}}' >/dev/null
+    removed+=" $crd"
   done
-  log "CAPI webhook configurations removed, CRD conversion back to None"
+  [[ -z ${removed// /} ]] || log "CAPI webhook configurations removed, CRD conversion back to None"
 fi
 stop_daemon capi-manager "$CAPI_STATE"
 stop_daemon kube-controller-manager "$CAPI_STATE"
