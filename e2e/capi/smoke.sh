@@ -158,16 +158,25 @@ t0=$(date +%s.%N)
 WKC=$("$E2E_DIR/workload/up.sh" "$WNAME")
 ok "workload cluster $WNAME up in $(elapsed_since "$t0") s (kubeconfig $WKC)"
 kw() { "$KBIN/kubectl" --kubeconfig "$WKC" --request-timeout=30s "$@"; }
+# smoke-node-1 has no labels at all (kwok's label-selector mode would never manage it);
+# smoke-node-off opts out of kwok and must stay NotReady.
 kw apply -f - >/dev/null <<EOF2
 apiVersion: v1
 kind: Node
-metadata:
-  name: smoke-node-1
-  labels: {kubernetes.io/hostname: smoke-node-1}
+metadata: {name: smoke-node-1}
 spec:
   providerID: openstack:///00000000-0000-4000-8000-00000000abcd
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: smoke-node-off
+  labels: {e2e.capow.dev/kwok: disabled}
+spec:
+  providerID: openstack:///00000000-0000-4000-8000-0000000000ff
+  taints: [{key: e2e.capow.dev/smoke, effect: NoSchedule}]
 EOF2
-eventually 60 "Node smoke-node-1 Ready" bash -c \
+eventually 20 "Node smoke-node-1 Ready" bash -c \
   "'$KBIN/kubectl' --kubeconfig '$WKC' get node smoke-node-1 -o json |
    jq -e '.status.conditions[] | select(.type == \"Ready\") | .status == \"True\"'"
 ok "kwok made Node smoke-node-1 (providerID $(kw get node smoke-node-1 -o jsonpath='{.spec.providerID}')) Ready"
@@ -180,11 +189,21 @@ metadata: {name: smoke-pod, namespace: default}
 spec:
   containers: [{name: app, image: registry.invalid/app:1, resources: {requests: {cpu: 100m, memory: 64Mi}}}]
 EOF2
-eventually 60 "Pod smoke-pod bound to smoke-node-1 and Running" bash -c \
+eventually 30 "Pod smoke-pod bound to smoke-node-1 and Running" bash -c \
   "'$KBIN/kubectl' --kubeconfig '$WKC' get pod smoke-pod -n default -o json |
    jq -e '.spec.nodeName == \"smoke-node-1\" and .status.phase == \"Running\"'"
 kw get events -n default --field-selector involvedObject.name=smoke-pod,reason=Scheduled -o json |
   jq_true '[.items[] | select((.reportingComponent // .source.component) == "default-scheduler")] | length > 0' \
   || fail "no Scheduled event of default-scheduler for smoke-pod"
 ok "kube-scheduler bound smoke-pod to smoke-node-1 and kwok runs it (podIP $(kw get pod smoke-pod -n default -o jsonpath='{.status.podIP}'))"
+kw get node smoke-node-off -o json |
+  jq_true '[.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length == 0' \
+  || fail "kwok made Node smoke-node-off Ready although it is labelled e2e.capow.dev/kwok=disabled"
+ok "kwok left Node smoke-node-off (e2e.capow.dev/kwok=disabled) NotReady"
+# kwok only sees changes through its watches; if they keep ending (e.g. the API server turning
+# them into streaming lists the etcd cannot serve) it falls back to rare relists.
+if grep -q 'watch ended with error' "$WORKLOAD_STATE/$WNAME/log/kwok.log"; then
+  fail "kwok's watches end with errors: $(grep -m1 -o 'err=.*' "$WORKLOAD_STATE/$WNAME/log/kwok.log")"
+fi
+ok "kwok's watches stay open"
 log "smoke passed"

@@ -2,8 +2,8 @@
 # Starts a workload cluster <name> on loopback: its own kube-apiserver sharing the management
 # cluster's etcd under --etcd-prefix=/workload-<name> with its own CA and certificates, a real
 # kube-scheduler and kube-controller-manager for it, and kwok, which keeps its Nodes Ready
-# (Node leases) and runs the Pods bound to them. kwok manages every Node unless it carries the
-# label e2e.capow.dev/kwok=disabled. Prints the path of the admin kubeconfig (certificates
+# (Node leases) and runs the Pods bound to them. kwok manages every Node; it leaves the status of
+# Nodes labelled e2e.capow.dev/kwok=disabled alone. Prints the path of the admin kubeconfig (certificates
 # embedded, usable as a CAPI "<cluster>-kubeconfig" Secret). Idempotent; stop with down.sh <name>.
 # Usage: workload/up.sh <name>
 set -euo pipefail
@@ -43,6 +43,11 @@ write_kubeconfig_embedded "$WDIR/kube-controller-manager.kubeconfig" "$SERVER" "
 kubectl_w() { "$KBIN/kubectl" --kubeconfig "$WKUBECONFIG" "$@"; }
 
 # --- kube-apiserver ---------------------------------------------------------------------------
+# WatchList=false: with it (Beta, on by default in 1.36) the API server turns every watch from
+# resourceVersion ""/"0" into a streaming list, which needs etcd's RequestWatchProgress; Debian's
+# etcd 3.4.23 lacks it, so such watches end at once with "a watch stream was requested by the
+# client but the required storage feature RequestWatchProgress is disabled". kwok watches from
+# "0" and then only saw Nodes and Pods on its backed-off relists.
 if ! daemon_running kube-apiserver "$WDIR"; then
   need_free_port "$APISERVER" "the kube-apiserver of workload cluster $NAME"
   t0=$(date +%s.%N)
@@ -54,7 +59,7 @@ if ! daemon_running kube-apiserver "$WDIR"; then
     --service-account-issuer="https://workload-$NAME.capow-e2e.invalid" \
     --service-account-key-file="$WPKI/sa.pub" --service-account-signing-key-file="$WPKI/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
-    --enable-priority-and-fairness=false --profiling=false
+    --enable-priority-and-fairness=false --profiling=false --feature-gates=WatchList=false
   wait_daemon kube-apiserver "$WDIR" 90 "workload kube-apiserver /readyz" "$KBIN/kubectl" --kubeconfig "$WKUBECONFIG" get --raw /readyz
   log "kube-apiserver ready in $(elapsed_since "$t0") s at $SERVER, RSS $(daemon_rss_mib kube-apiserver "$WDIR") MiB"
 fi
@@ -109,9 +114,13 @@ if ! daemon_running kwok "$WDIR"; then
   t0=$(date +%s.%N)
   # --node-ip/--node-port: Nodes without addresses get 127.0.0.1 and kwok's own port as kubelet
   # endpoint, so nothing the API server does for them leaves loopback.
+  # Every Node is managed; kwok leaves the status of Nodes labelled e2e.capow.dev/kwok=disabled
+  # alone (they stay NotReady). Not --manage-nodes-with-label-selector: kwok's client-side filter
+  # drops every Node that has no labels at all, whatever the selector says.
   start_daemon kwok "$WDIR" "$KWOK" --kubeconfig="$WKUBECONFIG" --config="$WDIR/kwok.yaml" \
     --server-address="127.0.0.1:$KWOK_PORT" --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
-    --cidr=10.244.0.1/16 --node-lease-duration-seconds=40 --manage-nodes-with-label-selector='e2e.capow.dev/kwok!=disabled'
+    --cidr=10.244.0.1/16 --node-lease-duration-seconds=40 \
+    --manage-all-nodes=true --disregard-status-with-label-selector=e2e.capow.dev/kwok=disabled
   wait_daemon kwok "$WDIR" 60 "kwok /healthz" curl -sf "http://127.0.0.1:$KWOK_PORT/healthz"
   log "kwok ready in $(elapsed_since "$t0") s, RSS $(daemon_rss_mib kwok "$WDIR") MiB"
 fi
