@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The e2e environment: a real OpenStack (Debian packages) and a real Kubernetes API server,
-# both on 127.0.0.1. Usage: env.sh up | down [--purge] | status
+# The e2e environment, all on 127.0.0.1: a real OpenStack (Debian packages), a real Kubernetes
+# management cluster (etcd, kube-apiserver, kube-controller-manager) with the real Cluster API
+# core manager and its webhooks, and on demand workload clusters (workload/up.sh <name>).
+# Usage: env.sh up | down [--purge] | status
 #   up    installs what is missing, builds/caches the upstream binaries, starts everything
-#   down  stops everything (state kept; --purge deletes it)
+#         (CAPOW_E2E_CAPI=0: everything but the CAPI core, which is stopped if it runs)
+#   down  stops everything, workload clusters included (state kept; --purge deletes it)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOG_TAG=env
@@ -10,21 +13,45 @@ LOG_TAG=env
 case "${1:-}" in
   up)
     "$E2E_DIR/prereqs.sh"
-    "$E2E_DIR/components/build.sh" kubernetes
-    "$E2E_DIR/components/build.sh" grpcprobe
-    OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/up.sh" > "$CAPOW_E2E_STATE/openstack-up.log" 2>&1 \
+    mkdir -p "$CAPOW_E2E_STATE"
+    # OpenStack's install mostly waits on apt and disk: the Go builds run meanwhile.
+    OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/up.sh" > "$CAPOW_E2E_STATE/openstack-up.log" 2>&1 &
+    os_pid=$!
+    if ! "$E2E_DIR/components/build.sh" all; then
+      wait "$os_pid" || true
+      die "building the upstream components failed"
+    fi
+    wait "$os_pid" \
       || { tail -30 "$CAPOW_E2E_STATE/openstack-up.log"; die "OpenStack did not come up (log: $CAPOW_E2E_STATE/openstack-up.log)"; }
     log "OpenStack is up (clouds.yaml: $OSDEV_STATE/clouds.yaml)"
     "$E2E_DIR/kube/up.sh"
+    if [[ ${CAPOW_E2E_CAPI:-1} == 1 ]]; then
+      "$E2E_DIR/capi/up.sh"
+    else
+      "$E2E_DIR/capi/down.sh"
+      log "CAPOW_E2E_CAPI=0: the CAPI core is not running (e2e/capi/up.sh starts it)"
+    fi
     ;;
   down)
+    "$E2E_DIR/workload/down.sh" --all "${2:-}" || true
+    "$E2E_DIR/capi/down.sh" "${2:-}" || true
     "$E2E_DIR/kube/down.sh" "${2:-}" || true
     OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/down.sh" "${2:-}" > /dev/null 2>&1 || true
     log "environment stopped"
     ;;
   status)
-    for d in etcd kube-apiserver; do
-      if daemon_running "$d" "$KUBE_STATE"; then echo "$d: running"; else echo "$d: stopped"; fi
+    status_of() { # dir daemon...
+      local dir=$1 d; shift
+      for d; do
+        if daemon_running "$d" "$dir"; then echo "$d: running, RSS $(daemon_rss_mib "$d" "$dir") MiB"; else echo "$d: stopped"; fi
+      done
+    }
+    status_of "$KUBE_STATE" etcd kube-apiserver
+    status_of "$CAPI_STATE" kube-controller-manager capi-manager
+    for dir in "$WORKLOAD_STATE"/*/; do
+      [[ -d $dir ]] || continue
+      echo "workload cluster $(basename "$dir") (kubeconfig ${dir}admin.kubeconfig):"
+      status_of "$dir" kube-apiserver kube-scheduler kube-controller-manager kwok | sed 's/^/  /'
     done
     OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/status.sh" || true
     ;;

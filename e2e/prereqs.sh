@@ -6,7 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOG_TAG=prereqs
 
 need=()
-for p in etcd-server openssl curl jq; do
+# iproute2: ss (port checks); time: peak RSS of the Go builds in the build log.
+for p in etcd-server openssl curl jq iproute2 time; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if (( ${#need[@]} )); then

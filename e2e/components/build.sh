@@ -1,21 +1,65 @@
 #!/usr/bin/env bash
 # Builds the real upstream components the e2e harness runs, from their published Go modules,
-# with this machine's Go toolchain. Binaries are cached under $CAPOW_CACHE/bin/<name>-<version>;
-# a cached build is reused. Usage: build.sh kubernetes
+# with this machine's Go toolchain. Binaries are cached under $CAPOW_CACHE/bin/<name>-<version>
+# together with a .recipe file saying how they were built; a cached build with the same recipe
+# is reused. Usage: build.sh kubernetes | cluster-api | kwok | all | cluster-api-dir | kwok-dir
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 LOG_TAG=build
+export GOWORK=off
+
+GOBUILD=(env GOMAXPROCS=2 go build -p 2 -trimpath)
+
+# True when dir holds the binaries built with exactly this recipe.
+cached() { # dir recipe binary...
+  local dir=$1 recipe=$2; shift 2
+  [[ -f $dir/.recipe && "$(cat "$dir/.recipe")" == "$recipe" ]] || return 1
+  local b; for b; do [[ -x $dir/$b ]] || return 1; done
+}
+
+# Runs a build and logs its wall time and the peak RSS of its largest process (go/compile/link).
+measured() { # label command...
+  local label=$1; shift
+  local t0=$SECONDS stats; stats=$(mktemp)
+  if [[ -x /usr/bin/time ]]; then /usr/bin/time -f '%M' -o "$stats" "$@"; else "$@"; fi
+  log "$label: built in $(( SECONDS - t0 )) s$( [[ -s $stats ]] && echo ", peak RSS of one build process $(( $(tail -1 "$stats") / 1024 )) MiB")"
+  rm -f "$stats"
+}
+
+# The source directory of module@version as the component module resolves it (downloads it).
+module_dir() { # component module-path version
+  local comp="$E2E_DIR/components/$1" got
+  got=$(cd "$comp" && go list -m -f '{{.Version}}' "$2")
+  [[ $got == "$3" ]] || die "components/$1/go.mod requires $2 $got, versions.env pins $3"
+  (cd "$comp" && go mod download "$2@$3" && go list -m -f '{{.Dir}}' "$2")
+}
+
+# Version stamping as the upstream release builds do, so that /version reports the real version
+# (the CAPI manager refuses a management cluster whose version does not parse as >= v1.20).
+version_ldflags() { # package... (each with gitVersion/gitMajor/gitMinor/gitTreeState vars) ; $VER
+  local major=${VER#v}; major=${major%%.*}
+  local minor=${VER#v*.}; minor=${minor%%.*}
+  local p; for p; do
+    printf -- '-X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s -X %s.gitTreeState=clean ' \
+      "$p" "$VER" "$p" "$major" "$p" "$minor" "$p"
+  done
+}
 
 build_kubernetes() {
-  local out; out=$(bin_dir kubernetes "$K8S_VERSION")
-  if [[ -x $out/kube-apiserver && -x $out/kubectl && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then
+  local out recipe="kube-apiserver kube-controller-manager kube-scheduler kubectl; version-stamped"
+  out=$(bin_dir kubernetes "$K8S_VERSION")
+  if cached "$out" "$recipe" kube-apiserver kube-controller-manager kube-scheduler kubectl; then
     log "kubernetes $K8S_VERSION: cached in $out"; return
   fi
+  module_dir kubernetes k8s.io/kubernetes "$K8S_VERSION" > /dev/null
   log "kubernetes $K8S_VERSION: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (cold: about 6 minutes on 2 cores)"
-  mkdir -p "$out.tmp"
-  (cd "$E2E_DIR/components/kubernetes" && GOMAXPROCS=2 go build -p 2 -trimpath -ldflags='-s -w' -o "$out.tmp/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$E2E_DIR/components/kubernetes"; measured "kubernetes $K8S_VERSION" "${GOBUILD[@]}" \
+      -ldflags "-s -w $(VER=$K8S_VERSION version_ldflags k8s.io/component-base/version k8s.io/client-go/pkg/version)" \
+      -o "$out.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  [[ "$("$out.tmp/kube-apiserver" --version)" == "Kubernetes $K8S_VERSION" ]] || die "kube-apiserver does not report $K8S_VERSION"
+  echo "$recipe" > "$out.tmp/.recipe"
   rm -rf "$out" && mv "$out.tmp" "$out"
   log "kubernetes $K8S_VERSION: built into $out"
 }
@@ -33,17 +77,59 @@ build_grpcprobe() {
   log "grpcprobe $hash: built into $out"
 }
 
-# The CAPI CRDs come from the published module's source tree (core/config/crd/bases).
-fetch_cluster_api() {
-  local dir
-  dir=$(cd "$E2E_DIR/components/kubernetes" && go mod download -json "sigs.k8s.io/cluster-api@$CAPI_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
-  [[ -d $dir/core/config/crd/bases ]] || die "sigs.k8s.io/cluster-api@$CAPI_VERSION has no core/config/crd/bases"
-  echo "$dir"
+# The CAPI core manager (sigs.k8s.io/cluster-api/core) and clusterctl. CAPI v1.14 has no flag for
+# the host of its webhook server, and controller-runtime then listens on every interface; the
+# harness only runs loopback listeners, so the manager is built from a copy of the module source
+# in which core/main.go sets the webhook server's Host to 127.0.0.1 (the one change; checked
+# below). The go command refuses -overlay for files in GOMODCACHE, hence the copy and a
+# directory replace in a scratch copy of components/cluster-api/go.mod.
+build_cluster_api() {
+  local out recipe="manager (webhook server host 127.0.0.1) clusterctl; version-stamped"
+  out=$(bin_dir cluster-api "$CAPI_VERSION")
+  if cached "$out" "$recipe" manager clusterctl; then log "cluster-api $CAPI_VERSION: cached in $out"; return; fi
+  local src work="$out.tmp"
+  src=$(module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION")
+  module_dir cluster-api sigs.k8s.io/cluster-api/api "$CAPI_VERSION" > /dev/null
+  log "cluster-api $CAPI_VERSION: building the core manager and clusterctl"
+  rm -rf "$work" && mkdir -p "$work/bin"
+  cp -r "$src" "$work/cluster-api" && chmod -R u+w "$work/cluster-api"
+  local main="$work/cluster-api/core/main.go"
+  [[ $(grep -c $'^\t*webhook\\.Options{$' "$main") == 1 ]] || die "core/main.go: webhook.Options{ not found exactly once"
+  grep -q 'Host:' "$main" && die "core/main.go already sets a Host; revisit the loopback patch"
+  sed -i $'s/^\\(\t*\\)webhook\\.Options{$/&\\n\\1\tHost:     "127.0.0.1",/' "$main"
+  [[ $(grep -c $'^\t*Host:     "127.0.0.1",$' "$main") == 1 ]] || die "core/main.go: the loopback patch did not apply"
+  cp "$E2E_DIR/components/cluster-api/go.mod" "$E2E_DIR/components/cluster-api/go.sum" "$work/"
+  (cd "$work"; go mod edit -replace sigs.k8s.io/cluster-api=./cluster-api
+    measured "cluster-api $CAPI_VERSION" "${GOBUILD[@]}" \
+      -ldflags "-s -w $(VER=$CAPI_VERSION version_ldflags sigs.k8s.io/cluster-api/version)" \
+      -o "$work/bin/" sigs.k8s.io/cluster-api/core sigs.k8s.io/cluster-api/cmd/clusterctl)
+  mv "$work/bin/core" "$work/bin/manager"
+  echo "$recipe" > "$work/bin/.recipe"
+  rm -rf "$out" && mv "$work/bin" "$out" && rm -rf "$work"
+  log "cluster-api $CAPI_VERSION: built into $out"
+}
+
+build_kwok() {
+  local out recipe="kwok"
+  out=$(bin_dir kwok "$KWOK_VERSION")
+  if cached "$out" "$recipe" kwok; then log "kwok $KWOK_VERSION: cached in $out"; return; fi
+  module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" > /dev/null
+  log "kwok $KWOK_VERSION: building kwok"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$E2E_DIR/components/kwok"; measured "kwok $KWOK_VERSION" "${GOBUILD[@]}" -ldflags '-s -w' -o "$out.tmp/" sigs.k8s.io/kwok/cmd/kwok)
+  echo "$recipe" > "$out.tmp/.recipe"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "kwok $KWOK_VERSION: built into $out"
 }
 
 case "${1:-}" in
   kubernetes) build_kubernetes ;;
+  cluster-api) build_cluster_api ;;
+  kwok) build_kwok ;;
   grpcprobe) build_grpcprobe ;;
-  cluster-api-dir) fetch_cluster_api ;;
-  *) die "usage: build.sh kubernetes|grpcprobe|cluster-api-dir" ;;
+  all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe ;;
+  # Source trees of the published modules (CRDs, webhook manifests, kwok stages).
+  cluster-api-dir) module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION" ;;
+  kwok-dir) module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" ;;
+  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|all|cluster-api-dir|kwok-dir" ;;
 esac
