@@ -51,26 +51,62 @@ impl Fixture {
         &self.ns.name
     }
 
-    /// A v1beta2 Cluster whose infrastructure is reported provisioned (the CAPI Cluster
-    /// controller would copy that from the infrastructure cluster).
+    /// A v1beta2 Cluster whose infrastructure is an OpenStackWorkerCluster on the cloud's
+    /// existing `osdev-net`. The real CAPI Cluster controller owns the Cluster's status and
+    /// reports the infrastructure provisioned once capow's cluster controller does.
     async fn cluster(&self, name: &str) {
         apply_json(
             &self.client,
             &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-                    "metadata": {"name": name, "namespace": self.ns()}, "spec": {"paused": false}}),
+                    "metadata": {"name": name, "namespace": self.ns()},
+                    "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": name}}}),
         )
         .await
         .expect("create Cluster");
-        let api = self.dynamic("cluster.x-k8s.io", "v1beta2", "Cluster").await;
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"initialization": {"infrastructureProvisioned": true}}}),
-            ),
+        apply_json(
+            &self.client,
+            &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
+                    "metadata": {"name": name, "namespace": self.ns(), "labels": {"cluster.x-k8s.io/cluster-name": name}},
+                    "spec": {"identityRef": {"name": IDENTITY, "cloudName": Env::get().cloud},
+                             "network": {"filter": {"name": "osdev-net"}}}}),
         )
         .await
-        .expect("mark Cluster infrastructure provisioned");
+        .expect("create OpenStackWorkerCluster");
+    }
+
+    /// Waits until CAPI reports the Cluster's infrastructure provisioned (capow's cluster
+    /// controller made the OpenStackWorkerCluster ready, CAPI copied that).
+    async fn wait_cluster_provisioned(&self, manager: &Manager) {
+        let clusters = self.dynamic("cluster.x-k8s.io", "v1beta2", "Cluster").await;
+        let started = Instant::now();
+        loop {
+            let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
+            if c["status"]["initialization"]["infrastructureProvisioned"] == true {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "Cluster c1 not provisioned: {}\n{}", c["status"], log_tail(&manager.log, 30));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Deletes the Cluster (CAPI deletes what is left of its Machines, then the
+    /// OpenStackWorkerCluster, which capow cleans up), waits until it is gone, then stops the
+    /// manager and deletes the namespace.
+    async fn teardown(self, manager: Manager) {
+        let clusters = self.dynamic("cluster.x-k8s.io", "v1beta2", "Cluster").await;
+        let _ = clusters.delete("c1", &DeleteParams::default()).await;
+        let infra = self.dynamic("infrastructure.cluster.x-k8s.io", "v1alpha1", "OpenStackWorkerCluster").await;
+        let started = Instant::now();
+        while clusters.get_opt("c1").await.ok().flatten().is_some() || infra.get_opt("c1").await.ok().flatten().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "cluster c1 was not deleted in 120 s\n{}",
+                log_tail(&manager.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        manager.stop().await;
+        self.ns.delete().await;
     }
 
     async fn dynamic(&self, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
@@ -239,6 +275,7 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
     let env = Env::get();
     let f = Fixture::new("lifecycle").await;
     let manager = Manager::start(f.ns(), &[]).await;
+    f.wait_cluster_provisioned(&manager).await;
     let requests_at_start = manager.openstack_requests().await;
 
     let mut spec = good_spec();
@@ -376,8 +413,7 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
         deleted_after.as_secs_f64(),
         manager.peak_rss_kib(),
     ));
-    manager.stop().await;
-    f.ns.delete().await;
+    f.teardown(manager).await;
 }
 
 #[tokio::test]
@@ -447,8 +483,7 @@ async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_
         assert!(servers_tagged(&uid_tag(m)).is_empty());
         assert!(ports_tagged(&uid_tag(m)).is_empty());
     }
-    manager.stop().await;
-    f.ns.delete().await;
+    f.teardown(manager).await;
 }
 
 #[tokio::test]
@@ -632,8 +667,7 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
     }
     f.delete_and_wait("running").await;
     assert!(servers_tagged(&uid_tag(&running)).is_empty());
-    manager.stop().await;
-    f.ns.delete().await;
+    f.teardown(manager).await;
 }
 
 #[tokio::test]
@@ -701,8 +735,7 @@ async fn a_server_in_error_reports_novas_fault_and_is_kept() {
     f.delete_and_wait("big").await;
     assert!(servers_tagged(&uid_tag(&m)).is_empty());
     assert!(ports_tagged(&uid_tag(&m)).is_empty());
-    manager.stop().await;
-    f.ns.delete().await;
+    f.teardown(manager).await;
 }
 
 #[tokio::test]

@@ -101,7 +101,8 @@ async fn publishing_the_cluster_secret_twice_changes_nothing_until_renewal() {
     apply_json(
         &client,
         &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-                "metadata": {"name": "c1", "namespace": ns.name}, "spec": {"paused": true}}),
+                "metadata": {"name": "c1", "namespace": ns.name},
+                "spec": {"paused": true, "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}),
     )
     .await
     .expect("create Cluster");
