@@ -6,7 +6,13 @@
 //!
 //! Run: `cargo bench --bench ca_loop` (2-core machine: about 2 minutes).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, reason = "benchmark")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "benchmark"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,8 +21,8 @@ use capow::autoscaler::index::Snapshot;
 use capow::autoscaler::node::TemplateOptions;
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow::autoscaler::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
-use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions, Snapshots};
 use capow::autoscaler::server;
+use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions, Snapshots};
 use capow::tls::{Ca, CertPolicy, ClusterIdentity, ServingCert, ServingNames};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
@@ -81,7 +87,8 @@ async fn start(machines: usize) -> (CloudProviderClient<Channel>, CancellationTo
     let _ = rustls::crypto::ring::default_provider().install_default();
     let now = SystemTime::now();
     let ca = Arc::new(Ca::generate(now).unwrap());
-    let names = ServingNames::for_service("capow-autoscaler", "capow-system").with_ips(["127.0.0.1".parse().unwrap()]);
+    let names = ServingNames::for_service("capow-autoscaler", "capow-system")
+        .with_ips(["127.0.0.1".parse().unwrap()]);
     let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
     // Reads never touch the API server; the client points nowhere.
     let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
@@ -89,14 +96,30 @@ async fn start(machines: usize) -> (CloudProviderClient<Channel>, CancellationTo
     let service = CloudProviderService::new(
         Arc::new(Fixed(snapshot(machines))),
         client,
-        ServiceOptions { require_identity: true, template: TemplateOptions { gpu_label: "cluster-api/accelerator".into() } },
+        ServiceOptions {
+            require_identity: true,
+            template: TemplateOptions {
+                gpu_label: "cluster-api/accelerator".into(),
+            },
+        },
         RpcMetrics::default(),
     );
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
-    tokio::spawn(server::serve(listener, service, Some(serving.server_config().unwrap()), shutdown.clone()));
-    let cert = ca.issue_client(&ClusterIdentity::new("bench", "c1").unwrap(), &CertPolicy::client_default(), now).unwrap();
+    tokio::spawn(server::serve(
+        listener,
+        service,
+        Some(serving.server_config().unwrap()),
+        shutdown.clone(),
+    ));
+    let cert = ca
+        .issue_client(
+            &ClusterIdentity::new("bench", "c1").unwrap(),
+            &CertPolicy::client_default(),
+            now,
+        )
+        .unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.cert_pem()))
         .identity(Identity::from_pem(cert.cert_pem(), cert.key_pem()))
@@ -114,11 +137,27 @@ async fn start(machines: usize) -> (CloudProviderClient<Channel>, CancellationTo
 
 async fn ca_loop(client: &mut CloudProviderClient<Channel>) -> usize {
     client.refresh(pb::RefreshRequest {}).await.unwrap();
-    let groups = client.node_groups(pb::NodeGroupsRequest {}).await.unwrap().into_inner().node_groups;
+    let groups = client
+        .node_groups(pb::NodeGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .node_groups;
     let mut instances = 0;
     for g in &groups {
-        instances += client.node_group_nodes(pb::NodeGroupNodesRequest { id: g.id.clone() }).await.unwrap().into_inner().instances.len();
-        let t = client.node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: g.id.clone() }).await.unwrap();
+        instances += client
+            .node_group_nodes(pb::NodeGroupNodesRequest { id: g.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .instances
+            .len();
+        let t = client
+            .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
+                id: g.id.clone(),
+            })
+            .await
+            .unwrap();
         assert!(!t.get_ref().node_bytes.is_empty());
     }
     assert_eq!(groups.len(), GROUPS);
@@ -126,18 +165,28 @@ async fn ca_loop(client: &mut CloudProviderClient<Channel>) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("externalgrpc");
-    group.sample_size(20).measurement_time(Duration::from_secs(15)).warm_up_time(Duration::from_secs(2));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(15))
+        .warm_up_time(Duration::from_secs(2));
     for machines in [1_000usize, 10_000] {
         let (mut client, shutdown) = rt.block_on(start(machines));
         assert_eq!(rt.block_on(ca_loop(&mut client)), machines);
-        group.bench_function(format!("ca_loop_{machines}_machines_{GROUPS}_groups"), |b| {
-            b.to_async(&rt).iter(|| {
-                let mut c = client.clone();
-                async move { ca_loop(&mut c).await }
-            })
-        });
+        group.bench_function(
+            format!("ca_loop_{machines}_machines_{GROUPS}_groups"),
+            |b| {
+                b.to_async(&rt).iter(|| {
+                    let mut c = client.clone();
+                    async move { ca_loop(&mut c).await }
+                })
+            },
+        );
         if machines == 1_000 {
             group.bench_function("empty_rpc_gpulabel", |b| {
                 b.to_async(&rt).iter(|| {
@@ -151,7 +200,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM")) {
-        println!("peak RSS of the benchmark process (server and client): {}", hwm.trim_start_matches("VmHWM:").trim());
+        println!(
+            "peak RSS of the benchmark process (server and client): {}",
+            hwm.trim_start_matches("VmHWM:").trim()
+        );
     }
 }
 

@@ -394,3 +394,88 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// API group of the e2e suite's control-plane stand-in (design §7 allows it: the hosted
+/// control plane's apiserver pods need a container runtime).
+pub const STANDIN_GROUP: &str = "controlplane.e2e.capow.dev";
+
+/// Installs the CRD of `E2EControlPlane`, a minimal object meeting the CAPI v1beta2
+/// control-plane contract (`status.initialization.controlPlaneInitialized`, CRD label
+/// `cluster.x-k8s.io/v1beta2: v1alpha1`). The tests play its controller: they write its status
+/// and, as teutonet's HostedControlPlane does, `spec.controlPlaneEndpoint` onto the
+/// OpenStackWorkerCluster.
+pub async fn ensure_control_plane_standin(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("e2econtrolplanes.{STANDIN_GROUP}"), "labels": {"cluster.x-k8s.io/v1beta2": "v1alpha1"}},
+        "spec": {"group": STANDIN_GROUP, "scope": "Namespaced",
+                 "names": {"kind": "E2EControlPlane", "plural": "e2econtrolplanes", "singular": "e2econtrolplane", "listKind": "E2EControlPlaneList"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                                   "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                   "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
+    });
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = format!("e2econtrolplanes.{STANDIN_GROUP}");
+    api.patch(
+        &name,
+        &PatchParams::apply("capow-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the control-plane stand-in CRD");
+    wait_until(
+        "the stand-in CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let c = api.get(&name).await?;
+            Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            }))
+        },
+    )
+    .await;
+}
+
+/// Starts (or reuses) workload cluster `name` with `e2e/workload/up.sh`; returns its admin
+/// kubeconfig path.
+pub fn workload_up(name: &str) -> PathBuf {
+    let dir = std::env::var("CAPOW_E2E_DIR").expect("CAPOW_E2E_DIR (set by e2e/test.sh)");
+    let out = std::process::Command::new("bash")
+        .arg(format!("{dir}/workload/up.sh"))
+        .arg(name)
+        .output()
+        .expect("run workload/up.sh");
+    assert!(
+        out.status.success(),
+        "workload/up.sh {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+}
+
+/// Stops and purges workload cluster `name`.
+pub fn workload_down(name: &str) {
+    let dir = std::env::var("CAPOW_E2E_DIR").expect("CAPOW_E2E_DIR (set by e2e/test.sh)");
+    let _ = std::process::Command::new("bash")
+        .arg(format!("{dir}/workload/down.sh"))
+        .args([name, "--purge"])
+        .output();
+}
+
+/// A client for a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("load kubeconfig");
+    Client::try_from(config).expect("build the Kubernetes client")
+}

@@ -84,7 +84,12 @@ impl Fixture {
             if c["status"]["initialization"]["infrastructureProvisioned"] == true {
                 return;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "Cluster c1 not provisioned: {}\n{}", c["status"], log_tail(&manager.log, 30));
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "Cluster c1 not provisioned: {}\n{}",
+                c["status"],
+                log_tail(&manager.log, 30)
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -95,9 +100,17 @@ impl Fixture {
     async fn teardown(self, manager: Manager) {
         let clusters = self.dynamic("cluster.x-k8s.io", "v1beta2", "Cluster").await;
         let _ = clusters.delete("c1", &DeleteParams::default()).await;
-        let infra = self.dynamic("infrastructure.cluster.x-k8s.io", "v1alpha1", "OpenStackWorkerCluster").await;
+        let infra = self
+            .dynamic(
+                "infrastructure.cluster.x-k8s.io",
+                "v1alpha1",
+                "OpenStackWorkerCluster",
+            )
+            .await;
         let started = Instant::now();
-        while clusters.get_opt("c1").await.ok().flatten().is_some() || infra.get_opt("c1").await.ok().flatten().is_some() {
+        while clusters.get_opt("c1").await.ok().flatten().is_some()
+            || infra.get_opt("c1").await.ok().flatten().is_some()
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(120),
                 "cluster c1 was not deleted in 120 s\n{}",
