@@ -420,7 +420,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
             .iter()
             .map(|g| g.id.clone())
             .collect::<Vec<_>>(),
-        [group_id.clone()]
+        std::slice::from_ref(&group_id)
     );
     let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
         probe(
