@@ -1,6 +1,7 @@
-//! Generated files must match their generators: `config/crd/bases/` is exactly what
-//! `capow crd --output-dir config/crd/bases` writes.
-//! Regenerate with `cargo run -- crd --output-dir config/crd/bases`.
+//! Generated files must match their generators: everything `capow manifests --output-dir .`
+//! writes (config/crd, config/rbac, config/manager, config/default, templates/metadata.yaml,
+//! templates/infrastructure-components.yaml) is committed exactly as generated.
+//! Regenerate with `cargo run -- manifests --output-dir .`.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,26 +13,30 @@
 use std::path::Path;
 
 #[test]
-fn committed_crds_match_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/crd/bases");
-    let generated = capow::runtime::crd_files().unwrap();
-    let mut committed: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".yaml"))
-        .collect();
-    committed.sort();
-    let mut names: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
-    names.sort();
-    assert_eq!(
-        committed, names,
-        "config/crd/bases has other files than the generator writes"
+fn committed_manifests_match_the_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stale = Vec::new();
+    for (path, content) in capow::runtime::manifests::files().unwrap() {
+        match std::fs::read_to_string(root.join(&path)) {
+            Ok(on_disk) if on_disk == content => {}
+            _ => stale.push(path),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale generated files {stale:?}: run `cargo run -- manifests --output-dir .`"
     );
-    for (name, yaml) in generated {
-        let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap();
+    // No CRD file that the generator does not write.
+    let generated: Vec<String> = capow::runtime::crd_files()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for entry in std::fs::read_dir(root.join("config/crd/bases")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            on_disk == yaml,
-            "config/crd/bases/{name} is stale: run `cargo run -- crd --output-dir config/crd/bases`"
+            generated.contains(&name),
+            "config/crd/bases/{name} is not generated"
         );
     }
 }

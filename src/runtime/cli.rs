@@ -22,6 +22,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller manager.
     Manager(Box<ManagerArgs>),
+    /// Write every generated install file (config/ and templates/ components and metadata)
+    /// below a directory (`capow manifests --output-dir .`).
+    Manifests {
+        /// Repository root to write into.
+        #[arg(long, default_value = ".")]
+        output_dir: std::path::PathBuf,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a
     /// directory (`capow crd --output-dir config/crd/bases`).
     Crd {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod manifests;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -22,6 +23,18 @@ use cli::{Cli, Command, ManagerArgs};
 /// Whatever the subcommand fails with.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Manifests { output_dir } => {
+            for (path, content) in manifests::files()? {
+                let path = output_dir.join(path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("failed to create {}", parent.display()))?;
+                }
+                std::fs::write(&path, content)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Crd { output_dir: None } => {
             print!("{}", crds_yaml()?);
             Ok(())
@@ -77,6 +90,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         autoscaler,
     } = args;
     telemetry::init(&log, log_format)?;
+    // clusterctl renders `--namespace=${CAPOW_WATCH_NAMESPACE:=}` as an empty value: all namespaces.
+    let namespace = namespace.filter(|n| !n.is_empty());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         namespace = namespace.as_deref().unwrap_or("<all>"),
