@@ -44,6 +44,9 @@ CAPOW_GRPCPROBE=$(cat "$CAPOW_CACHE/bin/grpcprobe.path")
 export CAPOW_GRPCPROBE
 # Scripts the tests may call, e.g. "$CAPOW_E2E_DIR/workload/up.sh <name>" (prints a kubeconfig).
 export CAPOW_E2E_DIR="$E2E_DIR"
+CAPOW_E2E_KUBECTL="$(bin_dir kubernetes "$K8S_VERSION")/kubectl"
+CAPOW_E2E_CLUSTERCTL="$(bin_dir cluster-api "$CAPI_VERSION")/clusterctl"
+export CAPOW_E2E_KUBECTL CAPOW_E2E_CLUSTERCTL
 # Start from a clean cloud even if an earlier run was interrupted.
 OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 : > "$CAPOW_E2E_STATE/measurements.txt"

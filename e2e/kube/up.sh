@@ -94,6 +94,13 @@ kubectl_e2e() { "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_E2E" "$@"; }
 # Server-side apply: the ClusterClass CRD exceeds client-side apply's annotation limit.
 kubectl_e2e apply --server-side --force-conflicts --field-manager=capow-e2e \
   -f "$CAPI_DIR/core/config/crd/bases/" >/dev/null
+# The kubeadm bootstrap CRDs: capow's cluster templates use KubeadmConfigTemplate for workers
+# (the kubeadm bootstrap controller itself is not needed by the tests).
+kubectl_e2e apply --server-side --force-conflicts --field-manager=capow-e2e \
+  -f "$CAPI_DIR/bootstrap/kubeadm/config/crd/bases/" >/dev/null
+# The release manifests carry the contract label (kustomize adds it); the source CRDs do not.
+kubectl_e2e label --overwrite crd kubeadmconfigs.bootstrap.cluster.x-k8s.io \
+  kubeadmconfigtemplates.bootstrap.cluster.x-k8s.io cluster.x-k8s.io/v1beta2=v1beta2 >/dev/null
 kubectl_e2e apply --server-side --force-conflicts --field-manager=capow-e2e -f "$REPO_DIR/config/crd/bases/" >/dev/null
 # Poll Established instead of `kubectl wait` (http2 stream resets on the large CRDs).
 for crd in clusters.cluster.x-k8s.io machines.cluster.x-k8s.io machinedeployments.cluster.x-k8s.io \

@@ -396,48 +396,48 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// API group of the e2e suite's control-plane stand-in (design §7 allows it: the hosted
-/// control plane's apiserver pods need a container runtime).
-pub const STANDIN_GROUP: &str = "controlplane.e2e.capow.dev";
+/// API group of the control-plane stand-in: teutonet's HostedControlPlane group (design §7
+/// allows a stand-in because the hosted control plane's apiserver pods need a container
+/// runtime, and the module is not served here).
+pub const STANDIN_GROUP: &str = "controlplane.cluster.x-k8s.io";
 
-/// Installs the CRD of `E2EControlPlane`, a minimal object meeting the CAPI v1beta2
-/// control-plane contract (`status.initialization.controlPlaneInitialized`, CRD label
-/// `cluster.x-k8s.io/v1beta2: v1alpha1`). The tests play its controller: they write its status
-/// and, as teutonet's HostedControlPlane does, `spec.controlPlaneEndpoint` onto the
-/// OpenStackWorkerCluster.
+/// Installs stand-in CRDs for `HostedControlPlane` and `HostedControlPlaneTemplate`
+/// (`controlplane.cluster.x-k8s.io/v1alpha1`, teutonet's kinds) that only carry the CAPI
+/// v1beta2 control-plane contract (CRD label `cluster.x-k8s.io/v1beta2: v1alpha1`, any spec,
+/// a status subresource). The tests play the controller: they write
+/// `status.initialization.controlPlaneInitialized` and, as the real one does,
+/// `spec.controlPlaneEndpoint` onto the OpenStackWorkerCluster.
 pub async fn ensure_control_plane_standin(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crd = json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("e2econtrolplanes.{STANDIN_GROUP}"), "labels": {"cluster.x-k8s.io/v1beta2": "v1alpha1"}},
-        "spec": {"group": STANDIN_GROUP, "scope": "Namespaced",
-                 "names": {"kind": "E2EControlPlane", "plural": "e2econtrolplanes", "singular": "e2econtrolplane", "listKind": "E2EControlPlaneList"},
-                 "versions": [{"name": "v1alpha1", "served": true, "storage": true, "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                                   "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                                   "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}]}
-    });
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = format!("e2econtrolplanes.{STANDIN_GROUP}");
-    api.patch(
-        &name,
-        &PatchParams::apply("capow-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the control-plane stand-in CRD");
-    wait_until(
-        "the stand-in CRD to be established",
-        Duration::from_secs(30),
-        || async {
+    for (kind, plural, status) in [
+        ("HostedControlPlane", "hostedcontrolplanes", true),
+        ("HostedControlPlaneTemplate", "hostedcontrolplanetemplates", false),
+    ] {
+        let name = format!("{plural}.{STANDIN_GROUP}");
+        let mut version = json!({"name": "v1alpha1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}});
+        if status {
+            version["subresources"] = json!({"status": {}});
+        }
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": name, "labels": {"cluster.x-k8s.io/v1beta2": "v1alpha1", "cluster.x-k8s.io/provider": "control-plane-e2e-standin"}},
+            "spec": {"group": STANDIN_GROUP, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                     "versions": [version]}
+        });
+        api.patch(&name, &PatchParams::apply("capow-e2e").force(), &Patch::Apply(&crd)).await.expect("apply a stand-in CRD");
+        wait_until("the stand-in CRD to be established", Duration::from_secs(30), || async {
             let c = api.get(&name).await?;
-            Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            }))
-        },
-    )
-    .await;
+            Ok(c.status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True")))
+        })
+        .await;
+    }
 }
 
 /// Starts (or reuses) workload cluster `name` with `e2e/workload/up.sh`; returns its admin

@@ -6,7 +6,7 @@
 //! through capow's externalgrpc API (grpc-go, as cluster-autoscaler dials it) works the same;
 //! deleting the Cluster leaves nothing tagged with it in OpenStack.
 //!
-//! Stand-ins (design §7): `E2EControlPlane` for the hosted control plane, whose status and
+//! Stand-ins (design §7): a `HostedControlPlane` CRD without its controller, whose status and
 //! endpoint the test writes; and a node registrar task that registers a Node with the server's
 //! providerID in the workload cluster once Nova reports the server ACTIVE, as a joining kubelet
 //! would. kwok keeps those Nodes Ready.
@@ -258,7 +258,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
         workload_port % 250
     );
     let objects = [
-        json!({"apiVersion": format!("{STANDIN_GROUP}/v1alpha1"), "kind": "E2EControlPlane", "metadata": {"name": "c1", "namespace": ns}, "spec": {}}),
+        json!({"apiVersion": format!("{STANDIN_GROUP}/v1alpha1"), "kind": "HostedControlPlane", "metadata": {"name": "c1", "namespace": ns}, "spec": {"version": "v1.36.3", "gateway": {"name": "none", "namespace": "none"}}}),
         json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
                "metadata": {"name": "c1", "namespace": ns},
                "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud},
@@ -266,7 +266,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
                         "managedSecurityGroups": {"workerNodesSecurityGroupRules": [
                             {"name": "cilium-vxlan", "direction": "ingress", "protocol": "udp", "portRangeMin": 8472, "portRangeMax": 8472, "remoteManagedGroups": ["worker"]}]}}}),
         json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "metadata": {"name": "c1", "namespace": ns},
-               "spec": {"controlPlaneRef": {"apiGroup": STANDIN_GROUP, "kind": "E2EControlPlane", "name": "c1"},
+               "spec": {"controlPlaneRef": {"apiGroup": STANDIN_GROUP, "kind": "HostedControlPlane", "name": "c1"},
                         "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}),
         json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachineTemplate",
                "metadata": {"name": "workers", "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
@@ -288,7 +288,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
     }
     // The control-plane stand-in: initialized, endpoint written onto the infrastructure cluster
     // (teutonet's HostedControlPlane does exactly this).
-    let cp = dynamic(&client, &ns, STANDIN_GROUP, "v1alpha1", "E2EControlPlane").await;
+    let cp = dynamic(&client, &ns, STANDIN_GROUP, "v1alpha1", "HostedControlPlane").await;
     cp.patch_status("c1", &PatchParams::default(), &Patch::Merge(json!({"status": {
         "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.36.3"}})))
         .await
