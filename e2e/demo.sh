@@ -1,104 +1,202 @@
 #!/usr/bin/env bash
-# capow's main job as a demo (README "Set up"): on a fresh machine it brings up a real
-# OpenStack and a real kube-apiserver on 127.0.0.1, runs the capow manager, creates a Cluster,
-# a Machine and its OpenStackWorkerMachine, shows the Nova server capow made for it, deletes
-# the machine again and shows that the server is gone. CAPOW_E2E_KEEP=1 leaves it all running.
+# capow's main job as a demo (README "Set up"). On a fresh machine it brings up a real OpenStack,
+# a real management kube-apiserver with the real Cluster API core, and a workload cluster
+# (kube-apiserver, kube-scheduler, kwok) on 127.0.0.1; runs the capow manager with its
+# externalgrpc server; creates a hosted-control-plane Cluster whose workers are an autoscaled
+# MachineDeployment; then scales it through capow's externalgrpc API exactly as the
+# cluster-autoscaler would (IncreaseSize, NodeGroupNodes, DeleteNodes over mTLS with the
+# credentials capow published), shows the Nova servers and the Nodes, and deletes everything.
+#
+# The cluster-autoscaler binary itself is not part of the demo: its Go module
+# (k8s.io/autoscaler/cluster-autoscaler) is not served by the Go module proxy this machine can
+# reach. `xgrpc` (e2e/src/bin/xgrpc.rs) makes the same calls over the same cloud-config.
+# Stand-ins, as in the e2e tests: the hosted control plane (a HostedControlPlane CRD whose
+# status the demo writes) and the kubelet (the demo registers a Node per ACTIVE server).
+# CAPOW_E2E_KEEP=1 leaves everything running.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOG_TAG=demo
 cd "$REPO_DIR"
 mkdir -p "$CAPOW_E2E_STATE"
 NS=capow-demo
+WORKLOAD=demo
+GRPC=127.0.0.1:18086
 
-manager_pid=
+pids=()
 cleanup() {
   local rc=$?
-  [[ -n $manager_pid ]] && kill "$manager_pid" 2>/dev/null && wait "$manager_pid" 2>/dev/null
-  if [[ ${CAPOW_E2E_KEEP:-0} != 1 ]]; then "$E2E_DIR/env.sh" down || true; fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ ${CAPOW_E2E_KEEP:-0} != 1 ]]; then
+    "$E2E_DIR/workload/down.sh" "$WORKLOAD" --purge >/dev/null 2>&1 || true
+    "$E2E_DIR/env.sh" down || true
+  fi
   (( rc == 0 )) || log "demo failed (exit $rc); manager log: $CAPOW_E2E_STATE/demo-manager.log"
 }
 trap cleanup EXIT
 
-log "bringing up OpenStack and kube-apiserver (log: $CAPOW_E2E_STATE/env-up.log)"
-# Without the CAPI core: the demo stands in for CAPI's Cluster controller (below), and CAPI's
-# webhook would reject its Cluster (no controlPlaneRef, infrastructureRef or topology).
-CAPOW_E2E_CAPI=0 "$E2E_DIR/env.sh" up > "$CAPOW_E2E_STATE/env-up.log" 2>&1 &
+log "bringing up OpenStack, kube-apiserver and the Cluster API core (log: $CAPOW_E2E_STATE/env-up.log)"
+"$E2E_DIR/env.sh" up > "$CAPOW_E2E_STATE/env-up.log" 2>&1 &
 env_pid=$!
-log "building capow"
-cargo build --locked --bin capow
+log "building capow and xgrpc"
+cargo build --locked --bin capow -p capow --bin xgrpc -p capow-e2e
 wait "$env_pid" || { tail -30 "$CAPOW_E2E_STATE/env-up.log"; die "environment did not come up"; }
 
 KBIN=$(bin_dir kubernetes "$K8S_VERSION")
 k() { "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_E2E" "$@"; }
 os() { OS_CLIENT_CONFIG_FILE="$OSDEV_STATE/clouds.yaml" openstack --os-cloud osdev-admin --os-compute-api-version 2.61 "$@"; }
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-log "starting capow manager (admin server on 127.0.0.1:18080)"
-KUBECONFIG="$KUBECONFIG_E2E" target/debug/capow manager --admin-address 127.0.0.1:18080 \
-  --namespace "$NS" --build-poll-interval 1s > "$CAPOW_E2E_STATE/demo-manager.log" 2>&1 &
-manager_pid=$!
-wait_for "capow /ready" 30 curl -sf http://127.0.0.1:18080/ready
+log "starting workload cluster $WORKLOAD (kube-apiserver, kube-scheduler, kwok)"
+WKUBECONFIG=$("$E2E_DIR/workload/up.sh" "$WORKLOAD" 2>>"$CAPOW_E2E_STATE/env-up.log" | tail -1)
+kw() { "$KBIN/kubectl" --kubeconfig "$WKUBECONFIG" "$@"; }
+WPORT=$(sed -n 's/.*server: https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WKUBECONFIG" | head -1)
 
-log "creating namespace $NS, the OpenStack identity Secret, Cluster c1 and Machine worker-0"
-k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+log "starting the capow manager (admin 127.0.0.1:18080, externalgrpc $GRPC)"
+k apply --server-side -f "$E2E_DIR/manifests/hostedcontrolplane-standin.yaml" >/dev/null
+# A fresh namespace each run (an earlier run may have been interrupted).
+k delete namespace "$NS" --ignore-not-found --timeout=120s >/dev/null
+k create namespace "$NS" >/dev/null
+mkdir -p "$CAPOW_E2E_STATE/demo-ca"
+KUBECONFIG="$KUBECONFIG_E2E" target/debug/capow manager --namespace "$NS" --admin-address 127.0.0.1:18080 \
+  --build-poll-interval 1s --autoscaler-address "$GRPC" --autoscaler-ip-san 127.0.0.1 \
+  --system-namespace "$NS" --autoscaler-published-address "$GRPC" \
+  --autoscaler-mount-dir "$CAPOW_E2E_STATE/demo-ca" > "$CAPOW_E2E_STATE/demo-manager.log" 2>&1 &
+pids+=($!)
+wait_for "capow /ready" 60 curl -sf http://127.0.0.1:18080/ready
+
+log "creating Cluster c1: HostedControlPlane (stand-in), OpenStackWorkerCluster, MachineDeployment 'workers' (min 0, max 5)"
 k -n "$NS" create secret generic cloud-config --from-file=clouds.yaml="$OSDEV_STATE/clouds.yaml" \
   --dry-run=client -o yaml | k apply -f - >/dev/null
+k -n "$NS" create secret generic c1-kubeconfig --from-file=value="$WKUBECONFIG" --dry-run=client -o yaml \
+  | k label --local -f - cluster.x-k8s.io/cluster-name=c1 -o yaml | k apply -f - >/dev/null
 k apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Secret
+metadata: {name: workers-bootstrap, namespace: $NS}
+stringData: {format: cloud-config, value: "#cloud-config\n"}
+---
+apiVersion: controlplane.cluster.x-k8s.io/v1alpha1
+kind: HostedControlPlane
+metadata: {name: c1, namespace: $NS}
+spec: {version: v1.36.3, replicas: 2, gateway: {name: demo, namespace: demo}}
+---
+apiVersion: infrastructure.cluster.x-k8s.io/v1alpha1
+kind: OpenStackWorkerCluster
+metadata: {name: c1, namespace: $NS}
+spec:
+  identityRef: {name: cloud-config, cloudName: osdev-demo}
+  managedSubnets: [{cidr: 10.66.0.0/24}]
+  managedSecurityGroups:
+    workerNodesSecurityGroupRules:
+    - {name: cilium-vxlan, direction: ingress, protocol: udp, portRangeMin: 8472, portRangeMax: 8472, remoteManagedGroups: [worker]}
+---
 apiVersion: cluster.x-k8s.io/v1beta2
 kind: Cluster
 metadata: {name: c1, namespace: $NS}
-spec: {paused: false}
+spec:
+  controlPlaneRef: {apiGroup: controlplane.cluster.x-k8s.io, kind: HostedControlPlane, name: c1}
+  infrastructureRef: {apiGroup: infrastructure.cluster.x-k8s.io, kind: OpenStackWorkerCluster, name: c1}
 ---
-apiVersion: v1
-kind: Secret
-metadata: {name: worker-0-bootstrap, namespace: $NS}
-stringData:
-  format: cloud-config
-  value: |
-    #cloud-config
-    runcmd: [[echo, "hello from capow's demo"]]
+apiVersion: infrastructure.cluster.x-k8s.io/v1alpha1
+kind: OpenStackWorkerMachineTemplate
+metadata: {name: workers, namespace: $NS, labels: {cluster.x-k8s.io/cluster-name: c1}}
+spec:
+  template:
+    spec:
+      flavor: {filter: {name: m1.tiny}}
+      image: {filter: {name: osdev-tiny}}
 ---
 apiVersion: cluster.x-k8s.io/v1beta2
-kind: Machine
-metadata: {name: worker-0, namespace: $NS, labels: {cluster.x-k8s.io/cluster-name: c1}}
+kind: MachineDeployment
+metadata:
+  name: workers
+  namespace: $NS
+  annotations:
+    cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size: "0"
+    cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size: "5"
 spec:
   clusterName: c1
-  bootstrap: {dataSecretName: worker-0-bootstrap}
-  infrastructureRef: {apiGroup: infrastructure.cluster.x-k8s.io, kind: OpenStackWorkerMachine, name: worker-0}
+  replicas: 0
+  selector: {matchLabels: {pool: workers}}
+  template:
+    metadata: {labels: {pool: workers}}
+    spec:
+      clusterName: c1
+      bootstrap: {dataSecretName: workers-bootstrap}
+      infrastructureRef: {apiGroup: infrastructure.cluster.x-k8s.io, kind: OpenStackWorkerMachineTemplate, name: workers}
 YAML
-# Without the CAPI controllers (they join in the next milestone) the demo reports the
-# cluster's infrastructure as provisioned itself.
-k -n "$NS" patch cluster c1 --subresource=status --type=merge \
-  -p '{"status":{"initialization":{"infrastructureProvisioned":true}}}' >/dev/null
-machine_uid=$(k -n "$NS" get machine worker-0 -o jsonpath='{.metadata.uid}')
-start_ms=$(( $(date +%s%N) / 1000000 ))
-k apply -f - >/dev/null <<YAML
-apiVersion: infrastructure.cluster.x-k8s.io/v1alpha1
-kind: OpenStackWorkerMachine
-metadata:
-  name: worker-0
-  namespace: $NS
-  labels: {cluster.x-k8s.io/cluster-name: c1}
-  ownerReferences: [{apiVersion: cluster.x-k8s.io/v1beta2, kind: Machine, name: worker-0, uid: $machine_uid}]
-spec:
-  flavor: {filter: {name: m1.tiny}}
-  image: {filter: {name: osdev-tiny}}
-  ports: [{network: {filter: {name: osdev-net}}}]
-  identityRef: {name: cloud-config, cloudName: osdev-demo}
-YAML
-wait_for "worker-0 to be provisioned" 120 bash -c \
-  "'$KBIN/kubectl' --kubeconfig '$KUBECONFIG_E2E' -n $NS get oswm worker-0 -o jsonpath='{.status.initialization.provisioned}' | grep -q true"
-log "worker-0 provisioned after $(( $(date +%s%N) / 1000000 - start_ms )) ms"
+# The hosted control plane's part (stand-in): initialized, and its endpoint on the infra cluster.
+k -n "$NS" patch hostedcontrolplane c1 --subresource=status --type=merge \
+  -p '{"status":{"initialization":{"controlPlaneInitialized":true},"initialized":true,"ready":true,"version":"v1.36.3"}}' >/dev/null
+k -n "$NS" patch openstackworkercluster c1 --type=merge \
+  -p "{\"spec\":{\"controlPlaneEndpoint\":{\"host\":\"127.0.0.1\",\"port\":$WPORT}}}" >/dev/null
+infra_ready() { [[ $(k -n "$NS" get cluster c1 -o jsonpath='{.status.initialization.infrastructureProvisioned}') == true ]]; }
+wait_for "the Cluster's infrastructure" 120 infra_ready
+k -n "$NS" get openstackworkerclusters
 echo
-k -n "$NS" get openstackworkermachines -o wide
-echo
-server=$(k -n "$NS" get oswm worker-0 -o jsonpath='{.status.instanceID}')
-os server show "$server" -c id -c name -c status -c flavor -c image -c addresses -c tags -c properties
-echo
-k -n "$NS" get events --field-selector involvedObject.name=worker-0
-echo
-log "OpenStack API calls so far: $(curl -s http://127.0.0.1:18080/metrics | awk '/^capow_openstack_requests_total/ {s+=$NF} END {print s}')"
 
-log "deleting worker-0"
-k -n "$NS" delete oswm worker-0 --timeout=120s >/dev/null
-if os server show "$server" >/dev/null 2>&1; then die "server $server still exists"; fi
-log "server $server is gone; demo complete"
+# The kubelet's part (stand-in): a Node with the server's providerID once Nova says ACTIVE.
+(
+  while true; do
+    "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_E2E" -n "$NS" get openstackworkermachines \
+      -o jsonpath='{range .items[?(@.status.instanceState=="ACTIVE")]}{.metadata.name} {.spec.providerID}{"\n"}{end}' 2>/dev/null |
+    while read -r name pid; do
+      [[ -n $pid ]] || continue
+      "$KBIN/kubectl" --kubeconfig "$WKUBECONFIG" get node "$name" >/dev/null 2>&1 && continue
+      printf '{"apiVersion":"v1","kind":"Node","metadata":{"name":"%s","labels":{"type":"kwok"},"annotations":{"kwok.x-k8s.io/node":"fake"}},"spec":{"providerID":"%s"}}' "$name" "$pid" |
+        "$KBIN/kubectl" --kubeconfig "$WKUBECONFIG" create -f - >/dev/null 2>&1 || true
+    done
+    sleep 1
+  done
+) &
+pids+=($!)
+
+wait_for "the cluster-autoscaler credentials capow publishes" 60 k -n "$NS" get secret c1-capow-autoscaler
+for key in tls.crt tls.key ca.crt cloud-config; do
+  k -n "$NS" get secret c1-capow-autoscaler -o "jsonpath={.data.${key//./\\.}}" | base64 -d > "$CAPOW_E2E_STATE/demo-ca/$key"
+done
+CC="$CAPOW_E2E_STATE/demo-ca/cloud-config"
+x() { target/debug/xgrpc --cloud-config "$CC" "$@"; }
+GROUP="MachineDeployment/$NS/workers"
+running() { k -n "$NS" get machines -l cluster.x-k8s.io/deployment-name=workers -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}' | grep -c . || true; }
+machines() { k -n "$NS" get machines -l cluster.x-k8s.io/deployment-name=workers --no-headers 2>/dev/null | grep -c . || true; }
+running_is() { [[ $(running) == "$1" && $(machines) == "$1" ]]; }
+
+log "externalgrpc (mTLS, client certificate of cluster $NS/c1): node groups, and the template for scale-from-zero"
+x groups
+x template "$GROUP"
+echo
+
+log "IncreaseSize +3, as the cluster-autoscaler does for pending pods"
+start=$(ms)
+x increase "$GROUP" 3
+wait_for "3 Machines Running" 240 running_is 3
+log "3 Machines Running (server ACTIVE, Node registered, nodeRef set) $(( $(ms) - start )) ms after IncreaseSize"
+k -n "$NS" get machines,openstackworkermachines -o wide
+echo
+kw get nodes -o wide
+echo
+os server list --all-projects --tags capow -c ID -c Name -c Status -c Networks
+x nodes "$GROUP"
+echo
+
+victim=$(x nodes "$GROUP" | head -1 | cut -d' ' -f1)
+log "DeleteNodes $victim, as the cluster-autoscaler does for an unneeded node"
+x delete "$GROUP" "$victim"
+wait_for "2 Machines Running" 180 running_is 2
+x nodes "$GROUP"
+os server list --all-projects --tags capow -c ID -c Name -c Status
+echo
+
+log "deleting Cluster c1 (CAPI deletes its Machines, capow their servers, then the network, router and security group)"
+start=$(ms)
+k -n "$NS" delete cluster c1 --timeout=300s >/dev/null
+log "Cluster deleted in $(( $(ms) - start )) ms; OpenStack resources left with capow's tag:"
+echo "  servers: $(os server list --all-projects --tags capow -f value -c ID | grep -c . || true)"
+for kind in port network router "security group"; do
+  # shellcheck disable=SC2086
+  echo "  ${kind}s: $(os $kind list --tags capow -f value -c ID | grep -c . || true)"
+done
+log "OpenStack API calls made by capow: $(curl -s http://127.0.0.1:18080/metrics | awk '/^capow_openstack_requests_total/ {s+=$NF} END {print s}')"
+log "demo complete"

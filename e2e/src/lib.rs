@@ -401,41 +401,37 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 /// runtime, and the module is not served here).
 pub const STANDIN_GROUP: &str = "controlplane.cluster.x-k8s.io";
 
-/// Installs stand-in CRDs for `HostedControlPlane` and `HostedControlPlaneTemplate`
-/// (`controlplane.cluster.x-k8s.io/v1alpha1`, teutonet's kinds) that only carry the CAPI
-/// v1beta2 control-plane contract (CRD label `cluster.x-k8s.io/v1beta2: v1alpha1`, any spec,
-/// a status subresource). The tests play the controller: they write
+/// Installs the stand-in CRDs of `e2e/manifests/hostedcontrolplane-standin.yaml`
+/// (`HostedControlPlane`, `HostedControlPlaneTemplate`: teutonet's kinds, with only the CAPI
+/// v1beta2 control-plane contract). The tests play the controller: they write
 /// `status.initialization.controlPlaneInitialized` and, as the real one does,
 /// `spec.controlPlaneEndpoint` onto the OpenStackWorkerCluster.
 pub async fn ensure_control_plane_standin(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use serde::Deserialize;
+    let text = include_str!("../manifests/hostedcontrolplane-standin.yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (kind, plural, status) in [
-        ("HostedControlPlane", "hostedcontrolplanes", true),
-        ("HostedControlPlaneTemplate", "hostedcontrolplanetemplates", false),
-    ] {
-        let name = format!("{plural}.{STANDIN_GROUP}");
-        let mut version = json!({"name": "v1alpha1", "served": true, "storage": true,
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}});
-        if status {
-            version["subresources"] = json!({"status": {}});
-        }
-        let crd = json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": name, "labels": {"cluster.x-k8s.io/v1beta2": "v1alpha1", "cluster.x-k8s.io/provider": "control-plane-e2e-standin"}},
-            "spec": {"group": STANDIN_GROUP, "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
-                     "versions": [version]}
-        });
-        api.patch(&name, &PatchParams::apply("capow-e2e").force(), &Patch::Apply(&crd)).await.expect("apply a stand-in CRD");
-        wait_until("the stand-in CRD to be established", Duration::from_secs(30), || async {
-            let c = api.get(&name).await?;
-            Ok(c.status
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True")))
-        })
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let crd = Value::deserialize(doc).expect("stand-in CRD YAML");
+        let name = crd["metadata"]["name"].as_str().expect("name").to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply("capow-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply a stand-in CRD");
+        wait_until(
+            "the stand-in CRD to be established",
+            Duration::from_secs(30),
+            || async {
+                let c = api.get(&name).await?;
+                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                }))
+            },
+        )
         .await;
     }
 }

@@ -288,7 +288,14 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
     }
     // The control-plane stand-in: initialized, endpoint written onto the infrastructure cluster
     // (teutonet's HostedControlPlane does exactly this).
-    let cp = dynamic(&client, &ns, STANDIN_GROUP, "v1alpha1", "HostedControlPlane").await;
+    let cp = dynamic(
+        &client,
+        &ns,
+        STANDIN_GROUP,
+        "v1alpha1",
+        "HostedControlPlane",
+    )
+    .await;
     cp.patch_status("c1", &PatchParams::default(), &Patch::Merge(json!({"status": {
         "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.36.3"}})))
         .await

@@ -4,13 +4,20 @@
 //! (variables ready) and a topology Cluster of it makes CAPI create capow's
 //! `OpenStackWorkerCluster` and the autoscaled MachineDeployments from the class's templates.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use capow_e2e::{Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin};
+use capow_e2e::{
+    Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
+};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -21,7 +28,8 @@ fn repo() -> &'static Path {
 /// `clusterctl generate ...` with the template variables set.
 fn clusterctl(args: &[&str]) -> String {
     let env = Env::get();
-    let bin = std::env::var("CAPOW_E2E_CLUSTERCTL").expect("CAPOW_E2E_CLUSTERCTL (set by e2e/test.sh)");
+    let bin =
+        std::env::var("CAPOW_E2E_CLUSTERCTL").expect("CAPOW_E2E_CLUSTERCTL (set by e2e/test.sh)");
     let home = env.state.join("clusterctl-home");
     std::fs::create_dir_all(&home).unwrap();
     let out = std::process::Command::new(bin)
@@ -29,13 +37,20 @@ fn clusterctl(args: &[&str]) -> String {
         .env("HOME", &home)
         .env("CLUSTERCTL_DISABLE_VERSIONCHECK", "true")
         .env("KUBECONFIG", &env.kubeconfig)
-        .env("OPENSTACK_CLOUD_YAML_B64", base64::engine::general_purpose::STANDARD.encode(clouds_yaml_text()))
+        .env(
+            "OPENSTACK_CLOUD_YAML_B64",
+            base64::engine::general_purpose::STANDARD.encode(clouds_yaml_text()),
+        )
         .env("OPENSTACK_CLOUD", &env.cloud)
         .env("OPENSTACK_IMAGE_NAME", "osdev-tiny")
         .env("OPENSTACK_WORKER_FLAVOR", "m1.tiny")
         .output()
         .unwrap();
-    assert!(out.status.success(), "clusterctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "clusterctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -45,18 +60,44 @@ fn apply(ns: &str, yaml: &str) {
     let env = Env::get();
     let bin = std::env::var("CAPOW_E2E_KUBECTL").expect("CAPOW_E2E_KUBECTL (set by e2e/test.sh)");
     let mut child = std::process::Command::new(bin)
-        .args(["--kubeconfig", &env.kubeconfig.display().to_string(), "apply", "--server-side", "--field-manager=capow-e2e", "-n", ns, "-f", "-"])
+        .args([
+            "--kubeconfig",
+            &env.kubeconfig.display().to_string(),
+            "apply",
+            "--server-side",
+            "--field-manager=capow-e2e",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-async fn dynamic(client: &kube::Client, ns: &str, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+async fn dynamic(
+    client: &kube::Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> Api<DynamicObject> {
     let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
     let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
     Api::namespaced_with(client.clone(), ns, &ar)
@@ -72,7 +113,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -86,17 +130,48 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     // Plain template: renders with every variable substituted and applies as it is.
     let ns = TestNamespace::create(&client, "tmpl").await;
     let file = repo().join("templates/cluster-template.yaml");
-    let rendered = clusterctl(&["generate", "cluster", "c1", "--from", &file.display().to_string(), "--kubernetes-version", "v1.34.2", "--target-namespace", &ns.name]);
-    assert!(!rendered.contains("${"), "unsubstituted variables:\n{rendered}");
+    let rendered = clusterctl(&[
+        "generate",
+        "cluster",
+        "c1",
+        "--from",
+        &file.display().to_string(),
+        "--kubernetes-version",
+        "v1.34.2",
+        "--target-namespace",
+        &ns.name,
+    ]);
+    assert!(
+        !rendered.contains("${"),
+        "unsubstituted variables:\n{rendered}"
+    );
     apply(&ns.name, &rendered);
-    let mds = dynamic(&client, &ns.name, "cluster.x-k8s.io", "v1beta2", "MachineDeployment").await;
+    let mds = dynamic(
+        &client,
+        &ns.name,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "MachineDeployment",
+    )
+    .await;
     let list = mds.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(list.len(), 2, "one MachineDeployment per failure domain");
     for md in &list {
         let ann = md.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(ann.get("cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size").map(String::as_str), Some("5"));
+        assert_eq!(
+            ann.get("cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size")
+                .map(String::as_str),
+            Some("5")
+        );
     }
-    let oswc = dynamic(&client, &ns.name, "infrastructure.cluster.x-k8s.io", "v1alpha1", "OpenStackWorkerCluster").await;
+    let oswc = dynamic(
+        &client,
+        &ns.name,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerCluster",
+    )
+    .await;
     let c1 = serde_json::to_value(oswc.get("c1").await.unwrap()).unwrap();
     assert_eq!(c1["spec"]["managedSubnets"][0]["cidr"], "10.6.0.0/24");
 
@@ -104,52 +179,133 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     // makes CAPI create capow's objects from the class's templates.
     let ns2 = TestNamespace::create(&client, "tmplcc").await;
     let class = repo().join("templates/clusterclass-openstack-hcp.yaml");
-    apply(&ns2.name, &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]));
-    let classes = dynamic(&client, &ns2.name, "cluster.x-k8s.io", "v1beta2", "ClusterClass").await;
+    apply(
+        &ns2.name,
+        &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]),
+    );
+    let classes = dynamic(
+        &client,
+        &ns2.name,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "ClusterClass",
+    )
+    .await;
     eventually("the ClusterClass's VariablesReady condition", || async {
         let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-        let ready = cc["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+        let ready = cc["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
         ready.then_some(cc)
     })
     .await;
     let topology = repo().join("templates/cluster-template-topology.yaml");
-    let rendered = clusterctl(&["generate", "cluster", "c2", "--from", &topology.display().to_string(), "--kubernetes-version", "v1.34.2", "--target-namespace", &ns2.name]);
-    assert!(!rendered.contains("${"), "unsubstituted variables:\n{rendered}");
+    let rendered = clusterctl(&[
+        "generate",
+        "cluster",
+        "c2",
+        "--from",
+        &topology.display().to_string(),
+        "--kubernetes-version",
+        "v1.34.2",
+        "--target-namespace",
+        &ns2.name,
+    ]);
+    assert!(
+        !rendered.contains("${"),
+        "unsubstituted variables:\n{rendered}"
+    );
     apply(&ns2.name, &rendered);
 
     // The topology controller creates the control plane (our stand-in) and the infrastructure
     // cluster; play the control plane's controller, then the MachineDeployments follow.
-    let hcps = dynamic(&client, &ns2.name, STANDIN_GROUP, "v1alpha1", "HostedControlPlane").await;
+    let hcps = dynamic(
+        &client,
+        &ns2.name,
+        STANDIN_GROUP,
+        "v1alpha1",
+        "HostedControlPlane",
+    )
+    .await;
     let hcp = eventually("the HostedControlPlane from the class", || async {
-        hcps.list(&ListParams::default()).await.ok()?.items.into_iter().next().map(|o| serde_json::to_value(o).unwrap())
+        hcps.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+            .map(|o| serde_json::to_value(o).unwrap())
     })
     .await;
-    assert_eq!(hcp["spec"]["gateway"]["name"], "capi-gateway", "gateway patched from the variable");
+    assert_eq!(
+        hcp["spec"]["gateway"]["name"], "capi-gateway",
+        "gateway patched from the variable"
+    );
     let hcp_name = hcp["metadata"]["name"].as_str().unwrap().to_owned();
     hcps.patch_status(&hcp_name, &PatchParams::default(), &Patch::Merge(json!({"status": {
         "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
         "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 2}})))
         .await
         .unwrap();
-    let oswc2 = dynamic(&client, &ns2.name, "infrastructure.cluster.x-k8s.io", "v1alpha1", "OpenStackWorkerCluster").await;
+    let oswc2 = dynamic(
+        &client,
+        &ns2.name,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerCluster",
+    )
+    .await;
     let infra = eventually("the OpenStackWorkerCluster from the class", || async {
-        oswc2.list(&ListParams::default()).await.ok()?.items.into_iter().next().map(|o| serde_json::to_value(o).unwrap())
+        oswc2
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+            .map(|o| serde_json::to_value(o).unwrap())
     })
     .await;
-    assert_eq!(infra["spec"]["identityRef"]["name"], "c2-cloud-config", "identityRef patched from the variable");
+    assert_eq!(
+        infra["spec"]["identityRef"]["name"], "c2-cloud-config",
+        "identityRef patched from the variable"
+    );
     assert_eq!(infra["spec"]["managedSubnets"][0]["cidr"], "10.8.0.0/20");
-    let mds2 = dynamic(&client, &ns2.name, "cluster.x-k8s.io", "v1beta2", "MachineDeployment").await;
+    let mds2 = dynamic(
+        &client,
+        &ns2.name,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "MachineDeployment",
+    )
+    .await;
     let list = eventually("the topology's two MachineDeployments", || async {
         let items = mds2.list(&ListParams::default()).await.ok()?.items;
         (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
     })
     .await;
     for md in list.as_array().unwrap() {
-        assert_eq!(md["metadata"]["annotations"]["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"], "5");
-        let template = md["spec"]["template"]["spec"]["infrastructureRef"]["name"].as_str().unwrap();
-        let t = dynamic(&client, &ns2.name, "infrastructure.cluster.x-k8s.io", "v1alpha1", "OpenStackWorkerMachineTemplate").await;
+        assert_eq!(
+            md["metadata"]["annotations"]["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
+            "5"
+        );
+        let template = md["spec"]["template"]["spec"]["infrastructureRef"]["name"]
+            .as_str()
+            .unwrap();
+        let t = dynamic(
+            &client,
+            &ns2.name,
+            "infrastructure.cluster.x-k8s.io",
+            "v1alpha1",
+            "OpenStackWorkerMachineTemplate",
+        )
+        .await;
         let t = serde_json::to_value(t.get(template).await.unwrap()).unwrap();
-        assert_eq!(t["spec"]["template"]["spec"]["flavor"]["filter"]["name"], "m1.tiny", "flavor patched from the variable");
+        assert_eq!(
+            t["spec"]["template"]["spec"]["flavor"]["filter"]["name"], "m1.tiny",
+            "flavor patched from the variable"
+        );
     }
     ns.delete().await;
     ns2.delete().await;
