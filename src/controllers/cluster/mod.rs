@@ -27,7 +27,7 @@ use crate::api::cluster::{
     ClusterInitialization, NetworkStatus, NetworkStatusWithSubnets, OpenStackWorkerCluster,
     OpenStackWorkerClusterStatus, RouterStatus, SecurityGroupStatus, SubnetStatus,
 };
-use crate::api::common::{NetworkParam, SubnetParam};
+use crate::api::common::SubnetParam;
 use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
 use crate::controllers::machine::{Error, observe};
@@ -282,123 +282,13 @@ fn tag_filter(tags: &[String]) -> ListFilter {
     }
 }
 
-async fn resolve_network_param(
-    session: &Session,
-    p: &NetworkParam,
-    field: &str,
-    external: bool,
-) -> Result<(String, String), Error> {
-    let net = session.network();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => net
-            .get_network(id)
-            .await
-            .map_err(Error::openstack("get the network"))?
-            .map(|n| (n.id, n.name))
-            .ok_or_else(|| {
-                invalid(
-                    format!("{field}.id"),
-                    format!("network {id:?} does not exist"),
-                )
-            }),
-        (None, Some(f)) => {
-            let mut filter = ListFilter {
-                tags: f.tags.tags.clone(),
-                tags_any: f.tags.tags_any.clone(),
-                not_tags: f.tags.not_tags.clone(),
-                not_tags_any: f.tags.not_tags_any.clone(),
-                ..ListFilter::default()
-            };
-            for (k, v) in [
-                ("name", &f.name),
-                ("description", &f.description),
-                ("project_id", &f.project_id),
-            ] {
-                if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-                    filter.attributes.push((k, v.clone()));
-                }
-            }
-            if external {
-                filter.attributes.push(("router:external", "true".into()));
-            }
-            let mut found = net
-                .list_networks(&filter)
-                .await
-                .map_err(Error::openstack("list networks"))?;
-            match found.len() {
-                1 => {
-                    let n = found.remove(0);
-                    Ok((n.id, n.name))
-                }
-                0 => Err(invalid(format!("{field}.filter"), "no network matches")),
-                n => Err(invalid(
-                    format!("{field}.filter"),
-                    format!("{n} networks match; the filter must select exactly one"),
-                )),
-            }
-        }
-        (None, None) => Err(invalid(field, "one of id or filter is required")),
-    }
-}
-
 async fn resolve_subnet_param(
     session: &Session,
     p: &SubnetParam,
     network_id: &str,
     field: &str,
 ) -> Result<SubnetStatus, Error> {
-    let net = session.network();
-    let subnet = match (&p.id, &p.filter) {
-        (Some(id), _) => net
-            .get_subnet(id)
-            .await
-            .map_err(Error::openstack("get the subnet"))?
-            .ok_or_else(|| {
-                invalid(
-                    format!("{field}.id"),
-                    format!("subnet {id:?} does not exist"),
-                )
-            })?,
-        (None, Some(f)) => {
-            let mut filter = ListFilter::attribute("network_id", network_id);
-            for (k, v) in [
-                ("name", &f.name),
-                ("cidr", &f.cidr),
-                ("description", &f.description),
-            ] {
-                if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-                    filter.attributes.push((k, v.clone()));
-                }
-            }
-            filter.tags = f.tags.tags.clone();
-            let mut found = net
-                .list_subnets(&filter)
-                .await
-                .map_err(Error::openstack("list subnets"))?;
-            match found.len() {
-                1 => found.remove(0),
-                0 => {
-                    return Err(invalid(
-                        format!("{field}.filter"),
-                        "no subnet of the network matches",
-                    ));
-                }
-                n => {
-                    return Err(invalid(
-                        format!("{field}.filter"),
-                        format!("{n} subnets match; the filter must select exactly one"),
-                    ));
-                }
-            }
-        }
-        (None, None) => return Err(invalid(field, "one of id or filter is required")),
-    };
-    if subnet.network_id != network_id {
-        return Err(invalid(
-            field,
-            format!("subnet {} is not on network {network_id}", subnet.id),
-        ));
-    }
+    let subnet = observe::resolve_subnet(session, p, network_id, field).await?;
     Ok(SubnetStatus {
         id: subnet.id,
         name: subnet.name,
@@ -415,7 +305,8 @@ async fn ensure_network(
     let net = session.network();
     let spec = &c.spec;
     if let Some(p) = &spec.network {
-        let (id, name) = resolve_network_param(session, p, "spec.network", false).await?;
+        let found = observe::resolve_network(session, p, "spec.network").await?;
+        let (id, name) = (found.id, found.name);
         let mut subnets = Vec::new();
         for (i, s) in spec.subnets.iter().enumerate() {
             subnets
@@ -594,7 +485,10 @@ async fn ensure_router(
         return Ok((None, None));
     }
     let external = match &spec.external_network {
-        Some(p) => Some(resolve_network_param(session, p, "spec.externalNetwork", false).await?),
+        Some(p) => {
+            let found = observe::resolve_network(session, p, "spec.externalNetwork").await?;
+            Some((found.id, found.name))
+        }
         None => {
             let mut found = net
                 .list_networks(&ListFilter::attribute("router:external", "true"))

@@ -467,18 +467,21 @@ pub async fn resolve_image_full(
     }
 }
 
-async fn resolve_network(
+/// Resolves a network by ID or filter (exactly one must match).
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `field` when it does not exist or the filter is ambiguous.
+pub(crate) async fn resolve_network(
     session: &Session,
     p: &NetworkParam,
     field: &str,
-) -> Result<String, Error> {
+) -> Result<crate::openstack::network::Network, Error> {
     let net = session.network();
     match (&p.id, &p.filter) {
         (Some(id), _) => net
             .get_network(id)
             .await
             .map_err(Error::openstack("get the network"))?
-            .map(|n| n.id)
             .ok_or_else(|| {
                 invalid(
                     format!("{field}.id"),
@@ -486,13 +489,7 @@ async fn resolve_network(
                 )
             }),
         (None, Some(f)) => {
-            let mut filter = ListFilter {
-                tags: f.tags.tags.clone(),
-                tags_any: f.tags.tags_any.clone(),
-                not_tags: f.tags.not_tags.clone(),
-                not_tags_any: f.tags.not_tags_any.clone(),
-                ..ListFilter::default()
-            };
+            let mut filter = neutron_filter(&f.tags);
             push_attr(&mut filter, "name", &f.name);
             push_attr(&mut filter, "description", &f.description);
             push_attr(&mut filter, "project_id", &f.project_id);
@@ -500,18 +497,23 @@ async fn resolve_network(
                 .list_networks(&filter)
                 .await
                 .map_err(Error::openstack("list networks"))?;
-            exactly_one(found, &format!("{field}.filter"), "network").map(|n| n.id)
+            exactly_one(found, &format!("{field}.filter"), "network")
         }
         (None, None) => Err(invalid(field, "one of id or filter is required")),
     }
 }
 
-async fn resolve_subnet(
+/// Resolves a subnet of `network_id` by ID or filter (exactly one must match).
+///
+/// # Errors
+/// [`Error::InvalidSpec`] naming `field` when it does not exist, belongs to another network,
+/// or the filter is ambiguous.
+pub(crate) async fn resolve_subnet(
     session: &Session,
     p: &SubnetParam,
     network_id: &str,
     field: &str,
-) -> Result<String, Error> {
+) -> Result<crate::openstack::network::Subnet, Error> {
     let net = session.network();
     match (&p.id, &p.filter) {
         (Some(id), _) => {
@@ -534,16 +536,10 @@ async fn resolve_subnet(
                     ),
                 ));
             }
-            Ok(subnet.id)
+            Ok(subnet)
         }
         (None, Some(f)) => {
-            let mut filter = ListFilter {
-                tags: f.tags.tags.clone(),
-                tags_any: f.tags.tags_any.clone(),
-                not_tags: f.tags.not_tags.clone(),
-                not_tags_any: f.tags.not_tags_any.clone(),
-                ..ListFilter::default()
-            };
+            let mut filter = neutron_filter(&f.tags);
             filter
                 .attributes
                 .push(("network_id", network_id.to_owned()));
@@ -561,7 +557,7 @@ async fn resolve_subnet(
                 .list_subnets(&filter)
                 .await
                 .map_err(Error::openstack("list subnets"))?;
-            exactly_one(found, &format!("{field}.filter"), "subnet").map(|s| s.id)
+            exactly_one(found, &format!("{field}.filter"), "subnet")
         }
         (None, None) => Err(invalid(field, "one of id or filter is required")),
     }
@@ -586,13 +582,7 @@ async fn resolve_security_group(
                 )
             }),
         (None, Some(f)) => {
-            let mut filter = ListFilter {
-                tags: f.tags.tags.clone(),
-                tags_any: f.tags.tags_any.clone(),
-                not_tags: f.tags.not_tags.clone(),
-                not_tags_any: f.tags.not_tags_any.clone(),
-                ..ListFilter::default()
-            };
+            let mut filter = neutron_filter(&f.tags);
             push_attr(&mut filter, "name", &f.name);
             push_attr(&mut filter, "description", &f.description);
             push_attr(&mut filter, "project_id", &f.project_id);
@@ -606,7 +596,19 @@ async fn resolve_security_group(
     }
 }
 
-fn push_attr(filter: &mut ListFilter, key: &'static str, value: &Option<String>) {
+/// A Neutron list filter with the tag filters of a CAPO `*Filter`.
+pub(crate) fn neutron_filter(tags: &crate::api::common::NeutronTagFilter) -> ListFilter {
+    ListFilter {
+        tags: tags.tags.clone(),
+        tags_any: tags.tags_any.clone(),
+        not_tags: tags.not_tags.clone(),
+        not_tags_any: tags.not_tags_any.clone(),
+        ..ListFilter::default()
+    }
+}
+
+/// Adds `key=value` to `filter` when `value` is set and not empty.
+pub(crate) fn push_attr(filter: &mut ListFilter, key: &'static str, value: &Option<String>) {
     if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
         filter.attributes.push((key, v.clone()));
     }
@@ -622,7 +624,9 @@ async fn resolve_port(
     let field = format!("spec.ports[{index}]");
     let network_id = match (&opts.network, cluster_network) {
         (Some(network), _) => {
-            resolve_network(session, network, &format!("{field}.network")).await?
+            resolve_network(session, network, &format!("{field}.network"))
+                .await?
+                .id
         }
         (None, Some(id)) => id.to_owned(),
         (None, None) => {
@@ -646,7 +650,8 @@ async fn resolve_port(
                     &network_id,
                     &format!("{field}.fixedIPs[{j}].subnet"),
                 )
-                .await?,
+                .await?
+                .id,
             ),
             None => None,
         };
