@@ -102,6 +102,39 @@ pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
         })
 }
 
+/// A status with a `conditions` list (metav1.Condition, the CAPI v1beta2 contract shape).
+pub trait WithConditions: Clone + PartialEq {
+    /// The `status.conditions` list.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+/// True when `before` and `after` differ in nothing but condition `lastTransitionTime`s, so
+/// writing `after` would be a no-op for readers; controllers skip the status write then.
+pub fn status_unchanged<S: WithConditions>(before: &S, after: &S) -> bool {
+    let mut a = before.clone();
+    let mut b = after.clone();
+    let same = same_conditions(a.conditions_mut(), b.conditions_mut());
+    a.conditions_mut().clear();
+    b.conditions_mut().clear();
+    same && a == b
+}
+
+macro_rules! with_conditions {
+    ($($t:ty),*) => {$(
+        impl WithConditions for $t {
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+
+with_conditions!(
+    crate::api::cluster::OpenStackWorkerClusterStatus,
+    crate::api::machine::OpenStackWorkerMachineStatus,
+    crate::api::machine_template::OpenStackWorkerMachineTemplateStatus
+);
+
 /// metav1.Condition messages are limited to 32768 bytes by the API server.
 fn truncate_message(mut message: String) -> String {
     const MAX: usize = 32_768;
@@ -142,6 +175,33 @@ pub fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_unchanged_ignores_only_transition_times() {
+        use crate::api::machine::OpenStackWorkerMachineStatus;
+        let mut c = condition(READY, true, reasons::INSTANCE_READY, "", Some(1));
+        c.last_transition_time = Time("2020-01-01T00:00:00Z".parse().unwrap());
+        let before = OpenStackWorkerMachineStatus {
+            conditions: vec![c],
+            instance_id: Some("a".into()),
+            ..Default::default()
+        };
+        let mut later = before.clone();
+        later.conditions[0].last_transition_time = Time("2021-01-01T00:00:00Z".parse().unwrap());
+        assert!(status_unchanged(&before, &later));
+
+        let mut message = before.clone();
+        message.conditions[0].message = "other".into();
+        assert!(!status_unchanged(&before, &message));
+
+        let mut field = before.clone();
+        field.instance_id = Some("b".into());
+        assert!(!status_unchanged(&before, &field));
+
+        let mut fewer = before.clone();
+        fewer.conditions.clear();
+        assert!(!status_unchanged(&before, &fewer));
+    }
 
     #[test]
     fn set_condition_keeps_transition_time_when_status_unchanged() {

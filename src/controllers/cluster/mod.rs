@@ -70,23 +70,13 @@ async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    let inner = match error {
-        Error::Finalizer(e) => match &**e {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            _ => error,
-        },
-        e => e,
-    };
+    let inner = error.unwrap_finalizer();
     if matches!(inner, Error::DeletionInProgress) {
         return Action::requeue(ctx.config.build_poll);
     }
     ctx.metrics.failure(CONTROLLER, error.category());
     tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), error = %error, "Reconcile failed");
-    if matches!(
-        inner,
-        Error::InvalidSpec { .. } | Error::InvalidIdentity { .. }
-    ) {
+    if inner.needs_input_change() {
         return Action::requeue(ctx.config.input_retry);
     }
     Action::requeue(Duration::from_secs(10))
@@ -98,12 +88,7 @@ async fn write_status(
     before: &OpenStackWorkerClusterStatus,
     after: &OpenStackWorkerClusterStatus,
 ) -> Result<(), Error> {
-    let mut a = before.clone();
-    let mut b = after.clone();
-    let same = conditions::same_conditions(&a.conditions, &b.conditions);
-    a.conditions.clear();
-    b.conditions.clear();
-    if same && a == b {
+    if conditions::status_unchanged(before, after) {
         return Ok(());
     }
     let api: Api<OpenStackWorkerCluster> =

@@ -155,8 +155,21 @@ impl Error {
         }
     }
 
+    /// The apply/cleanup error inside a [`Error::Finalizer`]; `self` for any other error or
+    /// for a finalizer error of its own (adding or removing the finalizer failed).
+    pub(crate) fn unwrap_finalizer(&self) -> &Error {
+        match self {
+            Error::Finalizer(e) => match &**e {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+                _ => self,
+            },
+            e => e,
+        }
+    }
+
     /// True for errors that only a change of input fixes (retried slowly, not with backoff).
-    fn needs_input_change(&self) -> bool {
+    pub(crate) fn needs_input_change(&self) -> bool {
         match self {
             Error::InvalidSpec { .. } | Error::InvalidIdentity { .. } | Error::Duplicate(_) => true,
             Error::OpenStack { source, .. } => source.is_unauthorized() || source.is_client_error(),
@@ -210,14 +223,7 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
-    let inner = match error {
-        Error::Finalizer(e) => match &**e {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            _ => error,
-        },
-        e => e,
-    };
+    let inner = error.unwrap_finalizer();
     if matches!(inner, Error::DeletionInProgress) {
         return Action::requeue(ctx.config.build_poll);
     }

@@ -116,7 +116,21 @@ pub async fn cluster_identity(
     let Some(cluster_name) = m.labels().get(capi::CLUSTER_NAME_LABEL) else {
         return Ok(None);
     };
-    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    identity_of_cluster(ctx, &ns, cluster_name).await
+}
+
+/// The identityRef of the `OpenStackWorkerCluster` that Cluster `ns/cluster_name` names as
+/// its `spec.infrastructureRef`; `None` when the Cluster, its infrastructure reference or the
+/// `OpenStackWorkerCluster` does not exist (yet).
+///
+/// # Errors
+/// [`Error::Kube`] when the API server fails.
+pub(crate) async fn identity_of_cluster(
+    ctx: &Context,
+    ns: &str,
+    cluster_name: &str,
+) -> Result<Option<OpenStackIdentityReference>, Error> {
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), ns);
     let Some(cluster) = clusters
         .get_opt(cluster_name)
         .await
@@ -131,7 +145,7 @@ pub async fn cluster_identity(
     else {
         return Ok(None);
     };
-    let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), ns);
     Ok(api
         .get_opt(&r.name)
         .await

@@ -17,15 +17,6 @@ fn api(
     Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
 }
 
-fn unchanged(before: &OpenStackWorkerMachineStatus, after: &OpenStackWorkerMachineStatus) -> bool {
-    let mut a = before.clone();
-    let mut b = after.clone();
-    let same_conditions = conditions::same_conditions(&a.conditions, &b.conditions);
-    a.conditions.clear();
-    b.conditions.clear();
-    same_conditions && a == b
-}
-
 /// Applies `after` as the object's status unless it equals `before` (ignoring condition
 /// timestamps), so a steady state causes no writes.
 ///
@@ -37,7 +28,7 @@ pub async fn write(
     before: &OpenStackWorkerMachineStatus,
     after: &OpenStackWorkerMachineStatus,
 ) -> Result<(), Error> {
-    if unchanged(before, after) {
+    if conditions::status_unchanged(before, after) {
         return Ok(());
     }
     let patch = json!({

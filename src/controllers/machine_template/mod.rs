@@ -16,14 +16,13 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::common::OpenStackIdentityReference;
 use crate::api::conditions::{self, reasons};
 use crate::api::machine::OpenStackWorkerMachine;
 use crate::api::machine_template::{
     OpenStackWorkerMachineTemplate, OpenStackWorkerMachineTemplateStatus, TemplateResolved,
 };
-use crate::capi::{self, Cluster};
+use crate::capi;
 use crate::controllers::machine::{Error, observe};
 use crate::controllers::{Context, FIELD_MANAGER};
 
@@ -52,27 +51,7 @@ async fn identity(
     let Some(cluster) = cluster else {
         return Ok(None);
     };
-    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(cluster) = clusters
-        .get_opt(&cluster)
-        .await
-        .map_err(Error::kube("get the Cluster"))?
-    else {
-        return Ok(None);
-    };
-    let Some(r) = cluster
-        .spec
-        .infrastructure_ref
-        .filter(|r| r.kind == "OpenStackWorkerCluster")
-    else {
-        return Ok(None);
-    };
-    let infra: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(infra
-        .get_opt(&r.name)
-        .await
-        .map_err(Error::kube("get the OpenStackWorkerCluster"))?
-        .map(|c| c.spec.identity_ref))
+    observe::identity_of_cluster(ctx, &ns, &cluster).await
 }
 
 async fn compute_status(
@@ -144,12 +123,7 @@ async fn reconcile(
     };
     conditions::set_condition(&mut status.conditions, condition);
     status.observed_generation = generation;
-    let mut a = before.clone();
-    let mut b = status.clone();
-    let same = conditions::same_conditions(&a.conditions, &b.conditions);
-    a.conditions.clear();
-    b.conditions.clear();
-    if !(same && a == b) {
+    if !conditions::status_unchanged(&before, &status) {
         let api: Api<OpenStackWorkerMachineTemplate> =
             Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
         let patch = json!({
