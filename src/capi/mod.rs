@@ -95,6 +95,54 @@ impl Cluster {
     }
 }
 
+/// Decides which watch events of a `Cluster` should wake capow's controllers.
+///
+/// CAPI rewrites `Cluster.status` on nearly every Machine change (replica counts, conditions),
+/// and each such event would re-reconcile the `OpenStackWorkerCluster` and every
+/// `OpenStackWorkerMachine` of the cluster, each with OpenStack API calls. capow only reacts to
+/// the fields [`Cluster`] declares (`spec.paused`, `spec.infrastructureRef`,
+/// `status.initialization`) and to deletion, so an event is passed
+/// on only when one of those differs from the last event seen for the same UID (the first event
+/// of a UID, e.g. after a restart, always passes). Periodic resyncs still reconcile everything.
+///
+/// Memory: one entry per Cluster UID seen by this process (its declared fields, a few hundred
+/// bytes); entries stay for the process lifetime, since a watch's final delete event cannot
+/// be told apart from the update before it.
+#[derive(Debug, Default)]
+pub struct ClusterEventFilter {
+    seen: std::sync::Mutex<std::collections::HashMap<String, ClusterView>>,
+}
+
+#[derive(Debug, PartialEq)]
+struct ClusterView {
+    deleting: bool,
+    spec: ClusterSpec,
+    status: Option<ClusterStatus>,
+}
+
+impl ClusterEventFilter {
+    /// True when `cluster` differs from the last version seen in a field capow reacts to.
+    pub fn relevant(&self, cluster: &Cluster) -> bool {
+        let Some(uid) = cluster.metadata.uid.clone() else {
+            return true;
+        };
+        let view = ClusterView {
+            deleting: cluster.metadata.deletion_timestamp.is_some(),
+            spec: cluster.spec.clone(),
+            status: cluster.status.clone(),
+        };
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.get(&uid) == Some(&view) {
+            return false;
+        }
+        seen.insert(uid, view);
+        true
+    }
+}
+
 /// `Machine.spec` (fields capow reads).
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -260,4 +308,55 @@ pub const NODE_GROUP_MAX_SIZE_ANNOTATION: &str =
 /// True when `annotations` carry the CAPI paused annotation.
 pub fn has_paused_annotation(annotations: &BTreeMap<String, String>) -> bool {
     annotations.contains_key(PAUSED_ANNOTATION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(uid: &str, paused: bool, provisioned: Option<bool>) -> Cluster {
+        let mut c = Cluster::new(
+            "c1",
+            ClusterSpec {
+                paused: Some(paused),
+                infrastructure_ref: None,
+            },
+        );
+        c.metadata.uid = Some(uid.into());
+        c.status = Some(ClusterStatus {
+            initialization: Some(ClusterInitialization {
+                infrastructure_provisioned: provisioned,
+                control_plane_initialized: None,
+            }),
+        });
+        c
+    }
+
+    #[test]
+    fn cluster_event_filter_passes_only_changes_capow_reacts_to() {
+        let f = ClusterEventFilter::default();
+        let c = cluster("u1", false, None);
+        assert!(f.relevant(&c), "first event of a UID");
+        // A status rewrite that only touches fields capow does not declare arrives as an equal view.
+        let mut again = c.clone();
+        again.metadata.resource_version = Some("2".into());
+        assert!(!f.relevant(&again));
+        assert!(
+            f.relevant(&cluster("u1", false, Some(true))),
+            "infrastructure provisioned"
+        );
+        assert!(f.relevant(&cluster("u1", true, Some(true))), "paused");
+        assert!(!f.relevant(&cluster("u1", true, Some(true))));
+        let mut deleting = cluster("u1", true, Some(true));
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(f.relevant(&deleting), "deletion");
+        assert!(f.relevant(&cluster("u2", true, Some(true))), "another UID");
+        let mut no_uid = c.clone();
+        no_uid.metadata.uid = None;
+        assert!(f.relevant(&no_uid));
+        assert!(f.relevant(&no_uid), "objects without a UID always pass");
+    }
 }

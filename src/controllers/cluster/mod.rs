@@ -800,12 +800,16 @@ pub async fn run_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
+    let filter = capi::ClusterEventFilter::default();
     Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
         .watches(
             clusters,
             watcher::Config::default().any_semantic(),
-            |cluster: Cluster| {
+            move |cluster: Cluster| {
+                if !filter.relevant(&cluster) {
+                    return None;
+                }
                 cluster
                     .spec
                     .infrastructure_ref

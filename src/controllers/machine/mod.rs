@@ -690,6 +690,7 @@ pub async fn run_controller(
     let controller = Controller::new(machines_api, watcher::Config::default().any_semantic())
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency));
     let store = controller.store();
+    let filter = capi::ClusterEventFilter::default();
     controller
         .watches(
             capi_machines,
@@ -705,6 +706,9 @@ pub async fn run_controller(
             clusters,
             watcher::Config::default().any_semantic(),
             move |cluster: Cluster| {
+                if !filter.relevant(&cluster) {
+                    return Vec::new();
+                }
                 let ns = cluster.namespace().unwrap_or_default();
                 let name = cluster.name_any();
                 store
