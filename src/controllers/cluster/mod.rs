@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -30,8 +30,8 @@ use crate::api::cluster::{
 use crate::api::common::SubnetParam;
 use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
-use crate::controllers::machine::{Error, observe};
-use crate::controllers::{Context, FIELD_MANAGER};
+use crate::controllers::Context;
+use crate::controllers::machine::{Error, observe, status};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 
@@ -82,32 +82,6 @@ fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>
     Action::requeue(Duration::from_secs(10))
 }
 
-async fn write_status(
-    ctx: &Context,
-    c: &OpenStackWorkerCluster,
-    before: &OpenStackWorkerClusterStatus,
-    after: &OpenStackWorkerClusterStatus,
-) -> Result<(), Error> {
-    if conditions::status_unchanged(before, after) {
-        return Ok(());
-    }
-    let api: Api<OpenStackWorkerCluster> =
-        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
-        "kind": "OpenStackWorkerCluster",
-        "status": after,
-    });
-    api.patch_status(
-        &c.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("write status"))?;
-    Ok(())
-}
-
 async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
     let before = c.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -145,7 +119,7 @@ async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, 
         );
     }
     status.observed_generation = generation;
-    write_status(ctx, &c, &before, &status).await?;
+    status::write(ctx, &*c, &before, &status).await?;
     let previous = before
         .conditions
         .iter()

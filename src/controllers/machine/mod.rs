@@ -10,7 +10,7 @@
 pub mod execute;
 pub mod observe;
 pub mod plan;
-mod status;
+pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,7 +285,7 @@ async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, 
         );
     }
     status.observed_generation = generation;
-    status::write(ctx, &m, &before, &status).await?;
+    status::write(ctx, &*m, &before, &status).await?;
 
     // An event for every change of the Ready reason, and for every failure (the recorder
     // folds repeats into one event series).

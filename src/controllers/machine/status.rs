@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::Error;
 use crate::api::conditions;
-use crate::api::machine::{OpenStackWorkerMachine, OpenStackWorkerMachineStatus};
+use crate::api::machine::OpenStackWorkerMachine;
 use crate::controllers::FIELD_MANAGER;
 
 fn api(
@@ -17,28 +17,36 @@ fn api(
     Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
 }
 
-/// Applies `after` as the object's status unless it equals `before` (ignoring condition
-/// timestamps), so a steady state causes no writes.
+/// Applies `after` as the status of `obj` (an `OpenStackWorkerMachine`, `…Cluster` or
+/// `…MachineTemplate`) with capow's field manager, unless it equals `before` apart from
+/// condition timestamps, so a steady state causes no writes.
 ///
 /// # Errors
 /// [`Error::Kube`] when the API server refuses the patch.
-pub async fn write(
+pub async fn write<K, S>(
     ctx: &crate::controllers::Context,
-    m: &OpenStackWorkerMachine,
-    before: &OpenStackWorkerMachineStatus,
-    after: &OpenStackWorkerMachineStatus,
-) -> Result<(), Error> {
+    obj: &K,
+    before: &S,
+    after: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: conditions::WithConditions + serde::Serialize,
+{
     if conditions::status_unchanged(before, after) {
         return Ok(());
     }
     let patch = json!({
-        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
-        "kind": "OpenStackWorkerMachine",
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": after,
     });
-    api(ctx, m)
+    Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
         .patch_status(
-            &m.name_any(),
+            &obj.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use crate::api::common::OpenStackIdentityReference;
 use crate::api::conditions::{self, reasons};
@@ -23,8 +22,8 @@ use crate::api::machine_template::{
     OpenStackWorkerMachineTemplate, OpenStackWorkerMachineTemplateStatus, TemplateResolved,
 };
 use crate::capi;
-use crate::controllers::machine::{Error, observe};
-use crate::controllers::{Context, FIELD_MANAGER};
+use crate::controllers::Context;
+use crate::controllers::machine::{Error, observe, status};
 
 const CONTROLLER: &str = "openstackworkermachinetemplate";
 
@@ -123,22 +122,7 @@ async fn reconcile(
     };
     conditions::set_condition(&mut status.conditions, condition);
     status.observed_generation = generation;
-    if !conditions::status_unchanged(&before, &status) {
-        let api: Api<OpenStackWorkerMachineTemplate> =
-            Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
-            "kind": "OpenStackWorkerMachineTemplate",
-            "status": status,
-        });
-        api.patch_status(
-            &t.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("write status"))?;
-    }
+    status::write(&ctx, &*t, &before, &status).await?;
     match result {
         Ok(None) => Ok(Action::requeue(ctx.config.resync)),
         Ok(Some(_)) => Ok(Action::requeue(ctx.config.input_retry)),
