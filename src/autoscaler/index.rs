@@ -479,6 +479,14 @@ impl Index {
         self.groups.get(id)
     }
 
+    /// Sets the target size of node group `id` (a size capow wrote that the stores do not show
+    /// yet, see [`super::written`]); no-op for an unknown group.
+    pub fn set_target_size(&mut self, id: &str, size: i32) {
+        if let Some(g) = self.groups.get_mut(id) {
+            g.target_size = size;
+        }
+    }
+
     /// The node group of the instance with providerID (or placeholder id) `id`. providerIDs
     /// match exactly; as CA normalises OpenStack IDs to the last path segment (§2.4), a bare
     /// server UUID also matches.

@@ -11,3 +11,4 @@ pub mod quantity;
 pub mod server;
 pub mod service;
 pub mod sources;
+pub mod written;

@@ -31,6 +31,7 @@ use super::node::{TemplateOptions, template_node};
 use super::options;
 use super::proto::externalgrpc as pb;
 use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
+use super::written::WrittenSizes;
 use crate::capi::{self, Machine, MachineDeployment, MachineSet};
 use crate::tls::ClusterIdentity;
 
@@ -131,6 +132,7 @@ pub struct CloudProviderService {
     metrics: RpcMetrics,
     cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
     group_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    written: WrittenSizes,
 }
 
 impl CloudProviderService {
@@ -148,6 +150,7 @@ impl CloudProviderService {
             metrics,
             cache: std::sync::Mutex::new(HashMap::new()),
             group_locks: Mutex::new(HashMap::new()),
+            written: WrittenSizes::default(),
         }
     }
 
@@ -182,7 +185,10 @@ impl CloudProviderService {
 
     /// Rebuilds the scope's index from the current objects (Refresh, and after writes).
     fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
-        let index = Arc::new(Index::build(&self.sources.snapshot(), scope.as_ref()));
+        let snapshot = self.sources.snapshot();
+        let mut index = Index::build(&snapshot, scope.as_ref());
+        self.written.apply(&snapshot, &mut index);
+        let index = Arc::new(index);
         self.lock_cache().insert(scope.clone(), index.clone());
         index
     }
@@ -234,10 +240,12 @@ impl CloudProviderService {
         Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
     }
 
+    /// Writes `spec.replicas` through the `scale` subresource and remembers the size until the
+    /// stores show it (read-your-writes, [`WrittenSizes`]).
     async fn set_replicas(&self, group: &NodeGroup, replicas: i32) -> Result<(), Status> {
         let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
         let pp = PatchParams::default();
-        match group.kind {
+        let scale = match group.kind {
             GroupKind::MachineDeployment => {
                 Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
                     .patch_scale(&group.name, &pp, &patch)
@@ -249,10 +257,16 @@ impl CloudProviderService {
                     .await
             }
         }
-        .map(|_| ())
         .map_err(|e| {
             Status::unavailable(format!("failed to scale {} to {replicas}: {e}", group.id))
-        })
+        })?;
+        self.written.record(
+            group,
+            replicas,
+            scale.metadata.resource_version.as_deref(),
+            &self.sources.snapshot(),
+        );
+        Ok(())
     }
 
     async fn annotate_for_deletion(
