@@ -431,6 +431,86 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
 
 #[tokio::test]
 #[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn a_trunk_port_gets_a_tagged_trunk_that_goes_with_the_machine() {
+    let env = Env::get();
+    let f = Fixture::new("trunk").await;
+    let manager = Manager::start(f.ns(), &[]).await;
+    f.wait_cluster_provisioned(&manager).await;
+    let mut s = good_spec();
+    s["ports"] = json!([
+        {"network": {"filter": {"name": "osdev-net"}}, "trunk": true},
+        {"network": {"filter": {"name": "osdev-net"}}}
+    ]);
+    f.machine("t1", s, Some("t1-bootstrap")).await;
+    f.wait_ready_reason("t1", "InstanceReady", &manager).await;
+    let m = f.oswm("t1").await.unwrap();
+    let server_id = m["status"]["instanceID"].as_str().unwrap().to_owned();
+
+    // Neutron, as the admin sees it: one trunk, parented by the first port only, tagged.
+    let ports = ports_tagged(&uid_tag(&m));
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let port_id = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p["Name"] == name)
+            .unwrap_or_else(|| panic!("port {name} missing: {ports:?}"))["ID"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let trunks = openstack(&env.admin_cloud, &["network", "trunk", "list", "--long"]).unwrap();
+    let ours: Vec<&Value> = trunks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["Parent Port"] == port_id("t1-0").as_str()
+                || t["Parent Port"] == port_id("t1-1").as_str()
+        })
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "exactly the trunk port has a trunk: {trunks}"
+    );
+    assert_eq!(ours[0]["Parent Port"], port_id("t1-0").as_str());
+    let trunk_id = ours[0]["ID"].as_str().unwrap().to_owned();
+    let trunk = openstack(&env.admin_cloud, &["network", "trunk", "show", &trunk_id]).unwrap();
+    let tags = trunk["tags"].to_string();
+    assert!(
+        tags.contains(&uid_tag(&m)),
+        "trunk tagged with the machine: {trunk}"
+    );
+    assert_eq!(
+        m["status"]["resources"]["trunks"][0]["id"],
+        trunk_id.as_str(),
+        "{}",
+        m["status"]
+    );
+    // The server uses both ports.
+    let bound = openstack(
+        &env.admin_cloud,
+        &["port", "list", "--device-id", &server_id],
+    )
+    .unwrap();
+    assert_eq!(bound.as_array().map(Vec::len), Some(2), "{bound}");
+
+    // Delete: server, trunk and ports go.
+    f.delete_and_wait("t1").await;
+    assert!(
+        servers_tagged(&uid_tag(&m)).is_empty(),
+        "server left behind"
+    );
+    assert!(
+        openstack_run(&env.admin_cloud, &["network", "trunk", "show", &trunk_id]).is_err(),
+        "trunk {trunk_id} left behind"
+    );
+    assert!(ports_tagged(&uid_tag(&m)).is_empty(), "ports left behind");
+    f.teardown(manager).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
 async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_port() {
     let f = Fixture::new("crash").await;
 
