@@ -128,7 +128,7 @@ spec:
 YAML
 # The hosted control plane's part (stand-in): initialized, and its endpoint on the infra cluster.
 k -n "$NS" patch hostedcontrolplane c1 --subresource=status --type=merge \
-  -p '{"status":{"initialization":{"controlPlaneInitialized":true},"initialized":true,"ready":true,"version":"v1.36.3"}}' >/dev/null
+  -p '{"status":{"initialization":{"controlPlaneInitialized":true},"initialized":true,"ready":true,"version":"v1.36.3","externalManagedControlPlane":true}}' >/dev/null
 k -n "$NS" patch openstackworkercluster c1 --type=merge \
   -p "{\"spec\":{\"controlPlaneEndpoint\":{\"host\":\"127.0.0.1\",\"port\":$WPORT}}}" >/dev/null
 infra_ready() { [[ $(k -n "$NS" get cluster c1 -o jsonpath='{.status.initialization.infrastructureProvisioned}') == true ]]; }

@@ -13,6 +13,8 @@
     reason = "test harness: a failed step must fail the test at once"
 )]
 
+pub mod hcp;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

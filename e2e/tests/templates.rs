@@ -245,7 +245,8 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     let hcp_name = hcp["metadata"]["name"].as_str().unwrap().to_owned();
     hcps.patch_status(&hcp_name, &PatchParams::default(), &Patch::Merge(json!({"status": {
         "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
-        "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 2}})))
+        "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 2,
+        "externalManagedControlPlane": true}})))
         .await
         .unwrap();
     let oswc2 = dynamic(

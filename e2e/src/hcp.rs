@@ -1,0 +1,531 @@
+//! A hosted-control-plane cluster on the e2e environment, with the real Cluster API: the
+//! management side (a `Cluster` whose control plane is the `HostedControlPlane` stand-in and
+//! whose infrastructure is an `OpenStackWorkerCluster` with a managed network, router and
+//! worker security group), a workload cluster of its own (kube-apiserver, kube-scheduler,
+//! kube-controller-manager, kwok; published as the `<cluster>-kubeconfig` Secret, as a hosted
+//! control plane does), a capow manager with its externalgrpc server on loopback, and a node
+//! registrar standing in for the kubelets (design §7).
+//!
+//! Used by `tests/capi.rs` (scaling through CAPI) and `tests/autoscaling.rs` (the
+//! cluster-autoscaler's loop).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use prost::Message;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Env, Manager, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
+    clouds_yaml_text, ensure_control_plane_standin, log_tail, workload_down, workload_up,
+};
+
+/// Name of the identity Secret (clouds.yaml) in the cluster's namespace.
+pub const IDENTITY: &str = "cloud-config";
+/// Name of the Cluster (and of its infrastructure and control-plane objects).
+pub const CLUSTER: &str = "c1";
+const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
+
+/// An `Api<DynamicObject>` for a namespaced kind, discovered on the API server.
+pub async fn dynamic(
+    client: &Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> Api<DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Nova servers (all projects) tagged with the cluster's UID.
+pub fn servers_of(cluster_uid: &str) -> Vec<Value> {
+    crate::servers_tagged(&format!("capow-cluster-uid={cluster_uid}"))
+}
+
+/// Calls one externalgrpc RPC with grpc-go (`grpcprobe`, dialling as cluster-autoscaler's
+/// externalgrpc client does) over the cloud-config file at `cloud_config`; returns the encoded
+/// response. Panics when the RPC fails.
+pub fn probe(cloud_config: &str, method: &str, request: &impl Message) -> Vec<u8> {
+    let out = probe_output(cloud_config, method, request);
+    assert!(
+        out.status.success(),
+        "grpcprobe {method}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap()
+}
+
+/// Like [`probe`], but returns grpcprobe's stderr (the gRPC status) when the RPC fails.
+pub fn try_probe(
+    cloud_config: &str,
+    method: &str,
+    request: &impl Message,
+) -> Result<Vec<u8>, String> {
+    let out = probe_output(cloud_config, method, request);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap())
+}
+
+fn probe_output(cloud_config: &str, method: &str, request: &impl Message) -> std::process::Output {
+    let bin = std::env::var("CAPOW_GRPCPROBE").expect("CAPOW_GRPCPROBE");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(request.encode_to_vec());
+    std::process::Command::new(bin)
+        .args([
+            "call",
+            "--cloud-config",
+            cloud_config,
+            "--method",
+            method,
+            "--request-b64",
+            &b64,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// A running hosted-control-plane cluster; see the module docs. Tear down with
+/// [`HcpCluster::finish`].
+pub struct HcpCluster {
+    /// Admin client of the management cluster.
+    pub client: Client,
+    /// Admin client of the workload cluster.
+    pub workload: Client,
+    /// The cluster's namespace in the management cluster.
+    pub ns: String,
+    /// The Cluster's UID (capow tags every OpenStack resource of the cluster with it).
+    pub cluster_uid: String,
+    /// The capow manager under test.
+    pub manager: Manager,
+    /// The OpenStackWorkerCluster as first provisioned.
+    pub infra: Value,
+    guard: TestNamespace,
+    workload_name: String,
+    mount: PathBuf,
+    stop: CancellationToken,
+    registrar: tokio::task::JoinHandle<()>,
+}
+
+impl HcpCluster {
+    /// Creates the namespace `<prefix>-<random>`, the workload cluster, the Cluster with its
+    /// stand-in control plane and OpenStackWorkerCluster, starts capow (externalgrpc on a free
+    /// loopback port) and the node registrar, and waits until CAPI reports the infrastructure
+    /// provisioned and the control-plane endpoint copied.
+    pub async fn start(prefix: &str) -> HcpCluster {
+        let env = Env::get();
+        let client = env.client().await;
+        ensure_control_plane_standin(&client).await;
+        let guard = TestNamespace::create(&client, prefix).await;
+        let ns = guard.name.clone();
+        let workload_name = ns.replace(&format!("{prefix}-"), "w");
+        let workload_kubeconfig = workload_up(&workload_name);
+        let workload = client_for(&workload_kubeconfig).await;
+        let workload_server = {
+            let text = std::fs::read_to_string(&workload_kubeconfig).unwrap();
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+                .unwrap()
+        };
+        let workload_port: i64 = workload_server.rsplit(':').next().unwrap().parse().unwrap();
+
+        // The management side of a hosted-control-plane cluster.
+        apply_secret(
+            &client,
+            &ns,
+            IDENTITY,
+            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
+        )
+        .await;
+        apply_secret(
+            &client,
+            &ns,
+            &format!("{CLUSTER}-kubeconfig"),
+            &[(
+                "value",
+                std::fs::read(&workload_kubeconfig).unwrap().as_slice(),
+            )],
+        )
+        .await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        secrets
+            .patch(
+                &format!("{CLUSTER}-kubeconfig"),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        apply_secret(
+            &client,
+            &ns,
+            "workers-bootstrap",
+            &[("value", b"#cloud-config\n"), ("format", b"cloud-config")],
+        )
+        .await;
+        let subnet = format!(
+            "10.{}.{}.0/24",
+            100 + (workload_port % 100),
+            workload_port % 250
+        );
+        let objects = [
+            json!({"apiVersion": format!("{STANDIN_GROUP}/v1alpha1"), "kind": "HostedControlPlane", "metadata": {"name": CLUSTER, "namespace": ns}, "spec": {"version": "v1.36.3", "gateway": {"name": "none", "namespace": "none"}}}),
+            json!({"apiVersion": format!("{INFRA_GROUP}/v1alpha1"), "kind": "OpenStackWorkerCluster",
+                   "metadata": {"name": CLUSTER, "namespace": ns},
+                   "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud},
+                            "managedSubnets": [{"cidr": subnet}],
+                            "managedSecurityGroups": {"workerNodesSecurityGroupRules": [
+                                {"name": "cilium-vxlan", "direction": "ingress", "protocol": "udp", "portRangeMin": 8472, "portRangeMax": 8472, "remoteManagedGroups": ["worker"]}]}}}),
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "metadata": {"name": CLUSTER, "namespace": ns},
+                   "spec": {"controlPlaneRef": {"apiGroup": STANDIN_GROUP, "kind": "HostedControlPlane", "name": CLUSTER},
+                            "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "OpenStackWorkerCluster", "name": CLUSTER}}}),
+        ];
+        for o in &objects {
+            apply_json(&client, o)
+                .await
+                .unwrap_or_else(|e| panic!("apply {}: {e}", o["kind"]));
+        }
+        // The control-plane stand-in: initialized, endpoint written onto the infrastructure
+        // cluster (teutonet's HostedControlPlane does exactly this).
+        let cp = dynamic(
+            &client,
+            &ns,
+            STANDIN_GROUP,
+            "v1alpha1",
+            "HostedControlPlane",
+        )
+        .await;
+        cp.patch_status(CLUSTER, &PatchParams::default(), &Patch::Merge(json!({"status": {
+            "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.36.3",
+            // A hosted control plane has no Machines; without this CAPI never deletes worker Nodes
+            // ("no control plane members"). teutonet's HostedControlPlane sets it too.
+            "externalManagedControlPlane": true}})))
+            .await
+            .unwrap();
+        let oswc = dynamic(
+            &client,
+            &ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "OpenStackWorkerCluster",
+        )
+        .await;
+        oswc.patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"controlPlaneEndpoint": {"host": "127.0.0.1", "port": workload_port}}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+        let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mount = env.state.join(format!("{ns}-ca"));
+        std::fs::create_dir_all(&mount).unwrap();
+        let grpc_addr = format!("127.0.0.1:{grpc_port}");
+        let mount_s = mount.display().to_string();
+        let manager = Manager::start(
+            &ns,
+            &[
+                "--autoscaler-address",
+                &grpc_addr,
+                "--autoscaler-ip-san",
+                "127.0.0.1",
+                "--system-namespace",
+                &ns,
+                "--autoscaler-published-address",
+                &grpc_addr,
+                "--autoscaler-mount-dir",
+                &mount_s,
+            ],
+        )
+        .await;
+        let stop = CancellationToken::new();
+        let registrar = node_registrar(client.clone(), workload.clone(), ns.clone(), stop.clone());
+
+        // The cluster's infrastructure comes up and CAPI sees it.
+        let clusters = dynamic(&client, &ns, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
+        let started = Instant::now();
+        loop {
+            let c = serde_json::to_value(clusters.get(CLUSTER).await.unwrap()).unwrap();
+            if c["status"]["initialization"]["infrastructureProvisioned"] == true
+                && c["spec"]["controlPlaneEndpoint"]["host"] == "127.0.0.1"
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "Cluster not provisioned: {}\n{}",
+                c["status"],
+                log_tail(&manager.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let cluster_uid = clusters.get(CLUSTER).await.unwrap().metadata.uid.unwrap();
+        let infra = serde_json::to_value(oswc.get(CLUSTER).await.unwrap()).unwrap();
+        HcpCluster {
+            client,
+            workload,
+            ns,
+            cluster_uid,
+            manager,
+            infra,
+            guard,
+            workload_name,
+            mount,
+            stop,
+            registrar,
+        }
+    }
+
+    /// Creates an OpenStackWorkerMachineTemplate `<name>` with the given flavor (by name) and a
+    /// MachineDeployment `<name>` of it at 0 replicas, annotated as an autoscaled node group
+    /// with min 0 and max `max`; returns once the template's `status.capacity` is set.
+    pub async fn add_machine_deployment(&self, name: &str, flavor: &str, max: u32) {
+        let ns = &self.ns;
+        let objects = [
+            json!({"apiVersion": format!("{INFRA_GROUP}/v1alpha1"), "kind": "OpenStackWorkerMachineTemplate",
+                   "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
+                   "spec": {"template": {"spec": {"flavor": {"filter": {"name": flavor}}, "image": {"filter": {"name": "osdev-tiny"}}}}}}),
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+                   "metadata": {"name": name, "namespace": ns, "annotations": {
+                       "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": "0",
+                       "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": max.to_string()}},
+                   "spec": {"clusterName": CLUSTER, "replicas": 0,
+                            "selector": {"matchLabels": {"pool": name}},
+                            "template": {"metadata": {"labels": {"pool": name}},
+                                         "spec": {"clusterName": CLUSTER, "bootstrap": {"dataSecretName": "workers-bootstrap"},
+                                                  "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "OpenStackWorkerMachineTemplate", "name": name}}}}}),
+        ];
+        for o in &objects {
+            apply_json(&self.client, o)
+                .await
+                .unwrap_or_else(|e| panic!("apply {}: {e}", o["kind"]));
+        }
+        // Settled: capow has derived the template's capacity from the flavor (so the
+        // OpenStack calls of that lookup are not counted against the machines).
+        let templates = dynamic(
+            &self.client,
+            ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "OpenStackWorkerMachineTemplate",
+        )
+        .await;
+        let started = Instant::now();
+        loop {
+            let t = serde_json::to_value(templates.get(name).await.unwrap()).unwrap();
+            if t["status"]["capacity"]["cpu"].is_string() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no capacity on template {name}: {}\n{}",
+                t["status"],
+                log_tail(&self.manager.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Sets the MachineDeployment's replicas through its `scale` subresource.
+    pub async fn set_replicas(&self, md: &str, replicas: i32) {
+        let api: Api<capow::capi::MachineDeployment> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        api.patch_scale(
+            md,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The MachineDeployment's `spec.replicas`.
+    pub async fn replicas(&self, md: &str) -> i32 {
+        let api: Api<capow::capi::MachineDeployment> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        api.get(md).await.unwrap().spec.replicas.unwrap_or_default()
+    }
+
+    /// Waits until the MachineDeployment `md` has exactly `n` Machines, all `Running` with a
+    /// nodeRef; returns how long that took. Fails after `timeout`.
+    pub async fn wait_running(&self, md: &str, n: usize, timeout: Duration) -> Duration {
+        let machines: Api<capow::capi::Machine> = Api::namespaced(self.client.clone(), &self.ns);
+        let started = Instant::now();
+        loop {
+            let list = machines
+                .list(
+                    &ListParams::default()
+                        .labels(&format!("cluster.x-k8s.io/deployment-name={md}")),
+                )
+                .await
+                .unwrap()
+                .items;
+            let running = list
+                .iter()
+                .filter(|m| m.metadata.deletion_timestamp.is_none())
+                .filter(|m| {
+                    m.status.as_ref().is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running") && s.node_ref.is_some()
+                    })
+                })
+                .count();
+            if running == n && list.len() == n {
+                return started.elapsed();
+            }
+            let phases: Vec<_> = list
+                .iter()
+                .map(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert!(
+                started.elapsed() < timeout,
+                "want {n} Running machines in {md}, have {phases:?}\n{}",
+                log_tail(&self.manager.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until Nova has exactly `n` servers tagged with the cluster.
+    pub async fn wait_servers(&self, n: usize, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let s = servers_of(&self.cluster_uid);
+            if s.len() == n {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "want {n} servers of the cluster, Nova has {}",
+                s.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits for the cloud-config Secret capow publishes for the cluster, writes its keys where
+    /// the cloud-config expects them (as a Secret volume would), and returns the cloud-config
+    /// file's path.
+    pub async fn cloud_config(&self) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let secret_name = capow::tls::cloud_config::secret_name(CLUSTER);
+        let started = Instant::now();
+        let secret = loop {
+            if let Some(s) = secrets.get_opt(&secret_name).await.unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "credentials Secret not published"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        for (k, v) in secret.data.unwrap() {
+            std::fs::write(self.mount.join(&k), &v.0).unwrap();
+        }
+        self.mount.join("cloud-config").display().to_string()
+    }
+
+    /// Stops the registrar and the manager, deletes the namespace and the workload cluster.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.registrar.await;
+        self.manager.stop().await;
+        self.guard.delete().await;
+        workload_down(&self.workload_name);
+    }
+}
+
+/// Registers a Node for every ACTIVE server of the namespace's machines, as a kubelet would:
+/// named after the machine, with the server's providerID and the capacity its template reports
+/// (`status.capacity` of the OpenStackWorkerMachineTemplate it was cloned from, plus 110 pods).
+fn node_registrar(
+    mgmt: Client,
+    workload: Client,
+    ns: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let machines = dynamic(
+            &mgmt,
+            &ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "OpenStackWorkerMachine",
+        )
+        .await;
+        let templates = dynamic(
+            &mgmt,
+            &ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "OpenStackWorkerMachineTemplate",
+        )
+        .await;
+        let nodes: Api<Node> = Api::all(workload);
+        while !stop.is_cancelled() {
+            if let Ok(list) = machines.list(&ListParams::default()).await {
+                for m in list.items {
+                    let v = serde_json::to_value(&m).unwrap();
+                    let (Some(pid), Some("ACTIVE")) = (
+                        v["spec"]["providerID"].as_str(),
+                        v["status"]["instanceState"].as_str(),
+                    ) else {
+                        continue;
+                    };
+                    if v["metadata"]["deletionTimestamp"].is_string() {
+                        continue;
+                    }
+                    let name = m.metadata.name.clone().unwrap();
+                    if nodes.get_opt(&name).await.ok().flatten().is_some() {
+                        continue;
+                    }
+                    let mut capacity = json!({"pods": "110"});
+                    if let Some(t) =
+                        v["metadata"]["annotations"]["cluster.x-k8s.io/cloned-from-name"].as_str()
+                        && let Ok(t) = templates.get(t).await
+                        && let Some(c) =
+                            serde_json::to_value(&t).unwrap()["status"]["capacity"].as_object()
+                    {
+                        for (k, q) in c {
+                            capacity[k] = q.clone();
+                        }
+                    }
+                    let node: Node = serde_json::from_value(json!({
+                        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok"},
+                                     "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                        "spec": {"providerID": pid},
+                        "status": {"capacity": capacity, "allocatable": capacity}
+                    }))
+                    .unwrap();
+                    let _ = nodes.create(&PostParams::default(), &node).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
