@@ -46,7 +46,8 @@ export CAPOW_GRPCPROBE
 export CAPOW_E2E_DIR="$E2E_DIR"
 CAPOW_E2E_KUBECTL="$(bin_dir kubernetes "$K8S_VERSION")/kubectl"
 CAPOW_E2E_CLUSTERCTL="$(bin_dir cluster-api "$CAPI_VERSION")/clusterctl"
-export CAPOW_E2E_KUBECTL CAPOW_E2E_CLUSTERCTL
+CAPOW_E2E_HELM="$(bin_dir helm "$HELM_VERSION")/helm"
+export CAPOW_E2E_KUBECTL CAPOW_E2E_CLUSTERCTL CAPOW_E2E_HELM
 # Start from a clean cloud even if an earlier run was interrupted.
 OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 : > "$CAPOW_E2E_STATE/measurements.txt"

@@ -2,7 +2,7 @@
 # Builds the real upstream components the e2e harness runs, from their published Go modules,
 # with this machine's Go toolchain. Binaries are cached under $CAPOW_CACHE/bin/<name>-<version>
 # together with a .recipe file saying how they were built; a cached build with the same recipe
-# is reused. Usage: build.sh kubernetes | cluster-api | kwok | all | cluster-api-dir | kwok-dir
+# is reused. Usage: build.sh kubernetes | cluster-api | kwok | grpcprobe | helm | all | cluster-api-dir | kwok-dir
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 LOG_TAG=build
@@ -122,14 +122,32 @@ build_kwok() {
   log "kwok $KWOK_VERSION: built into $out"
 }
 
+# helm, to lint, render and install the chart in charts/capow. Version-stamped as its release
+# build does (helm.sh/helm/v3/internal/version.version), so `helm version` reports it.
+build_helm() {
+  local out recipe="helm; version-stamped"
+  out=$(bin_dir helm "$HELM_VERSION")
+  if cached "$out" "$recipe" helm; then log "helm $HELM_VERSION: cached in $out"; return; fi
+  module_dir helm helm.sh/helm/v3 "$HELM_VERSION" > /dev/null
+  log "helm $HELM_VERSION: building helm"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$E2E_DIR/components/helm"; measured "helm $HELM_VERSION" "${GOBUILD[@]}" \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$out.tmp/" helm.sh/helm/v3/cmd/helm)
+  "$out.tmp/helm" version --short | grep -q "^$HELM_VERSION" || die "helm does not report $HELM_VERSION"
+  echo "$recipe" > "$out.tmp/.recipe"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "helm $HELM_VERSION: built into $out"
+}
+
 case "${1:-}" in
   kubernetes) build_kubernetes ;;
   cluster-api) build_cluster_api ;;
   kwok) build_kwok ;;
   grpcprobe) build_grpcprobe ;;
-  all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe ;;
+  helm) build_helm ;;
+  all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe; build_helm ;;
   # Source trees of the published modules (CRDs, webhook manifests, kwok stages).
   cluster-api-dir) module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION" ;;
   kwok-dir) module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" ;;
-  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|all|cluster-api-dir|kwok-dir" ;;
+  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|all|cluster-api-dir|kwok-dir" ;;
 esac

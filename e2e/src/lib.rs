@@ -155,19 +155,41 @@ pub struct Manager {
 impl Manager {
     /// Starts `capow manager --namespace <ns>` with `extra` flags; waits for `/ready`.
     pub async fn start(ns: &str, extra: &[&str]) -> Manager {
+        let kubeconfig = manager_kubeconfig().await;
+        let mut args: Vec<String> = [
+            "--namespace",
+            ns,
+            "--build-poll-interval",
+            "1s",
+            "--log",
+            "info,capow=debug",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.insert(0, "manager".into());
+        Manager::start_with(&kubeconfig, ns, args, &[]).await
+    }
+
+    /// Starts `capow <args>` (the first being `manager`) as the user of `kubeconfig`, with
+    /// `--admin-address` on a free loopback port appended and `envs` set; waits for `/ready`.
+    /// `label` names the log file.
+    pub async fn start_with(
+        kubeconfig: &Path,
+        label: &str,
+        args: Vec<String>,
+        envs: &[(&str, &str)],
+    ) -> Manager {
         let env = Env::get();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = env.state.join(format!("capow-{ns}-{}.log", rand_u32()));
+        let log = env.state.join(format!("capow-{label}-{}.log", rand_u32()));
         let file = std::fs::File::create(&log).expect("create the manager log");
-        let kubeconfig = manager_kubeconfig().await;
         let mut cmd = tokio::process::Command::new(&env.capow_bin);
-        cmd.arg("manager")
-            .arg("--namespace")
-            .arg(ns)
+        cmd.args(&args)
             .arg("--admin-address")
             .arg(admin.to_string())
-            .args(["--build-poll-interval", "1s", "--log", "info,capow=debug"])
-            .args(extra)
+            .envs(envs.iter().copied())
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(file)
@@ -497,14 +519,29 @@ pub async fn manager_kubeconfig() -> PathBuf {
                     let mut v = v;
                     if v["kind"] == "Namespace" || v["metadata"]["namespace"].is_null() {
                         let gvk = kube::api::GroupVersionKind::gvk(
-                            v["apiVersion"].as_str().unwrap().split_once('/').map_or("", |(g, _)| g),
-                            v["apiVersion"].as_str().unwrap().rsplit('/').next().unwrap(),
+                            v["apiVersion"]
+                                .as_str()
+                                .unwrap()
+                                .split_once('/')
+                                .map_or("", |(g, _)| g),
+                            v["apiVersion"]
+                                .as_str()
+                                .unwrap()
+                                .rsplit('/')
+                                .next()
+                                .unwrap(),
                             v["kind"].as_str().unwrap(),
                         );
                         let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
                         let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
                         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-                        api.patch(&name, &PatchParams::apply("capow-e2e").force(), &Patch::Apply(&v)).await.unwrap();
+                        api.patch(
+                            &name,
+                            &PatchParams::apply("capow-e2e").force(),
+                            &Patch::Apply(&v),
+                        )
+                        .await
+                        .unwrap();
                     } else {
                         v["metadata"]["namespace"] = json!(ns);
                         apply_json(&client, &v).await.unwrap();
@@ -515,27 +552,43 @@ pub async fn manager_kubeconfig() -> PathBuf {
             apply(manifests::service_account()).await;
             apply(manifests::cluster_role()).await;
             apply(manifests::cluster_role_binding()).await;
-            let sa = "capow-manager";
-            let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 86400}});
-            let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-            let token: Value = api
-                .create_subresource("token", sa, &PostParams::default(), &request)
-                .await
-                .expect("request a ServiceAccount token");
-            let token = token["status"]["token"].as_str().expect("token").to_owned();
-            let admin = std::fs::read_to_string(&env.kubeconfig).unwrap();
-            let server = admin.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_owned();
-            let ca = admin.lines().find_map(|l| l.trim().strip_prefix("certificate-authority: ")).unwrap().to_owned();
-            let path = env.state.join(format!("manager-{}.kubeconfig", std::process::id()));
-            std::fs::write(
-                &path,
-                format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: capow-manager\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: capow-manager}}\ncurrent-context: e2e\n"
-                ),
-            )
-            .unwrap();
-            path
+            service_account_kubeconfig(&client, ns, "capow-manager").await
         })
         .await
         .clone()
+}
+
+/// A kubeconfig (written under the state directory) that authenticates to the e2e API server
+/// as ServiceAccount `ns/sa`, with a token valid for 24 h.
+pub async fn service_account_kubeconfig(client: &Client, ns: &str, sa: &str) -> PathBuf {
+    let env = Env::get();
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 86400}});
+    let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let token: Value = api
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .expect("request a ServiceAccount token");
+    let token = token["status"]["token"].as_str().expect("token").to_owned();
+    let admin = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
+        .unwrap()
+        .to_owned();
+    let path = env
+        .state
+        .join(format!("sa-{ns}-{sa}-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: {sa}}}\ncurrent-context: e2e\n"
+        ),
+    )
+    .unwrap();
+    path
 }

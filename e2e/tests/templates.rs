@@ -15,10 +15,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use capow_e2e::hcp::dynamic;
 use capow_e2e::{
     Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
 };
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 fn repo() -> &'static Path {
@@ -89,18 +90,6 @@ fn apply(ns: &str, yaml: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn dynamic(
-    client: &kube::Client,
-    ns: &str,
-    group: &str,
-    version: &str,
-    kind: &str,
-) -> Api<DynamicObject> {
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
-    Api::namespaced_with(client.clone(), ns, &ar)
 }
 
 async fn eventually<F, Fut>(what: &str, f: F) -> Value
