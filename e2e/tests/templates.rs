@@ -22,6 +22,24 @@ use capow_e2e::{
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+/// Every object of kind `K` in `ns`, as the reflector stores would hold them.
+async fn typed<K>(client: &kube::Client, ns: &str) -> Vec<std::sync::Arc<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    kube::Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect()
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
@@ -275,28 +293,65 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
     })
     .await;
+    let templates = dynamic(
+        &client,
+        &ns2.name,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerMachineTemplate",
+    )
+    .await;
     for md in list.as_array().unwrap() {
-        assert_eq!(
-            md["metadata"]["annotations"]["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
-            "5"
-        );
         let template = md["spec"]["template"]["spec"]["infrastructureRef"]["name"]
             .as_str()
             .unwrap();
-        let t = dynamic(
-            &client,
-            &ns2.name,
-            "infrastructure.cluster.x-k8s.io",
-            "v1alpha1",
-            "OpenStackWorkerMachineTemplate",
-        )
-        .await;
-        let t = serde_json::to_value(t.get(template).await.unwrap()).unwrap();
+        let t = serde_json::to_value(templates.get(template).await.unwrap()).unwrap();
         assert_eq!(
             t["spec"]["template"]["spec"]["flavor"]["filter"]["name"], "m1.tiny",
             "flavor patched from the variable"
         );
+        assert_eq!(
+            t["spec"]["template"]["metadata"]["annotations"]["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
+            "5",
+            "limits patched from the workerMaxSize variable onto the template: {}",
+            t["spec"]["template"]
+        );
     }
+
+    // A per-MachineDeployment override reaches that MachineDeployment's template only, and
+    // capow's node-group index (built here from the live objects CAPI made) reads the limits.
+    let clusters = dynamic(&client, &ns2.name, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
+    clusters
+        .patch(
+            "c2",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "add", "path": "/spec/topology/workers/machineDeployments/1/variables",
+                     "value": {"overrides": [{"name": "workerMaxSize", "value": 3}]}}
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let index = eventually("the override in capow's index", || async {
+        let snapshot = capow::autoscaler::index::Snapshot {
+            machine_deployments: typed::<capow::capi::MachineDeployment>(&client, &ns2.name).await,
+            templates: typed::<capow::api::machine_template::OpenStackWorkerMachineTemplate>(
+                &client, &ns2.name,
+            )
+            .await,
+            ..Default::default()
+        };
+        let index = capow::autoscaler::index::Index::build(&snapshot, None);
+        let sizes: Vec<(i32, i32)> = index.groups().map(|g| (g.min_size, g.max_size)).collect();
+        let mut sorted = sizes.clone();
+        sorted.sort_unstable();
+        (sorted == [(0, 3), (0, 5)]).then(|| json!(sizes))
+    })
+    .await;
+    assert_eq!(index.as_array().map(Vec::len), Some(2));
     ns.delete().await;
     ns2.delete().await;
 }

@@ -164,6 +164,41 @@ pub struct Index {
     by_instance: HashMap<String, String>,
 }
 
+/// Prefixes of the autoscaling annotations capow also reads from the group's
+/// OpenStackWorkerMachineTemplate (`spec.template.metadata.annotations`, then
+/// `metadata.annotations`): ClusterClass patches may only change `/spec/...` of a template and
+/// nothing of a MachineDeployment, so the openstack-hcp ClusterClass's autoscaling variables
+/// land in the template's `spec.template.metadata`.
+pub const TEMPLATE_ANNOTATION_PREFIXES: &[&str] = &[
+    "cluster.x-k8s.io/cluster-api-autoscaler-node-group-",
+    "cluster.x-k8s.io/autoscaling-options-",
+    "capacity.cluster-autoscaler.kubernetes.io/",
+];
+
+/// The group's annotations: those of the MachineDeployment/MachineSet, plus the autoscaling
+/// annotations ([`TEMPLATE_ANNOTATION_PREFIXES`]) of its infrastructure template that the
+/// MachineDeployment does not set itself (the MachineDeployment wins, then the template's
+/// `spec.template.metadata`, then its `metadata`).
+fn effective_annotations(
+    own: &BTreeMap<String, String>,
+    template: Option<&OpenStackWorkerMachineTemplate>,
+) -> BTreeMap<String, String> {
+    let mut out = own.clone();
+    let from_template = template.into_iter().flat_map(|t| {
+        let inner = t.spec.template.metadata.as_ref().map(|m| &m.annotations);
+        inner.into_iter().flatten().chain(t.annotations())
+    });
+    for (k, v) in from_template {
+        if TEMPLATE_ANNOTATION_PREFIXES
+            .iter()
+            .any(|p| k.starts_with(p))
+        {
+            out.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    out
+}
+
 /// Parses a size annotation: a non-negative integer.
 fn size_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Option<i32> {
     annotations
@@ -349,6 +384,9 @@ impl Index {
             if capi::has_paused_annotation(annotations) {
                 return;
             }
+            let infra_template = templates.get(&(ns.clone(), r.name.clone()));
+            let annotations =
+                &effective_annotations(annotations, infra_template.map(|t| t.as_ref()));
             let Some(max) = size_annotation(annotations, capi::NODE_GROUP_MAX_SIZE_ANNOTATION)
                 .filter(|m| *m > 0)
             else {
@@ -369,9 +407,7 @@ impl Index {
                 NodeGroup {
                     id,
                     kind,
-                    template: templates
-                        .get(&(ns.clone(), r.name.clone()))
-                        .map(|t| Arc::clone(t)),
+                    template: infra_template.map(|t| Arc::clone(t)),
                     namespace: ns,
                     name,
                     cluster,
@@ -638,6 +674,52 @@ pub(crate) mod tests {
         );
         let g = index.group("MachineDeployment/ns/md-0").unwrap();
         assert_eq!((g.min_size, g.max_size, g.target_size), (1, 5, 3));
+    }
+
+    /// A template with `annotations` in `spec.template.metadata` (where ClusterClass patches
+    /// put them) and `outer` in `metadata`.
+    fn template(
+        ns: &str,
+        name: &str,
+        annotations: serde_json::Value,
+        outer: serde_json::Value,
+    ) -> Arc<OpenStackWorkerMachineTemplate> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachineTemplate",
+                "metadata": {"name": name, "namespace": ns, "annotations": outer},
+                "spec": {"template": {"metadata": {"annotations": annotations},
+                                      "spec": {"flavor": {"id": "1"}, "image": {"id": "i"}}}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn limits_and_options_come_from_the_template_where_the_machine_deployment_is_silent() {
+        let mut s = snapshot();
+        // ClusterClass variables patched onto the template (the MD has no annotations).
+        let mut from_template = scaling(0, 7);
+        from_template["cluster.x-k8s.io/autoscaling-options-scaledownunneededtime"] = json!("5m");
+        from_template["unrelated.example.com/x"] = json!("y");
+        s.templates = vec![
+            // spec.template.metadata wins over the template's own metadata.
+            template("ns", "not-autoscaled-t", from_template, scaling(0, 1)),
+            // The MD's own annotations win over its template's.
+            template("ns", "md-0-t", scaling(0, 9), scaling(0, 8)),
+        ];
+        let index = Index::build(&s, None);
+        let g = index.group("MachineDeployment/ns/not-autoscaled").unwrap();
+        assert_eq!((g.min_size, g.max_size), (0, 7));
+        assert_eq!(
+            g.annotations
+                .get("cluster.x-k8s.io/autoscaling-options-scaledownunneededtime")
+                .map(String::as_str),
+            Some("5m")
+        );
+        assert!(!g.annotations.contains_key("unrelated.example.com/x"));
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        assert_eq!((g.min_size, g.max_size), (1, 5));
     }
 
     #[test]
