@@ -3,7 +3,9 @@
 //! and CRDs the code generates, and arguments the manager's CLI accepts; it installs, upgrades
 //! and uninstalls; and the capow manager, started with the installed Deployment's arguments as
 //! the chart's ServiceAccount, becomes ready (watches, leader-election Lease and CA Secret in
-//! the release namespace all allowed by the chart's RBAC).
+//! the release namespace all allowed by the chart's RBAC). Also the Cluster Stack's
+//! `cluster-class` chart (`clusterstack/`): it renders the repository's ClusterClass under the
+//! Cluster Stack Operator's names, and the real CAPI core accepts it.
 
 #![allow(
     clippy::unwrap_used,
@@ -371,5 +373,86 @@ async fn the_chart_installs_and_its_service_account_runs_the_manager() {
             .unwrap()
             .is_none()
     );
+    guard.delete().await;
+}
+
+/// The Cluster Stack's cluster-class chart renders the repository's ClusterClass under the
+/// Cluster Stack Operator's names, and CAPI accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn the_cluster_stack_renders_the_cluster_class_that_capi_accepts() {
+    let env = Env::get();
+    let client = env.client().await;
+    capow_e2e::ensure_control_plane_standin(&client).await;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let chart = root
+        .join(manifests::CLUSTER_STACK_DIR)
+        .join("cluster-class")
+        .display()
+        .to_string();
+    helm(&["lint", "--strict", &chart]);
+    let guard = TestNamespace::create(&client, "cstack").await;
+    let ns = guard.name.clone();
+    // CSO installs the chart as release <provider>-<stack>-<minor>; objects are <release>-<version>.
+    let release = "openstack-capow-hcp-1-34";
+    let text = helm(&["template", release, &chart, "--namespace", &ns]);
+    let rendered: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let original: Vec<Value> = serde_yaml::Deserializer::from_str(
+        &std::fs::read_to_string(root.join("templates/clusterclass-openstack-hcp.yaml")).unwrap(),
+    )
+    .map(|d| Value::deserialize(d).unwrap())
+    .filter(|v| !v.is_null())
+    .collect();
+    assert_eq!(rendered.len(), original.len());
+    let prefix = format!("{release}-v1");
+    let renamed = serde_json::to_string(&original)
+        .unwrap()
+        .replace(
+            "\"openstack-hcp-control-plane\"",
+            &format!("\"{prefix}-control-plane\""),
+        )
+        .replace(
+            "\"openstack-hcp-default-worker\"",
+            &format!("\"{prefix}-default-worker\""),
+        )
+        .replace("\"openstack-hcp\"", &format!("\"{prefix}\""));
+    let renamed: Vec<Value> = serde_json::from_str(&renamed).unwrap();
+    // Helm orders documents by kind; compare them by kind and name.
+    let key = |v: &Value| format!("{}/{}", v["kind"], v["metadata"]["name"]);
+    for want in &renamed {
+        let got = rendered
+            .iter()
+            .find(|r| key(r) == key(want))
+            .unwrap_or_else(|| panic!("{} not rendered", key(want)));
+        assert_eq!(
+            got,
+            want,
+            "{}: the chart is the repository's ClusterClass, CAPI's template expressions untouched",
+            key(want)
+        );
+    }
+    for doc in &rendered {
+        let mut doc = doc.clone();
+        doc["metadata"]["namespace"] = json!(ns);
+        capow_e2e::apply_json(&client, &doc).await.unwrap();
+    }
+    let gvk = kube::api::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "ClusterClass");
+    let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+    let classes: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    wait_until(
+        "the Cluster Stack's ClusterClass to have VariablesReady",
+        Duration::from_secs(60),
+        || async {
+            let c = serde_json::to_value(classes.get(&prefix).await?)?;
+            Ok(c["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "VariablesReady" && c["status"] == "True")
+            }))
+        },
+    )
+    .await;
     guard.delete().await;
 }
