@@ -27,6 +27,7 @@ struct OperationLabels {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    lookup_cache_hits: Family<OperationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,13 +39,14 @@ impl Default for Metrics {
         Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+            lookup_cache_hits: Family::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Registers the metrics as `<prefix>_requests_total` and
-    /// `<prefix>_request_duration_seconds` in `registry`.
+    /// Registers the metrics as `<prefix>_requests_total`,
+    /// `<prefix>_request_duration_seconds` and `<prefix>_lookup_cache_hits_total` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "requests",
@@ -56,6 +58,17 @@ impl Metrics {
             "Duration of OpenStack API requests in seconds",
             self.duration.clone(),
         );
+        registry.register(
+            "lookup_cache_hits",
+            "OpenStack lookups answered from the per-identity lookup cache (no request sent)",
+            self.lookup_cache_hits.clone(),
+        );
+    }
+
+    pub(crate) fn lookup_cache_hit(&self, service: &'static str, operation: &'static str) {
+        self.lookup_cache_hits
+            .get_or_create(&OperationLabels { service, operation })
+            .inc();
     }
 
     pub(crate) fn observe(

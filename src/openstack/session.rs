@@ -11,6 +11,14 @@
 //!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
 //!
 //! Every request is counted in [`Metrics`] by service, operation and HTTP status.
+//!
+//! Lookups (flavor, image, network, subnet, security group, server group, keypair: the GETs a
+//! machine's spec resolves through) can be answered from a short-lived per-identity cache: a
+//! session from [`Session::with_lookup_cache`] keeps each GET answer for
+//! [`ClientOptions::lookup_cache_ttl`] and lets one request fetch it while concurrent callers of
+//! the same URL wait for that answer, so a MachineDeployment scaled by 50 resolves its flavor
+//! once, not 50 times. Writes and the listings that decide whether to create something never use
+//! it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -46,6 +54,9 @@ pub struct ClientOptions {
     pub max_retry_after: Duration,
     /// Renew the token this long before it expires.
     pub renew_before: Duration,
+    /// How long a lookup answer is reused by [`Session::with_lookup_cache`] sessions, in
+    /// seconds; zero disables the cache.
+    pub lookup_cache_ttl: Duration,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +69,7 @@ impl Default for ClientOptions {
             max_retries: 3,
             max_retry_after: Duration::from_secs(30),
             renew_before: Duration::from_secs(600),
+            lookup_cache_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -232,6 +244,38 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     metrics: Metrics,
+    lookups: LookupCache,
+}
+
+/// One cached lookup answer: taken (async) by the caller that fetches it, so concurrent callers
+/// of the same URL wait for one request instead of sending their own.
+type LookupSlot = Arc<Mutex<Option<(Instant, bytes::Bytes)>>>;
+
+/// GET answers by `service path?query`, see the module docs.
+#[derive(Default)]
+struct LookupCache {
+    slots: std::sync::Mutex<std::collections::HashMap<String, LookupSlot>>,
+}
+
+impl LookupCache {
+    /// The slot of `key`; forgets expired slots nobody holds when it adds one.
+    fn slot(&self, key: &str, ttl: Duration) -> LookupSlot {
+        let mut slots = match self.slots.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(s) = slots.get(key) {
+            return s.clone();
+        }
+        slots.retain(|_, s| {
+            s.try_lock().map_or(true, |v| {
+                v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl)
+            })
+        });
+        let s = LookupSlot::default();
+        slots.insert(key.to_owned(), s.clone());
+        s
+    }
 }
 
 /// An authenticated, rate-limited connection to one cloud as one identity. Cheap to clone;
@@ -240,6 +284,8 @@ struct Inner {
 pub struct Session {
     inner: Arc<Inner>,
     pub(super) servers: Arc<super::compute::ServerCache>,
+    /// Set on sessions from [`Session::with_lookup_cache`]: GETs use the lookup cache.
+    lookup_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for Session {
@@ -300,9 +346,22 @@ impl Session {
                 limiter,
                 in_flight,
                 metrics,
+                lookups: LookupCache::default(),
             }),
             servers: Arc::new(super::compute::ServerCache::default()),
+            lookup_ttl: None,
         })
+    }
+
+    /// This session, answering its GET requests from the per-identity lookup cache (see the
+    /// module docs). Use it only for resolving names and IDs, never for a listing that decides
+    /// whether to create something. The same session when the cache is disabled.
+    pub fn with_lookup_cache(&self) -> Session {
+        let ttl = self.inner.options.lookup_cache_ttl;
+        Session {
+            lookup_ttl: (!ttl.is_zero()).then_some(ttl),
+            ..self.clone()
+        }
     }
 
     /// The cloud this session talks to.
@@ -352,6 +411,26 @@ impl Session {
     }
 
     async fn send_raw(&self, req: Request) -> Result<bytes::Bytes> {
+        let Some(ttl) = self.lookup_ttl.filter(|_| req.method == Method::GET) else {
+            return self.send_uncached(req).await;
+        };
+        let key = format!("{} {}?{:?}", req.service.name(), req.path, req.query);
+        let slot = self.inner.lookups.slot(&key, ttl);
+        let mut held = slot.lock().await;
+        if let Some((at, bytes)) = held.as_ref()
+            && at.elapsed() < ttl
+        {
+            self.inner
+                .metrics
+                .lookup_cache_hit(req.service.name(), req.operation);
+            return Ok(bytes.clone());
+        }
+        let bytes = self.send_uncached(req).await?;
+        *held = Some((Instant::now(), bytes.clone()));
+        Ok(bytes)
+    }
+
+    async fn send_uncached(&self, req: Request) -> Result<bytes::Bytes> {
         let mut attempt = 0u32;
         let mut reauthenticated = false;
         loop {
@@ -768,6 +847,79 @@ mod tests {
             err,
             "the service catalog has no compute endpoint with interface \"internal\" in region Some(\"R2\")"
         );
+    }
+
+    /// A fake Keystone + Neutron on 127.0.0.1 that counts network listings and answers each
+    /// after 50 ms (so concurrent callers overlap).
+    async fn fake_cloud() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::routing::{get, post};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": base}]}]}});
+        let counted = hits.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v3/auth/tokens",
+                post(move || {
+                    let body = catalog.to_string();
+                    async move { ([("X-Subject-Token", "tok")], body) }
+                }),
+            )
+            .route(
+                "/v2.0/networks",
+                get(move || {
+                    let counted = counted.clone();
+                    async move {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        r#"{"networks": []}"#
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, hits)
+    }
+
+    #[tokio::test]
+    async fn lookups_share_one_request_per_ttl_and_plain_sessions_never_cache() {
+        use std::sync::atomic::Ordering;
+        let (base, hits) = fake_cloud().await;
+        let yaml = format!(
+            "clouds: {{c: {{region_name: R, auth: {{auth_url: {base}/v3, user_id: u, password: p, project_id: p}}}}}}"
+        );
+        let cloud = CloudConfig::from_clouds_yaml(&yaml, "c", None).unwrap();
+        let options = ClientOptions {
+            lookup_cache_ttl: Duration::from_millis(300),
+            ..ClientOptions::default()
+        };
+        let session = Session::new(cloud, None, options, Metrics::default()).unwrap();
+        let filter = crate::openstack::network::ListFilter::attribute("name", "net1");
+
+        // Eight machines resolving the same network at once: one request.
+        let cached = session.with_lookup_cache();
+        let calls = (0..8).map(|_| {
+            let (cached, filter) = (cached.clone(), filter.clone());
+            async move { cached.network().list_networks(&filter).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            assert!(r.unwrap().is_empty());
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Another filter is another lookup.
+        let other = crate::openstack::network::ListFilter::attribute("name", "net2");
+        cached.network().list_networks(&other).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // The plain session (listings that decide about creating) always asks.
+        session.network().list_networks(&filter).await.unwrap();
+        session.network().list_networks(&filter).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+        // After the TTL the lookup asks again.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        cached.network().list_networks(&filter).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 5);
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct OpenStackArgs {
     /// Timeout of one OpenStack request.
     #[arg(long, env = "CAPOW_OPENSTACK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub openstack_timeout: Duration,
+    /// How long flavor/image/network lookups are shared between machines (0s: never).
+    #[arg(long, env = "CAPOW_OPENSTACK_LOOKUP_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub openstack_lookup_cache_ttl: Duration,
 }
 
 /// Controller timings.

@@ -116,6 +116,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             requests_per_second: openstack.openstack_requests_per_second,
             burst: openstack.openstack_burst,
             max_in_flight: openstack.openstack_max_in_flight,
+            lookup_cache_ttl: openstack.openstack_lookup_cache_ttl,
             ..ClientOptions::default()
         },
         openstack_metrics,

@@ -292,6 +292,8 @@ pub async fn resolve(
     m: &OpenStackWorkerMachine,
     owners: &Owners,
 ) -> Result<Resolved, Error> {
+    // Only lookups below: machines of one MachineDeployment share their answers.
+    let session = &session.with_lookup_cache();
     let spec = &m.spec;
     let infra = owners.infra.as_ref();
     let flavor = resolve_flavor(session, &spec.flavor).await?;
