@@ -334,6 +334,7 @@ async fn pending_pods_scale_up_through_capow_and_a_quota_failure_moves_on_to_the
     );
     c.wait_running("small", PODS, Duration::from_secs(180))
         .await;
+    let time_small_machines = small_started.elapsed();
     let started = Instant::now();
     let placed = loop {
         let states = pod_states(&pods).await;
@@ -450,9 +451,10 @@ async fn pending_pods_scale_up_through_capow_and_a_quota_failure_moves_on_to_the
     assert_eq!(target_size(&cc, &small), 0);
 
     env.record(&format!(
-        "autoscaling: IncreaseSize -> quota error reported (OutOfResources) in {:.1}s; -> {PODS} pending pods Running on the next group's new nodes in {:.1}s (IncreaseSize of that group -> pods Running {:.1}s); DeleteNodes of the empty nodes -> servers and Nodes gone in {:.1}s; manager peak RSS {} KiB",
+        "autoscaling: IncreaseSize -> quota error reported (OutOfResources) in {:.1}s; -> {PODS} pending pods Running on the next group's new nodes in {:.1}s (IncreaseSize of that group -> Machines Running with nodeRef {:.1}s, -> pods Running {:.1}s); DeleteNodes of the empty nodes -> servers and Nodes gone in {:.1}s; manager peak RSS {} KiB",
         time_to_error.as_secs_f64(),
         time_to_pods.as_secs_f64(),
+        time_small_machines.as_secs_f64(),
         time_small.as_secs_f64(),
         time_to_gone.as_secs_f64(),
         c.manager.peak_rss_kib()
