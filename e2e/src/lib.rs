@@ -213,11 +213,17 @@ impl Manager {
 
     /// Sum of `capow_openstack_requests_total` over all labels.
     pub async fn openstack_requests(&self) -> u64 {
+        self.openstack_requests_matching("").await
+    }
+
+    /// Sum of `capow_openstack_requests_total` over the series whose labels contain `labels`
+    /// (e.g. `operation="server_create",code="403"`).
+    pub async fn openstack_requests_matching(&self, labels: &str) -> u64 {
         let (_, body) = reqwest_get(&format!("http://{}/metrics", self.admin))
             .await
             .expect("scrape /metrics");
         body.lines()
-            .filter(|l| l.starts_with("capow_openstack_requests_total{"))
+            .filter(|l| l.starts_with("capow_openstack_requests_total{") && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }

@@ -273,6 +273,16 @@ async fn pending_pods_scale_up_through_capow_and_a_quota_failure_moves_on_to_the
         failed.id
     );
     assert!(servers_of(&c.cluster_uid).is_empty(), "Nova made no server");
+    // A refused create is retried at the controller's error interval (10 s), not in a loop
+    // driven by its own status writes: over 6 s at most one more create reaches Nova.
+    let refused = r#"operation="server_create",code="403""#;
+    let before = c.manager.openstack_requests_matching(refused).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let retries = c.manager.openstack_requests_matching(refused).await - before;
+    assert!(
+        retries <= 1,
+        "{retries} refused server creates in 6 s: the retry loops on its own status writes"
+    );
     let machine_name = failed.id.rsplit('/').next().unwrap().to_owned();
     let oswms = dynamic(
         &c.client,

@@ -57,6 +57,8 @@ pub mod reasons {
 }
 
 /// Builds a condition; `lastTransitionTime` is set to now and fixed up by [`set_condition`].
+/// The message loses OpenStack request ids (` (request req-…)`, see
+/// [`without_request_ids`]) so that a retried failure writes the same status.
 pub fn condition(
     type_: &str,
     status: bool,
@@ -68,7 +70,7 @@ pub fn condition(
         type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
         reason: reason.to_owned(),
-        message: truncate_message(message.into()),
+        message: truncate_message(without_request_ids(message.into())),
         observed_generation,
         last_transition_time: Time(Timestamp::now()),
     }
@@ -136,6 +138,33 @@ with_conditions!(
 );
 
 /// metav1.Condition messages are limited to 32768 bytes by the API server.
+/// `message` without the ` (request req-…)` parts the OpenStack client adds to API errors.
+///
+/// Every OpenStack call gets a new request id, so a condition that carried it would change on
+/// every retry of the same failure: each status write is a watch event that starts the next
+/// reconcile at once (and makes CAPI update the Machine, another event), a loop that retried a
+/// quota-refused server create 2–3 times a second. Events and logs keep the id.
+pub fn without_request_ids(message: String) -> String {
+    const START: &str = " (request req-";
+    if !message.contains(START) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(i) = rest.find(START) {
+        out.push_str(&rest[..i]);
+        match rest[i..].find(')') {
+            Some(end) => rest = &rest[i + end + 1..],
+            None => {
+                rest = &rest[i..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn truncate_message(mut message: String) -> String {
     const MAX: usize = 32_768;
     if message.len() > MAX {
@@ -175,6 +204,28 @@ pub fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn condition_messages_lose_request_ids_and_keep_the_rest() {
+        let m = "failed to create the server: compute server_create failed with HTTP 403 Forbidden (request req-3b9f0c1e-0d7a-4f7e-9a51-5a1f7e2c9d10): Quota exceeded for ram: Requested 1100000, but already used 0 of 1024000 ram";
+        let c = condition(READY, false, "InstanceCreateFailed", m, None);
+        assert_eq!(
+            c.message,
+            "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for ram: Requested 1100000, but already used 0 of 1024000 ram"
+        );
+        assert_eq!(
+            without_request_ids("a (request req-1): b (request req-2): c".into()),
+            "a: b: c"
+        );
+        assert_eq!(
+            without_request_ids("no ids (request x)".into()),
+            "no ids (request x)"
+        );
+        assert_eq!(
+            without_request_ids("cut (request req-9".into()),
+            "cut (request req-9"
+        );
+    }
 
     #[test]
     fn status_unchanged_ignores_only_transition_times() {
