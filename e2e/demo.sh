@@ -41,6 +41,8 @@ env_pid=$!
 log "building capow and xgrpc"
 cargo build --locked --bin capow -p capow --bin xgrpc -p capow-e2e
 wait "$env_pid" || { tail -30 "$CAPOW_E2E_STATE/env-up.log"; die "environment did not come up"; }
+# Start from a clean cloud even if an earlier test or demo run was interrupted.
+OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh" | while read -r line; do log "$line"; done
 
 KBIN=$(bin_dir kubernetes "$K8S_VERSION")
 k() { "$KBIN/kubectl" --kubeconfig "$KUBECONFIG_E2E" "$@"; }

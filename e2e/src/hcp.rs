@@ -450,8 +450,41 @@ impl HcpCluster {
         self.mount.join("cloud-config").display().to_string()
     }
 
-    /// Stops the registrar and the manager, deletes the namespace and the workload cluster.
+    /// Deletes the Cluster and waits until it and its OpenStackWorkerCluster are gone (capow
+    /// removes the cluster's network, router and security group while it still runs), then
+    /// stops the registrar and the manager and deletes the namespace and the workload cluster.
     pub async fn finish(self) {
+        let clusters = dynamic(
+            &self.client,
+            &self.ns,
+            "cluster.x-k8s.io",
+            "v1beta2",
+            "Cluster",
+        )
+        .await;
+        let oswc = dynamic(
+            &self.client,
+            &self.ns,
+            INFRA_GROUP,
+            "v1alpha1",
+            "OpenStackWorkerCluster",
+        )
+        .await;
+        let _ = clusters
+            .delete(CLUSTER, &kube::api::DeleteParams::default())
+            .await;
+        let started = Instant::now();
+        while clusters.get_opt(CLUSTER).await.ok().flatten().is_some()
+            || oswc.get_opt(CLUSTER).await.ok().flatten().is_some()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "Cluster {}/{CLUSTER} not deleted\n{}",
+                self.ns,
+                log_tail(&self.manager.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         self.stop.cancel();
         let _ = self.registrar.await;
         self.manager.stop().await;
