@@ -56,7 +56,16 @@ WPORT=$(sed -n 's/.*server: https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WKUBECONFIG
 
 log "starting the capow manager (admin 127.0.0.1:18080, externalgrpc $GRPC)"
 k apply --server-side -f "$E2E_DIR/manifests/hostedcontrolplane-standin.yaml" >/dev/null
-# A fresh namespace each run (an earlier run may have been interrupted).
+# A fresh namespace each run. An interrupted run leaves capow's objects with their finalizers
+# and no manager to release them; sweep.sh already removed their OpenStack resources, so drop
+# the finalizers and let the namespace go.
+if k get namespace "$NS" >/dev/null 2>&1; then
+  for kind in openstackworkermachines openstackworkerclusters; do
+    for obj in $(k -n "$NS" get "$kind" -o name 2>/dev/null); do
+      k -n "$NS" patch "$obj" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null
+    done
+  done
+fi
 k delete namespace "$NS" --ignore-not-found --timeout=120s >/dev/null
 k create namespace "$NS" >/dev/null
 mkdir -p "$CAPOW_E2E_STATE/demo-ca"
