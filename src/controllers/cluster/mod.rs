@@ -70,16 +70,11 @@ async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    let inner = error.unwrap_finalizer();
-    if matches!(inner, Error::DeletionInProgress) {
-        return Action::requeue(ctx.config.build_poll);
+    if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
+        ctx.metrics.failure(CONTROLLER, error.category());
+        tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), error = %error, "Reconcile failed");
     }
-    ctx.metrics.failure(CONTROLLER, error.category());
-    tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), error = %error, "Reconcile failed");
-    if inner.needs_input_change() {
-        return Action::requeue(ctx.config.input_retry);
-    }
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(error.retry_after(&ctx.config))
 }
 
 async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {

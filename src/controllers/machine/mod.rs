@@ -168,6 +168,27 @@ impl Error {
         }
     }
 
+    /// When to retry after this reconcile error, for the machine and the cluster controllers:
+    /// a deletion in progress at the build poll interval, input errors at `input_retry`, an
+    /// OpenStack answer with `Retry-After` after that delay (at least 1 s), anything else after
+    /// 10 s (the controller's own backoff would need per-object state; the OpenStack client's
+    /// rate limit protects the cloud).
+    pub(crate) fn retry_after(&self, config: &crate::controllers::ControllerConfig) -> Duration {
+        let inner = self.unwrap_finalizer();
+        if matches!(inner, Error::DeletionInProgress) {
+            return config.build_poll;
+        }
+        if inner.needs_input_change() {
+            return config.input_retry;
+        }
+        if let Error::OpenStack { source, .. } = inner
+            && let Some(after) = source.retry_after()
+        {
+            return after.max(Duration::from_secs(1));
+        }
+        Duration::from_secs(10)
+    }
+
     /// True for errors that only a change of input fixes (retried slowly, not with backoff).
     pub(crate) fn needs_input_change(&self) -> bool {
         match self {
@@ -223,23 +244,11 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
-    let inner = error.unwrap_finalizer();
-    if matches!(inner, Error::DeletionInProgress) {
-        return Action::requeue(ctx.config.build_poll);
+    if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
+        ctx.metrics.failure(CONTROLLER, error.category());
+        tracing::warn!(OpenStackWorkerMachine = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), error = %error, "Reconcile failed");
     }
-    ctx.metrics.failure(CONTROLLER, error.category());
-    tracing::warn!(OpenStackWorkerMachine = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), error = %error, "Reconcile failed");
-    if inner.needs_input_change() {
-        return Action::requeue(ctx.config.input_retry);
-    }
-    if let Error::OpenStack { source, .. } = inner
-        && let Some(after) = source.retry_after()
-    {
-        return Action::requeue(after.max(Duration::from_secs(1)));
-    }
-    // Transient: the controller's own backoff would need per-object state; a short fixed
-    // delay with the rate limiter in the OpenStack client protects the cloud.
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(error.retry_after(&ctx.config))
 }
 
 fn paused(m: &OpenStackWorkerMachine, cluster: Option<&Cluster>) -> bool {
@@ -730,4 +739,30 @@ pub async fn run_controller(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::ControllerConfig;
+
+    #[test]
+    fn retry_delay_follows_the_kind_of_error() {
+        let config = ControllerConfig::default();
+        assert_eq!(
+            Error::DeletionInProgress.retry_after(&config),
+            config.build_poll
+        );
+        let bad = Error::InvalidSpec {
+            field: "spec.flavor".into(),
+            message: "no such flavor".into(),
+        };
+        assert_eq!(bad.retry_after(&config), config.input_retry);
+        assert_eq!(
+            Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(bad)))
+                .retry_after(&config),
+            config.input_retry,
+            "the error inside the finalizer decides"
+        );
+    }
 }
