@@ -36,18 +36,9 @@ if ! wait "$env_pid"; then
 fi
 log "e2e environment is up"
 
-export CAPOW_E2E_KUBECONFIG="$KUBECONFIG_E2E"
-export CAPOW_E2E_CLOUDS_YAML="$OSDEV_STATE/clouds.yaml"
-export CAPOW_E2E_CLOUD=osdev-demo CAPOW_E2E_ADMIN_CLOUD=osdev-admin
-export CAPOW_BIN="$REPO_DIR/target/debug/capow" CAPOW_E2E_STATE
-CAPOW_GRPCPROBE=$(cat "$CAPOW_CACHE/bin/grpcprobe.path")
-export CAPOW_GRPCPROBE
-# Scripts the tests may call, e.g. "$CAPOW_E2E_DIR/workload/up.sh <name>" (prints a kubeconfig).
-export CAPOW_E2E_DIR="$E2E_DIR"
-CAPOW_E2E_KUBECTL="$(bin_dir kubernetes "$K8S_VERSION")/kubectl"
-CAPOW_E2E_CLUSTERCTL="$(bin_dir cluster-api "$CAPI_VERSION")/clusterctl"
-CAPOW_E2E_HELM="$(bin_dir helm "$HELM_VERSION")/helm"
-export CAPOW_E2E_KUBECTL CAPOW_E2E_CLUSTERCTL CAPOW_E2E_HELM
+export CAPOW_BIN="$REPO_DIR/target/debug/capow"
+# shellcheck source=dev-env.sh
+source "$E2E_DIR/dev-env.sh"
 # Start from a clean cloud even if an earlier run was interrupted.
 OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 : > "$CAPOW_E2E_STATE/measurements.txt"
