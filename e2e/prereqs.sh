@@ -6,8 +6,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOG_TAG=prereqs
 
 need=()
-# iproute2: ss (port checks); time: peak RSS of the Go builds in the build log.
-for p in etcd-server openssl curl jq iproute2 time; do
+# iproute2: ss (port checks); time: peak RSS of the Go builds in the build log; etcd-client:
+# etcdctl (the fault tests compact etcd to force 410 Gone on watches).
+for p in etcd-server etcd-client openssl curl jq iproute2 time; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if (( ${#need[@]} )); then

@@ -13,6 +13,7 @@
     reason = "test harness: a failed step must fail the test at once"
 )]
 
+pub mod cloud;
 pub mod hcp;
 
 use std::io::Write;

@@ -90,6 +90,7 @@ pub struct OpenStackWorkerClusterSpec {
         length(max = 20),
         inner(length(min = 1, max = 60), regex(pattern = r"^[^,/]+$"))
     )]
+    #[x_kube(validation = Rule::new("self.all(t, t != 'capow' && !t.startsWith('capow-'))").message("the tag 'capow' and tags starting with 'capow-' are reserved for capow's ownership tags"))]
     pub tags: Vec<String>,
 
     /// Where the (hosted) control plane is reached. Written by the control-plane provider;

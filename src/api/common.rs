@@ -234,7 +234,7 @@ pub struct FixedIp {
 /// One Neutron port to create and attach to the server (CAPO v1beta2 `PortOpts`, common
 /// subset). capow creates the port, tags it with the owning object's UID and deletes it with
 /// the server.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortOpts {
     /// Network of the port. Required until the cluster provides a default network.
@@ -256,6 +256,7 @@ pub struct PortOpts {
     /// Extra Neutron tags for the port (capow always adds its own ownership tags).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 40))]
+    #[x_kube(validation = Rule::new("self.all(t, t != 'capow' && !t.startsWith('capow-'))").message("the tag 'capow' and tags starting with 'capow-' are reserved for capow's ownership tags"))]
     pub tags: Vec<String>,
     /// Administrative state of the port; defaults to up.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,7 @@
 //! `spec.providerID`, `status.initialization.provisioned`, `status.addresses` and a `Ready`
 //! condition that CAPI mirrors to the Machine's `InfrastructureReady` condition.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,7 @@ pub struct OpenStackWorkerMachineSpec {
         inner(length(min = 1, max = 60), regex(pattern = r"^[^,/]+$"))
     )]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.all(t, t != 'capow' && !t.startsWith('capow-'))").message("the tag 'capow' and tags starting with 'capow-' are reserved for capow's ownership tags"))]
     pub tags: Vec<String>,
 
     /// Whether to attach a config drive to the server.
@@ -156,6 +157,16 @@ pub struct OpenStackWorkerMachineStatus {
     /// OpenStack resources capow created for this machine besides the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<MachineResources>,
+
+    /// When capow sent `POST /servers` for this machine without having recorded Nova's answer
+    /// yet (RFC 3339). Written right before the request, cleared together with the
+    /// `instanceID` the answer carries, or when Nova refused. While it is set the create's
+    /// outcome is unknown (the manager crashed, the request timed out or got a 5xx): Nova has
+    /// no idempotency key, so capow looks the server up by the machine's UID tag and creates
+    /// again only once that lookup, made `--server-create-settle` after this time, still finds
+    /// nothing; deletion waits as long before it declares that no server exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_create_requested_at: Option<Time>,
 
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod machine;
 pub mod machine_template;
+pub mod orphans;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,26 +35,94 @@ pub struct ControllerConfig {
     pub input_retry: Duration,
     /// Reconciles run at once per controller.
     pub concurrency: u16,
-    /// Test-only crash point (see [`FaultPoint`]); `None` in production.
-    pub fault: Option<FaultPoint>,
+    /// How long a server create whose answer capow never saw (a crash, a timeout, a 5xx) may
+    /// still be in flight in Nova, in seconds. Nova has no idempotency key, so after such an
+    /// attempt capow creates again only once a lookup by the machine's UID tag made this long
+    /// after the attempt still finds nothing; deletion waits as long before it declares that
+    /// no server exists.
+    pub server_create_settle: Duration,
+    /// Test-only crash point (see [`FaultInjection`]); `None` in production.
+    pub fault: Option<FaultInjection>,
 }
 
-/// Points where the manager can be made to exit on purpose, so the e2e suite can prove that a
-/// crash between an OpenStack create and the status write never leads to a duplicate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Points where the manager can be made to exit on purpose (exit code 75, like a `kill -9`:
+/// no cleanup runs), so the e2e suite can prove that a crash at any step of creating or
+/// deleting machines and clusters converges without duplicates or orphans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum FaultPoint {
-    /// Exit right after Nova accepted the server create, before `status.instanceID` is written.
-    ExitAfterServerCreate,
-    /// Exit right after Neutron created a port, before it is tagged.
-    ExitAfterPortCreate,
+    /// Machine: after `status.resolved` was written, before any port or volume exists.
+    MachineAfterResolvedWrite,
+    /// Machine: after Cinder accepted a volume create, before it is recorded in status.
+    MachineAfterVolumeCreate,
+    /// Machine: after Neutron created a port, before it is tagged.
+    MachineAfterPortCreate,
+    /// Machine: after a port was tagged, before the server is created.
+    MachineAfterPortTag,
+    /// Machine: after Neutron created a trunk, before it is tagged.
+    MachineAfterTrunkCreate,
+    /// Machine: after the intent to create the server was written, before `POST /servers`.
+    MachineAfterCreateIntentWrite,
+    /// Machine: while `POST /servers` is in flight (sent, answer not awaited).
+    MachineDuringServerCreate,
+    /// Machine: after Nova accepted the server create, before `status.instanceID` is written.
+    MachineAfterServerCreate,
+    /// Machine: after `status.instanceID` was written.
+    MachineAfterInstanceIdWrite,
+    /// Machine: after `spec.providerID` was written, before the status says provisioned.
+    MachineAfterProviderIdWrite,
+    /// Machine deletion: after Nova accepted the server delete.
+    MachineAfterServerDelete,
+    /// Machine deletion: after a trunk was deleted.
+    MachineAfterTrunkDelete,
+    /// Machine deletion: after a port was deleted.
+    MachineAfterPortDelete,
+    /// Machine deletion: after a volume was deleted.
+    MachineAfterVolumeDelete,
+    /// Cluster: after Neutron created the network, before it is tagged.
+    ClusterAfterNetworkCreate,
+    /// Cluster: after Neutron created a subnet, before it is tagged.
+    ClusterAfterSubnetCreate,
+    /// Cluster: after Neutron created the router, before it is tagged.
+    ClusterAfterRouterCreate,
+    /// Cluster: after a subnet was attached to the router.
+    ClusterAfterRouterInterfaceAdd,
+    /// Cluster: after Neutron created the worker security group, before it is tagged.
+    ClusterAfterSecurityGroupCreate,
+    /// Cluster: after a security group rule was created.
+    ClusterAfterSecurityGroupRuleCreate,
+    /// Cluster deletion: after the worker security group was deleted.
+    ClusterAfterSecurityGroupDelete,
+    /// Cluster deletion: after a subnet was detached from the router.
+    ClusterAfterRouterInterfaceRemove,
+    /// Cluster deletion: after the router was deleted.
+    ClusterAfterRouterDelete,
+    /// Cluster deletion: after the network was deleted.
+    ClusterAfterNetworkDelete,
+}
+
+/// A [`FaultPoint`] and the hit at which the process exits there.
+#[derive(Clone, Debug)]
+pub struct FaultInjection {
+    /// Where to exit.
+    pub point: FaultPoint,
+    /// Exit at the `hit`-th time the point is reached (1 = the first time).
+    pub hit: u32,
+    /// Times the point was reached so far (shared by clones).
+    pub hits: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl ControllerConfig {
-    /// Exits the process (code 75) when `point` is the configured fault point.
+    /// Exits the process (code 75) when `point` is the configured fault point and this is the
+    /// configured hit.
     pub fn maybe_crash(&self, point: FaultPoint) {
-        if self.fault == Some(point) {
-            tracing::warn!(?point, "Fault injection: exiting");
-            std::process::exit(75);
+        if let Some(f) = &self.fault
+            && f.point == point
+        {
+            let n = f.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n >= f.hit {
+                tracing::warn!(?point, hit = n, "Fault injection: exiting");
+                std::process::exit(75);
+            }
         }
     }
 }
@@ -65,6 +134,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             input_retry: Duration::from_secs(60),
             concurrency: 16,
+            server_create_settle: Duration::from_secs(60),
             fault: None,
         }
     }
@@ -131,6 +201,46 @@ impl Context {
     }
 }
 
+/// A Kubernetes client error as a sentence for conditions and events: the API server's own
+/// message with its HTTP code and reason for refusals (e.g. `the API server refused the request
+/// (422 Invalid): spec.providerID: Invalid value ...`), the innermost cause when the API server
+/// could not be reached, never the error's Debug form.
+pub fn describe_kube_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let message = if status.message.is_empty() {
+                "no message".to_owned()
+            } else {
+                status.message.clone()
+            };
+            match (status.code, status.reason.as_str()) {
+                (0, "") => format!("the API server refused the request: {message}"),
+                (code, "") => {
+                    format!("the API server refused the request (HTTP {code}): {message}")
+                }
+                (0, reason) => format!("the API server refused the request ({reason}): {message}"),
+                (code, reason) => {
+                    format!("the API server refused the request ({code} {reason}): {message}")
+                }
+            }
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("cannot reach the API server: {cause}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// True when the API server refused a write because the object changed since it was read
+/// (409 Conflict on a resourceVersion precondition).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
@@ -158,6 +268,7 @@ struct FailureLabels {
 pub struct ReconcileMetrics {
     runs: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
+    duplicates: Family<ControllerLabels, Counter>,
     duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -169,6 +280,7 @@ impl Default for ReconcileMetrics {
         Self {
             runs: Family::default(),
             failures: Family::default(),
+            duplicates: Family::default(),
             duration: Family::new_with_constructor(histogram as fn() -> Histogram),
         }
     }
@@ -182,6 +294,11 @@ impl ReconcileMetrics {
             "failures",
             "Failed reconciles by controller and error category",
             self.failures.clone(),
+        );
+        registry.register(
+            "duplicates_deleted",
+            "OpenStack resources deleted because a second one carried the same owner's UID (a create repeated after its answer was lost)",
+            self.duplicates.clone(),
         );
         registry.register(
             "duration_seconds",
@@ -200,6 +317,13 @@ impl ReconcileMetrics {
             controller,
             started: Instant::now(),
         }
+    }
+
+    /// Counts a duplicate OpenStack resource deleted by `controller`.
+    pub fn duplicate_deleted(&self, controller: &'static str) {
+        self.duplicates
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
     }
 
     /// Counts a failed reconcile under its error category.

@@ -41,6 +41,9 @@ pub struct Server {
     /// Task in progress (`OS-EXT-STS:task_state`), e.g. `deleting`.
     #[serde(default, rename = "OS-EXT-STS:task_state")]
     pub task_state: Option<String>,
+    /// When Nova created the server (ISO 8601, e.g. `2026-11-30T15:04:05Z`).
+    #[serde(default)]
+    pub created: Option<String>,
 }
 
 /// One address of a server.
@@ -473,6 +476,34 @@ impl Compute<'_> {
             }
         }
         self.get_server(id).await
+    }
+
+    /// Servers of the cached listing of all servers tagged `tag` (at most `max_age` old; one
+    /// API call refreshes it, shared by concurrent callers) that also carry `with_tag`. Unlike
+    /// [`Compute::cached_server`] this never falls back to a direct call, so callers that must
+    /// be sure nothing exists list again with [`Compute::list_servers_by_tags`].
+    ///
+    /// # Errors
+    /// Any [`super::Error`] of the list call.
+    pub async fn cached_servers_with_tag(
+        &self,
+        tag: &str,
+        with_tag: &str,
+        max_age: Duration,
+    ) -> Result<Vec<Server>> {
+        let mut state = self.session.servers.state.lock().await;
+        let fresh = state.fetched_at.is_some_and(|t| t.elapsed() < max_age);
+        if !fresh {
+            let servers = self.list_servers_by_tags(&[tag]).await?;
+            state.servers = servers.into_iter().map(|s| (s.id.clone(), s)).collect();
+            state.fetched_at = Some(Instant::now());
+        }
+        Ok(state
+            .servers
+            .values()
+            .filter(|s| s.tags.iter().any(|t| t == with_tag))
+            .cloned()
+            .collect())
     }
 
     /// Forgets the cached listing, so the next [`Compute::cached_server`] lists again (used

@@ -18,6 +18,12 @@ pub struct Network {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (RFC 3339, `standard-attr-timestamp` extension).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// A Neutron subnet.
@@ -34,6 +40,9 @@ pub struct Subnet {
     /// CIDR.
     #[serde(default)]
     pub cidr: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A Neutron security group.
@@ -44,6 +53,15 @@ pub struct SecurityGroup {
     /// Name.
     #[serde(default)]
     pub name: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (RFC 3339, `standard-attr-timestamp` extension).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// A Neutron port.
@@ -102,6 +120,12 @@ pub struct Router {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (RFC 3339, `standard-attr-timestamp` extension).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// Gateway of a router.
@@ -183,6 +207,12 @@ pub struct Trunk {
     /// Parent port.
     #[serde(default)]
     pub port_id: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Creation time (RFC 3339, `standard-attr-timestamp` extension).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// Resource kinds that carry Neutron tags (`/v2.0/<kind>/<id>/tags`).
@@ -675,7 +705,8 @@ impl NetworkApi<'_> {
         }
     }
 
-    /// `POST /v2.0/security-groups`.
+    /// `POST /v2.0/security-groups`, with `tags` in the body when given (only clouds with the
+    /// `tag-creation` extension accept them there).
     ///
     /// # Errors
     /// Any [`super::Error`].
@@ -683,14 +714,19 @@ impl NetworkApi<'_> {
         &self,
         name: &str,
         description: &str,
+        tags: Option<&[String]>,
     ) -> Result<SecurityGroup> {
+        let mut body = json!({ "name": name, "description": description });
+        if let Some(tags) = tags {
+            body["tags"] = json!(tags);
+        }
         let req = Request::new(
             Service::Network,
             "security_group_create",
             Method::POST,
             "/security-groups",
         )
-        .json(json!({ "security_group": { "name": name, "description": description } }));
+        .json(json!({ "security_group": body }));
         Ok(self
             .session
             .send::<SecurityGroupEnvelope>(req)

@@ -27,6 +27,9 @@ pub struct Volume {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Creation time (ISO 8601, without a zone: Cinder reports UTC).
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 /// Body of `POST /v3/{project}/volumes`.

@@ -180,9 +180,27 @@ pub struct ControllerArgs {
     /// Reconciles in parallel per controller.
     #[arg(long, env = "CAPOW_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// How long a server create whose answer was never seen (crash, timeout, 5xx) may still
+    /// be in flight in Nova; capow creates again, or declares a deleted machine's server gone,
+    /// only after a lookup this long after the attempt.
+    #[arg(long, env = "CAPOW_SERVER_CREATE_SETTLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub server_create_settle: Duration,
+    /// What the periodic orphan sweep does with OpenStack resources tagged for a machine that no
+    /// longer exists: `delete` them, only `report` them (event, metric, log), or `off`.
+    #[arg(long, env = "CAPOW_ORPHAN_SWEEP", value_enum, default_value_t)]
+    pub orphan_sweep: crate::controllers::orphans::SweepMode,
+    /// Time between two orphan sweeps.
+    #[arg(long, env = "CAPOW_ORPHAN_SWEEP_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub orphan_sweep_interval: Duration,
+    /// Minimum age of a resource before the sweep may call it an orphan.
+    #[arg(long, env = "CAPOW_ORPHAN_GRACE_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub orphan_grace_period: Duration,
     /// Test only: exit at this point to simulate a crash.
     #[arg(long, hide = true, value_enum)]
     pub fault_injection: Option<crate::controllers::FaultPoint>,
+    /// Test only: exit at the n-th time the fault point is reached.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub fault_injection_hit: u32,
 }
 
 #[cfg(test)]

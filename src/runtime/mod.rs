@@ -107,6 +107,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     openstack_metrics.register(registry.sub_registry_with_prefix("openstack"));
     let reconcile_metrics = ReconcileMetrics::default();
     reconcile_metrics.register(registry.sub_registry_with_prefix("reconcile"));
+    let orphan_metrics = controllers::orphans::OrphanMetrics::default();
+    orphan_metrics.register(&mut registry);
     let rpc_metrics = crate::autoscaler::service::RpcMetrics::default();
     rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
 
@@ -125,8 +127,20 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         build_poll: controller.build_poll_interval,
         resync: controller.resync_interval,
         concurrency: controller.concurrency,
-        fault: controller.fault_injection,
+        server_create_settle: controller.server_create_settle,
+        fault: controller
+            .fault_injection
+            .map(|point| controllers::FaultInjection {
+                point,
+                hit: controller.fault_injection_hit.max(1),
+                hits: Arc::default(),
+            }),
         ..ControllerConfig::default()
+    };
+    let sweep = controllers::orphans::SweepConfig {
+        mode: controller.orphan_sweep,
+        interval: controller.orphan_sweep_interval,
+        grace: controller.orphan_grace_period,
     };
     let ctx = Arc::new(controllers::Context::new(
         client.clone(),
@@ -235,6 +249,13 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
                 controllers::machine_template::run_controller(
                     ctx.clone(),
                     ns,
+                    token.clone().cancelled_owned()
+                ),
+                controllers::orphans::run(
+                    ctx.clone(),
+                    namespace.clone(),
+                    sweep,
+                    orphan_metrics,
                     token.clone().cancelled_owned()
                 ),
             );

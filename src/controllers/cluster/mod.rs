@@ -178,17 +178,17 @@ async fn run(
         .await
         .map_err(Error::openstack("authenticate with Keystone"))?;
 
-    let tags = plan::tags(&cluster_uid, &c.spec.tags);
+    let owner = Owner::new(&session, &ns, &cluster_name, &cluster_uid, &c.spec.tags).await?;
     let base = plan::base_name(&ns, &cluster_name);
-    let network = ensure_network(&session, c, &tags, &base).await?;
+    let network = ensure_network(ctx, &session, c, &owner, &base).await?;
     status.network = Some(network.clone());
-    let (router, external) = ensure_router(&session, c, &network, &tags, &base).await?;
+    let (router, external) = ensure_router(ctx, &session, c, &network, &owner, &base).await?;
     status.router = router;
     status.external_network = external;
     status.worker_security_group = match &c.spec.managed_security_groups {
-        Some(spec) => {
-            Some(ensure_security_group(&session, spec, &tags, &format!("{base}-worker")).await?)
-        }
+        Some(spec) => Some(
+            ensure_security_group(ctx, &session, spec, &owner, &format!("{base}-worker")).await?,
+        ),
         None => None,
     };
     let zones = session
@@ -228,6 +228,96 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
     }
 }
 
+/// How capow marks what it creates for one cluster, so that it finds it again after a crash.
+///
+/// Neutron accepts tags in a create request only with the `tag-creation` extension (2023.1 and
+/// later, https://docs.openstack.org/api-ref/network/v2/#tag-extension-tags); older clouds need
+/// a second call to tag the resource, and a crash between the two would leave an untagged
+/// resource that no tag lookup finds. The description, which every Neutron create accepts and
+/// every listing can filter on, therefore carries the cluster's UID as well
+/// ([`plan::ownership_description`]), and lookups try the tags first, then the description.
+struct Owner {
+    /// capow's tags, the cluster UID tag, then the spec's extra tags.
+    tags: Vec<String>,
+    /// The description every created resource gets.
+    description: String,
+    /// Whether the cloud takes `tags` in create requests.
+    tag_on_create: bool,
+}
+
+impl Owner {
+    async fn new(
+        session: &Session,
+        ns: &str,
+        cluster_name: &str,
+        cluster_uid: &str,
+        extra_tags: &[String],
+    ) -> Result<Owner, Error> {
+        let tag_on_create = session
+            .with_lookup_cache()
+            .network()
+            .has_extension("tag-creation")
+            .await
+            .map_err(Error::openstack("look up the tag-creation extension"))?;
+        Ok(Owner {
+            tags: plan::tags(cluster_uid, extra_tags),
+            description: plan::ownership_description(ns, cluster_name, cluster_uid),
+            tag_on_create,
+        })
+    }
+
+    /// The tags to send in a create request, when the cloud takes them there.
+    fn create_tags(&self) -> Option<&[String]> {
+        self.tag_on_create.then_some(self.tags.as_slice())
+    }
+
+    /// The filter that finds resources created before a crash left them untagged.
+    fn description_filter(&self) -> ListFilter {
+        ListFilter::attribute("description", self.description.clone())
+    }
+
+    /// Whether `tags` already hold every tag of this owner (then no tag call is needed).
+    fn tagged(&self, tags: &[String]) -> bool {
+        self.tags.iter().all(|t| tags.contains(t))
+    }
+}
+
+/// Keeps the oldest of several resources capow created for the same purpose (by Neutron's
+/// `created_at`, then ID) and returns it with the others, which a create repeated after a lost
+/// answer left behind.
+fn oldest<T>(
+    mut found: Vec<T>,
+    key: impl Fn(&T) -> (Option<String>, String),
+) -> (Option<T>, Vec<T>) {
+    found.sort_by_key(|t| key(t));
+    if found.is_empty() {
+        return (None, found);
+    }
+    let first = found.remove(0);
+    (Some(first), found)
+}
+
+/// Deletes resources capow created twice for the cluster, with a Warning event each.
+async fn delete_duplicates(
+    ctx: &Context,
+    session: &Session,
+    kind: TaggedResource,
+    what: &str,
+    kept: &str,
+    ids: Vec<String>,
+) -> Result<(), Error> {
+    for id in ids {
+        session
+            .network()
+            .delete(kind, &id)
+            .await
+            .map_err(Error::openstack("delete a duplicate network resource"))?;
+        tracing::warn!(%id, kept, what, "Deleted a duplicate");
+        ctx.metrics.duplicate_deleted(CONTROLLER);
+    }
+    Ok(())
+}
+
 fn tag_filter(tags: &[String]) -> ListFilter {
     // The UID tag alone identifies the cluster; the extra tags are not part of the lookup.
     ListFilter {
@@ -251,9 +341,10 @@ async fn resolve_subnet_param(
 }
 
 async fn ensure_network(
+    ctx: &Context,
     session: &Session,
     c: &OpenStackWorkerCluster,
-    tags: &[String],
+    owner: &Owner,
     base: &str,
 ) -> Result<NetworkStatusWithSubnets, Error> {
     let net = session.network();
@@ -298,14 +389,32 @@ async fn ensure_network(
             "set network (an existing network) or managedSubnets (capow creates the network)",
         ));
     }
-    let found = net
-        .list_networks(&tag_filter(tags))
+    let mut found = net
+        .list_networks(&tag_filter(&owner.tags))
         .await
         .map_err(Error::openstack("look up the cluster network"))?;
-    let network = match found.into_iter().next() {
-        Some(n) => n,
+    if found.is_empty() {
+        found = net
+            .list_networks(&owner.description_filter())
+            .await
+            .map_err(Error::openstack("look up the cluster network"))?;
+    }
+    let (network, duplicates) = oldest(found, |n| (n.created_at.clone(), n.id.clone()));
+    let network = match network {
+        Some(n) => {
+            let ids = duplicates.into_iter().map(|d| d.id).collect();
+            delete_duplicates(ctx, session, TaggedResource::Network, "network", &n.id, ids).await?;
+            n
+        }
         None => {
-            let mut body = json!({ "name": base, "admin_state_up": true });
+            let mut body = json!({
+                "name": base,
+                "admin_state_up": true,
+                "description": owner.description,
+            });
+            if let Some(tags) = owner.create_tags() {
+                body["tags"] = json!(tags);
+            }
             if let Some(m) = &spec.managed_network {
                 if let Some(mtu) = m.mtu {
                     body["mtu"] = json!(mtu);
@@ -319,12 +428,16 @@ async fn ensure_network(
                 .await
                 .map_err(Error::openstack("create the network"))?;
             tracing::info!(network = %n.id, "Created network");
+            ctx.config
+                .maybe_crash(crate::controllers::FaultPoint::ClusterAfterNetworkCreate);
             n
         }
     };
-    net.set_tags(TaggedResource::Network, &network.id, tags)
-        .await
-        .map_err(Error::openstack("tag the network"))?;
+    if !owner.tagged(&network.tags) {
+        net.set_tags(TaggedResource::Network, &network.id, &owner.tags)
+            .await
+            .map_err(Error::openstack("tag the network"))?;
+    }
     let existing = net
         .list_subnets(&ListFilter::attribute("network_id", network.id.clone()))
         .await
@@ -339,7 +452,11 @@ async fn ensure_network(
                     "name": format!("{base}-{i}"),
                     "cidr": want.cidr,
                     "ip_version": if want.cidr.contains(':') { 6 } else { 4 },
+                    "description": owner.description,
                 });
+                if let Some(tags) = owner.create_tags() {
+                    body["tags"] = json!(tags);
+                }
                 if !want.dns_nameservers.is_empty() {
                     body["dns_nameservers"] = json!(want.dns_nameservers);
                 }
@@ -356,12 +473,16 @@ async fn ensure_network(
                     },
                 })?;
                 tracing::info!(subnet = %s.id, cidr = %s.cidr, "Created subnet");
+                ctx.config
+                    .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSubnetCreate);
                 s
             }
         };
-        net.set_tags(TaggedResource::Subnet, &subnet.id, tags)
-            .await
-            .map_err(Error::openstack("tag a subnet"))?;
+        if !owner.tagged(&subnet.tags) {
+            net.set_tags(TaggedResource::Subnet, &subnet.id, &owner.tags)
+                .await
+                .map_err(Error::openstack("tag a subnet"))?;
+        }
         subnets.push(SubnetStatus {
             id: subnet.id,
             name: subnet.name,
@@ -377,10 +498,11 @@ async fn ensure_network(
 }
 
 async fn ensure_router(
+    ctx: &Context,
     session: &Session,
     c: &OpenStackWorkerCluster,
     network: &NetworkStatusWithSubnets,
-    tags: &[String],
+    owner: &Owner,
     base: &str,
 ) -> Result<(Option<RouterStatus>, Option<NetworkStatus>), Error> {
     let net = session.network();
@@ -468,12 +590,25 @@ async fn ensure_router(
     let Some((ext_id, ext_name)) = external else {
         return Ok((None, None));
     };
-    let found = net
-        .list_routers(&tag_filter(tags))
+    let mut found = net
+        .list_routers(&tag_filter(&owner.tags))
         .await
         .map_err(Error::openstack("look up the cluster router"))?;
-    let router = match found.into_iter().next() {
-        Some(r) => r,
+    if found.is_empty() {
+        found = net
+            .list_routers(&owner.description_filter())
+            .await
+            .map_err(Error::openstack("look up the cluster router"))?;
+    }
+    let (router, duplicates) = oldest(found, |r| (r.created_at.clone(), r.id.clone()));
+    let router = match router {
+        Some(r) => {
+            // A duplicate holds an external address; it never got an interface (interfaces go
+            // to the router kept here).
+            let ids = duplicates.into_iter().map(|d| d.id).collect();
+            delete_duplicates(ctx, session, TaggedResource::Router, "router", &r.id, ids).await?;
+            r
+        }
         None => {
             let mut gateway = json!({ "network_id": ext_id });
             let ips = spec
@@ -488,21 +623,35 @@ async fn ensure_router(
                         .collect::<Vec<_>>()
                 );
             }
+            let mut body = json!({
+                "name": base,
+                "external_gateway_info": gateway,
+                "description": owner.description,
+            });
+            if let Some(tags) = owner.create_tags() {
+                body["tags"] = json!(tags);
+            }
             let r = net
-                .create_router(json!({ "name": base, "external_gateway_info": gateway }))
+                .create_router(body)
                 .await
                 .map_err(Error::openstack("create the router"))?;
             tracing::info!(router = %r.id, "Created router");
+            ctx.config
+                .maybe_crash(crate::controllers::FaultPoint::ClusterAfterRouterCreate);
             r
         }
     };
-    net.set_tags(TaggedResource::Router, &router.id, tags)
-        .await
-        .map_err(Error::openstack("tag the router"))?;
+    if !owner.tagged(&router.tags) {
+        net.set_tags(TaggedResource::Router, &router.id, &owner.tags)
+            .await
+            .map_err(Error::openstack("tag the router"))?;
+    }
     for s in &network.subnets {
         net.add_router_interface(&router.id, &s.id)
             .await
             .map_err(Error::openstack("attach a subnet to the router"))?;
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::ClusterAfterRouterInterfaceAdd);
     }
     let ips = gateway_ips(&router);
     Ok((
@@ -533,32 +682,58 @@ fn gateway_ips(router: &crate::openstack::network::Router) -> Vec<String> {
 }
 
 async fn ensure_security_group(
+    ctx: &Context,
     session: &Session,
     spec: &crate::api::cluster::ManagedSecurityGroups,
-    tags: &[String],
+    owner: &Owner,
     name: &str,
 ) -> Result<SecurityGroupStatus, Error> {
     let net = session.network();
-    let mut filter = tag_filter(tags);
+    let mut filter = tag_filter(&owner.tags);
     filter.attributes.push(("name", name.to_owned()));
-    let found = net
+    let mut found = net
         .list_security_groups(&filter)
         .await
         .map_err(Error::openstack("look up the worker security group"))?;
-    let group = match found.into_iter().next() {
-        Some(g) => g,
+    if found.is_empty() {
+        let mut filter = owner.description_filter();
+        filter.attributes.push(("name", name.to_owned()));
+        found = net
+            .list_security_groups(&filter)
+            .await
+            .map_err(Error::openstack("look up the worker security group"))?;
+    }
+    let (group, duplicates) = oldest(found, |g| (g.created_at.clone(), g.id.clone()));
+    let group = match group {
+        Some(g) => {
+            let ids = duplicates.into_iter().map(|d| d.id).collect();
+            delete_duplicates(
+                ctx,
+                session,
+                TaggedResource::SecurityGroup,
+                "security group",
+                &g.id,
+                ids,
+            )
+            .await?;
+            g
+        }
         None => {
             let g = net
-                .create_security_group(name, "Worker nodes of a capow cluster")
+                .create_security_group(name, &owner.description, owner.create_tags())
                 .await
                 .map_err(Error::openstack("create the worker security group"))?;
             tracing::info!(security_group = %g.id, "Created security group");
+            ctx.config
+                .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSecurityGroupCreate);
             g
         }
     };
-    net.set_tags(TaggedResource::SecurityGroup, &group.id, tags)
-        .await
-        .map_err(Error::openstack("tag the security group"))?;
+    if !owner.tagged(&group.tags) {
+        net.set_tags(TaggedResource::SecurityGroup, &group.id, &owner.tags)
+            .await
+            .map_err(Error::openstack("tag the security group"))?;
+    }
     let existing = net
         .list_security_group_rules(&group.id)
         .await
@@ -582,6 +757,8 @@ async fn ensure_security_group(
                     source: e,
                 },
             })?;
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSecurityGroupRuleCreate);
     }
     Ok(SecurityGroupStatus {
         id: group.id,
@@ -627,14 +804,21 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
     if !sweep(&session, &tags, &cluster_uid).await? {
         return Err(Error::DeletionInProgress);
     }
+    let description = plan::ownership_description(&ns, &cluster_name, &cluster_uid);
     let net = session.network();
-    // Security group, router, subnets, network: only those carrying the cluster's tag.
-    for g in net
+    // Security group, router, subnets, network: only those carrying the cluster's tag or, when
+    // a crash came between create and tag, its ownership description.
+    let mut groups = net
         .list_security_groups(&tag_filter(&tags))
         .await
-        .map_err(Error::openstack("look up security groups"))?
-    {
-        if let Err(e) = net.delete(TaggedResource::SecurityGroup, &g.id).await {
+        .map_err(Error::openstack("look up security groups"))?;
+    groups.extend(
+        net.list_security_groups(&ListFilter::attribute("description", description.clone()))
+            .await
+            .map_err(Error::openstack("look up security groups"))?,
+    );
+    for id in unique_ids(groups.into_iter().map(|g| g.id)) {
+        if let Err(e) = net.delete(TaggedResource::SecurityGroup, &id).await {
             if e.status().map(|s| s.as_u16()) == Some(409) {
                 return Err(Error::DeletionInProgress);
             }
@@ -643,20 +827,31 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
                 source: e,
             });
         }
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSecurityGroupDelete);
     }
-    let managed_subnets: Vec<String> = net
+    let mut subnets = net
         .list_subnets(&tag_filter(&tags))
         .await
-        .map_err(Error::openstack("look up subnets"))?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    let routers = net
+        .map_err(Error::openstack("look up subnets"))?;
+    subnets.extend(
+        net.list_subnets(&ListFilter::attribute("description", description.clone()))
+            .await
+            .map_err(Error::openstack("look up subnets"))?,
+    );
+    let managed_subnets = unique_ids(subnets.into_iter().map(|s| s.id));
+    let mut routers = net
         .list_routers(&tag_filter(&tags))
         .await
         .map_err(Error::openstack("look up routers"))?;
+    routers.extend(
+        net.list_routers(&ListFilter::attribute("description", description.clone()))
+            .await
+            .map_err(Error::openstack("look up routers"))?,
+    );
+    let routers = unique_ids(routers.into_iter().map(|r| r.id));
     // An existing (unmanaged) router got interfaces on the managed subnets: detach them too.
-    let mut all_routers: Vec<String> = routers.iter().map(|r| r.id.clone()).collect();
+    let mut all_routers = routers.clone();
     if let Some(r) = status.router.as_ref().filter(|r| !r.managed) {
         all_routers.push(r.id.clone());
     }
@@ -665,19 +860,28 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
             net.remove_router_interface(router, subnet)
                 .await
                 .map_err(Error::openstack("detach a subnet from the router"))?;
+            ctx.config
+                .maybe_crash(crate::controllers::FaultPoint::ClusterAfterRouterInterfaceRemove);
         }
     }
-    for r in routers {
-        net.delete(TaggedResource::Router, &r.id)
+    for id in routers {
+        net.delete(TaggedResource::Router, &id)
             .await
             .map_err(Error::openstack("delete the router"))?;
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::ClusterAfterRouterDelete);
     }
-    for n in net
+    let mut networks = net
         .list_networks(&tag_filter(&tags))
         .await
-        .map_err(Error::openstack("look up networks"))?
-    {
-        if let Err(e) = net.delete(TaggedResource::Network, &n.id).await {
+        .map_err(Error::openstack("look up networks"))?;
+    networks.extend(
+        net.list_networks(&ListFilter::attribute("description", description))
+            .await
+            .map_err(Error::openstack("look up networks"))?,
+    );
+    for id in unique_ids(networks.into_iter().map(|n| n.id)) {
+        if let Err(e) = net.delete(TaggedResource::Network, &id).await {
             if e.status().map(|s| s.as_u16()) == Some(409) {
                 return Err(Error::DeletionInProgress);
             }
@@ -686,6 +890,8 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
                 source: e,
             });
         }
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::ClusterAfterNetworkDelete);
     }
     ctx.event(
         &c.object_ref(&()),
@@ -698,8 +904,21 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-/// Deletes servers, unbound ports and available volumes still tagged with the cluster (left by
-/// machines deleted without capow, or by a crash). Returns false while servers are going.
+/// `ids` without repeats, in first-seen order.
+fn unique_ids(ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Deletes servers, trunks, ports and volumes still tagged with the cluster (left by machines
+/// deleted without capow, or by a crash). Returns false while servers or volumes are going. A
+/// failed listing fails the sweep (the finalizer stays): releasing it with resources unseen
+/// would leave them behind for good.
 async fn sweep(session: &Session, tags: &[String], cluster_uid: &str) -> Result<bool, Error> {
     let compute = session.compute();
     let uid_tag = tags.get(1).cloned().unwrap_or_default();
@@ -718,7 +937,11 @@ async fn sweep(session: &Session, tags: &[String], cluster_uid: &str) -> Result<
         return Ok(false);
     }
     let net = session.network();
-    for t in net.list_trunks(&tag_filter(tags)).await.unwrap_or_default() {
+    for t in net
+        .list_trunks(&tag_filter(tags))
+        .await
+        .map_err(Error::openstack("look up the cluster's trunks"))?
+    {
         net.delete(TaggedResource::Trunk, &t.id)
             .await
             .map_err(Error::openstack("delete an orphaned trunk"))?;
@@ -732,26 +955,22 @@ async fn sweep(session: &Session, tags: &[String], cluster_uid: &str) -> Result<
             .await
             .map_err(Error::openstack("delete an orphaned port"))?;
     }
-    if let Ok(volumes) = session
+    let volumes = session
         .volume()
         .list_volumes_by_metadata(
             crate::controllers::machine::plan::METADATA_CLUSTER_UID,
             cluster_uid,
         )
         .await
-    {
-        for v in volumes.iter().filter(|v| v.status != "deleting") {
-            session
-                .volume()
-                .delete_volume(&v.id)
-                .await
-                .map_err(Error::openstack("delete an orphaned volume"))?;
-        }
-        if !volumes.is_empty() {
-            return Ok(false);
-        }
+        .map_err(Error::openstack("look up the cluster's volumes"))?;
+    for v in volumes.iter().filter(|v| v.status != "deleting") {
+        session
+            .volume()
+            .delete_volume(&v.id)
+            .await
+            .map_err(Error::openstack("delete an orphaned volume"))?;
     }
-    Ok(true)
+    Ok(volumes.is_empty())
 }
 
 /// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerCluster`s and the

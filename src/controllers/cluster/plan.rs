@@ -13,15 +13,27 @@ pub fn cluster_uid_tag(uid: &str) -> String {
     format!("{CLUSTER_UID_TAG_PREFIX}{uid}")
 }
 
-/// Tags of cluster resources: capow's marker, the cluster UID, then the spec's extra tags.
+/// Tags of cluster resources: capow's marker, the cluster UID, then the spec's extra tags
+/// without the reserved ones (the CRD rejects those; an object stored before that rule must
+/// still never claim another owner's tag).
 pub fn tags(cluster_uid: &str, extra: &[String]) -> Vec<String> {
     let mut tags = vec![MANAGED_TAG.to_owned(), cluster_uid_tag(cluster_uid)];
     for t in extra {
-        if !tags.contains(t) {
+        if !tags.contains(t) && !crate::controllers::machine::plan::is_reserved_tag(t) {
             tags.push(t.clone());
         }
     }
     tags
+}
+
+/// The description of every Neutron resource capow creates for a cluster: it names the
+/// Cluster for people and carries the Cluster's UID tag, so a resource whose tags were never
+/// set (a crash between create and tag) is still found by an exact description filter.
+pub fn ownership_description(namespace: &str, cluster: &str, uid: &str) -> String {
+    format!(
+        "Created by capow for Cluster {namespace}/{cluster} ({})",
+        cluster_uid_tag(uid)
+    )
 }
 
 /// Base name of the cluster's resources: `capow-<namespace>-<cluster>`.

@@ -109,7 +109,7 @@ pub async fn ensure_ports(
     for (i, want) in resolved.ports.iter().enumerate() {
         let mut port_tags = tags.clone();
         for t in &port_opts[i].tags {
-            if !port_tags.contains(t) {
+            if !port_tags.contains(t) && !plan::is_reserved_tag(t) {
                 port_tags.push(t.clone());
             }
         }
@@ -125,7 +125,7 @@ pub async fn ensure_ports(
                     .await
                     .map_err(Error::openstack("create a port"))?;
                 ctx.config
-                    .maybe_crash(crate::controllers::FaultPoint::ExitAfterPortCreate);
+                    .maybe_crash(crate::controllers::FaultPoint::MachineAfterPortCreate);
                 record(&mut resources.ports, &port.id);
                 tracing::info!(port = %port.id, name = %port.name, "Created port");
                 port
@@ -137,6 +137,8 @@ pub async fn ensure_ports(
             net.set_tags(TaggedResource::Port, &port.id, &port_tags)
                 .await
                 .map_err(Error::openstack("tag a port"))?;
+            ctx.config
+                .maybe_crash(crate::controllers::FaultPoint::MachineAfterPortTag);
         }
         record(&mut resources.ports, &port.id);
         if resolved.trunks.get(i).copied().unwrap_or(false) {
@@ -152,6 +154,8 @@ pub async fn ensure_ports(
                         .await
                         .map_err(Error::openstack("create a trunk"))?;
                     tracing::info!(trunk = %t.id, port = %port.id, "Created trunk");
+                    ctx.config
+                        .maybe_crash(crate::controllers::FaultPoint::MachineAfterTrunkCreate);
                     t
                 }
             };
@@ -180,6 +184,7 @@ pub enum Volumes {
 /// # Errors
 /// [`Error::OpenStack`] when Cinder refuses (e.g. quota) or a volume failed to build.
 pub async fn ensure_volumes(
+    ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
     plans: &[VolumePlan],
@@ -223,6 +228,8 @@ pub async fn ensure_volumes(
                     .await
                     .map_err(Error::openstack("create a volume"))?;
                 tracing::info!(volume = %v.id, name = %name, "Created volume");
+                ctx.config
+                    .maybe_crash(crate::controllers::FaultPoint::MachineAfterVolumeCreate);
                 v
             }
         };
@@ -282,12 +289,25 @@ pub async fn create_server(
 ) -> Result<String, Error> {
     let compute = session.compute();
     let request = plan::create_server_request(plan);
+    if ctx
+        .config
+        .fault
+        .as_ref()
+        .is_some_and(|f| f.point == crate::controllers::FaultPoint::MachineDuringServerCreate)
+    {
+        // Test only: crash while the request is on its way, as a kill -9 would.
+        let (session, request, hints) = (session.clone(), request.clone(), hints.clone());
+        tokio::spawn(async move { session.compute().create_server(&request, &hints).await });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineDuringServerCreate);
+    }
     let id = compute
         .create_server(&request, hints)
         .await
         .map_err(Error::openstack("create the server"))?;
     ctx.config
-        .maybe_crash(crate::controllers::FaultPoint::ExitAfterServerCreate);
+        .maybe_crash(crate::controllers::FaultPoint::MachineAfterServerCreate);
     compute.invalidate_server_cache().await;
     tracing::info!(server = %id, "Created server");
     ctx.event(
@@ -306,7 +326,11 @@ pub async fn create_server(
 ///
 /// # Errors
 /// [`Error::OpenStack`] when listing or deleting fails.
-pub async fn delete_volumes(session: &Session, m: &OpenStackWorkerMachine) -> Result<(), Error> {
+pub async fn delete_volumes(
+    ctx: &Context,
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+) -> Result<(), Error> {
     let api = session.volume();
     let uid = m.uid().unwrap_or_default();
     let volumes = api
@@ -350,63 +374,75 @@ pub async fn delete_volumes(session: &Session, m: &OpenStackWorkerMachine) -> Re
             .await
             .map_err(Error::openstack("delete a volume"))?;
         tracing::info!(volume = %id, "Deleted volume");
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterVolumeDelete);
     }
     Ok(())
 }
 
 /// One step of deleting everything capow made for `m`. Returns `Ok(true)` when nothing is
-/// left, `Ok(false)` while Nova is still deleting the server (call again later).
+/// left, `Ok(false)` while Nova is still deleting a server or a create whose answer was lost
+/// may still be in flight (call again later).
+///
+/// Every server carrying the machine's UID tag goes, not only the one in `status.instanceID`
+/// (a repeated create can leave two). "Nothing left" is decided by a fresh listing made
+/// [`crate::controllers::ControllerConfig::server_create_settle`] after the last create whose
+/// answer was never seen, so a request still in flight in Nova cannot leave a server behind.
+/// Trunks are found by the UID tag, by each port and from status (a crash between create and
+/// tag leaves a trunk untagged); ports by tag, by name and from status; volumes by metadata.
 ///
 /// # Errors
-/// [`Error::OpenStack`] when a call fails.
+/// [`Error::OpenStack`] when a call fails (the finalizer stays; the next reconcile retries).
 pub async fn delete_resources(
     ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
 ) -> Result<bool, Error> {
     let compute = session.compute();
-    if let Some(server) = observe::server(ctx, session, m).await? {
-        if server.is_gone() {
-            // Nova is deleting it; look again directly so the listing cache cannot hide the 404.
-            if compute
-                .get_server(&server.id)
-                .await
-                .map_err(Error::openstack("get the server"))?
-                .is_some()
-            {
-                return Ok(false);
-            }
-        } else {
-            compute
-                .delete_server(&server.id)
-                .await
-                .map_err(Error::openstack("delete the server"))?;
-            compute.invalidate_server_cache().await;
-            tracing::info!(server = %server.id, "Deleting server");
-            ctx.event(
-                &m.object_ref(&()),
-                EventType::Normal,
-                "ServerDeleting",
-                "Delete",
-                format!("Deleting server {}", server.id),
-            )
-            .await;
-            return Ok(false);
-        }
+    let status = m.status.clone().unwrap_or_default();
+    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    if plan::create_settle_wait(
+        status.server_create_requested_at.as_ref().map(|t| t.0),
+        k8s_openapi::jiff::Timestamp::now(),
+        ctx.config.server_create_settle,
+    )
+    .is_some()
+    {
+        // A server create may still be in flight: a server could appear after a lookup now.
+        // Delete what exists already and look again once the settle time has passed.
+        let found = compute
+            .list_servers_by_tags(&[&uid_tag])
+            .await
+            .map_err(Error::openstack("look up servers by tag"))?;
+        delete_servers(ctx, session, m, &found).await?;
+        return Ok(false);
     }
-    // The server is gone. Nova releases ports and detaches volumes only after that: delete
+    // The batched listing first (one call per cloud and interval for all machines), then a
+    // fresh listing before deciding that no server is left.
+    let mut found = observe::servers(ctx, session, m).await?;
+    if found.is_empty() {
+        found = compute
+            .list_servers_by_tags(&[&uid_tag])
+            .await
+            .map_err(Error::openstack("look up servers by tag"))?;
+    }
+    if !found.is_empty() {
+        delete_servers(ctx, session, m, &found).await?;
+        return Ok(false);
+    }
+    // The servers are gone. Nova releases ports and detaches volumes only after that: delete
     // trunks (a parent port cannot go while its trunk exists), ports, then volumes.
     let net = session.network();
-    let resources = m
-        .status
-        .as_ref()
-        .and_then(|s| s.resources.clone())
-        .unwrap_or_default();
-    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
-    let mut trunk_ids: Vec<String> = if resources.trunks.is_empty() {
-        Vec::new()
-    } else {
-        net.list_trunks(&ListFilter {
+    let resources = status.resources.clone().unwrap_or_default();
+    let ports = observe::owned_ports(session, m).await?;
+    let mut port_ids: Vec<String> = ports.into_iter().map(|p| p.id).collect();
+    for p in &resources.ports {
+        if !port_ids.contains(&p.id) {
+            port_ids.push(p.id.clone());
+        }
+    }
+    let mut trunk_ids: Vec<String> = net
+        .list_trunks(&ListFilter {
             tags: vec![uid_tag],
             ..ListFilter::default()
         })
@@ -414,8 +450,23 @@ pub async fn delete_resources(
         .map_err(Error::openstack("look up trunks"))?
         .into_iter()
         .map(|t| t.id)
-        .collect()
-    };
+        .collect();
+    if m.spec.trunk == Some(true)
+        || m.spec.ports.iter().any(|p| p.trunk == Some(true))
+        || !resources.trunks.is_empty()
+    {
+        for port in &port_ids {
+            for t in net
+                .list_trunks(&ListFilter::attribute("port_id", port.clone()))
+                .await
+                .map_err(Error::openstack("look up trunks"))?
+            {
+                if !trunk_ids.contains(&t.id) {
+                    trunk_ids.push(t.id);
+                }
+            }
+        }
+    }
     for t in &resources.trunks {
         if !trunk_ids.contains(&t.id) {
             trunk_ids.push(t.id.clone());
@@ -425,28 +476,52 @@ pub async fn delete_resources(
         net.delete(TaggedResource::Trunk, id)
             .await
             .map_err(Error::openstack("delete a trunk"))?;
-    }
-    let mut port_ids: Vec<String> = observe::owned_ports(session, m)
-        .await?
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    for p in &resources.ports {
-        if !port_ids.contains(&p.id) {
-            port_ids.push(p.id.clone());
-        }
+        tracing::info!(trunk = %id, "Deleted trunk");
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterTrunkDelete);
     }
     for id in &port_ids {
         net.delete(TaggedResource::Port, id)
             .await
             .map_err(Error::openstack("delete a port"))?;
         tracing::info!(port = %id, "Deleted port");
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterPortDelete);
     }
     if m.spec.root_volume.is_some()
         || !resources.volumes.is_empty()
         || !m.spec.additional_block_devices.is_empty()
     {
-        delete_volumes(session, m).await?;
+        delete_volumes(ctx, session, m).await?;
     }
     Ok(true)
+}
+
+/// Sends a delete for every server of `found` that Nova is not deleting yet, with an event.
+async fn delete_servers(
+    ctx: &Context,
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    found: &[crate::openstack::compute::Server],
+) -> Result<(), Error> {
+    let compute = session.compute();
+    for server in found.iter().filter(|s| !s.is_gone()) {
+        compute
+            .delete_server(&server.id)
+            .await
+            .map_err(Error::openstack("delete the server"))?;
+        compute.invalidate_server_cache().await;
+        tracing::info!(server = %server.id, "Deleting server");
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterServerDelete);
+        ctx.event(
+            &m.object_ref(&()),
+            EventType::Normal,
+            "ServerDeleting",
+            "Delete",
+            format!("Deleting server {}", server.id),
+        )
+        .await;
+    }
+    Ok(())
 }

@@ -25,6 +25,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::api::conditions::{self, reasons};
 use crate::api::machine::{
     MachineInitialization, OpenStackWorkerMachine, OpenStackWorkerMachineStatus,
@@ -70,7 +72,7 @@ pub enum Error {
     },
 
     /// A Kubernetes API call failed.
-    #[error("failed to {action}: {source}")]
+    #[error("failed to {action}: {}", crate::controllers::describe_kube_error(.source))]
     Kube {
         /// What capow was doing.
         action: &'static str,
@@ -178,6 +180,9 @@ impl Error {
         if matches!(inner, Error::DeletionInProgress) {
             return config.build_poll;
         }
+        if self.is_conflict() {
+            return Duration::from_millis(200);
+        }
         if inner.needs_input_change() {
             return config.input_retry;
         }
@@ -187,6 +192,12 @@ impl Error {
             return after.max(Duration::from_secs(1));
         }
         Duration::from_secs(10)
+    }
+
+    /// True when a write was refused because the object changed since this reconcile read it
+    /// (409 Conflict): the reconcile started from a stale cache and a fresh one follows.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self.unwrap_finalizer(), Error::Kube { source, .. } if crate::controllers::is_conflict(source))
     }
 
     /// True for errors that only a change of input fixes (retried slowly, not with backoff).
@@ -244,7 +255,9 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
-    if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
+    if error.is_conflict() {
+        tracing::debug!(error = %error, "Reconcile started from a stale object; retrying");
+    } else if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
         ctx.metrics.failure(CONTROLLER, error.category());
         tracing::warn!(OpenStackWorkerMachine = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), error = %error, "Reconcile failed");
     }
@@ -258,7 +271,16 @@ fn paused(m: &OpenStackWorkerMachine, cluster: Option<&Cluster>) -> bool {
 async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, Error> {
     let before = m.status.clone().unwrap_or_default();
     let mut status = before.clone();
-    let result = run(&m, ctx, &mut status).await;
+    let mut written = Written {
+        resource_version: m.resource_version(),
+        status: before.clone(),
+    };
+    let result = match run(&m, ctx, &mut status, &mut written).await {
+        // This reconcile started from an object older than the API server's: a newer reconcile
+        // follows at once; writing the condition would only conflict again.
+        Err(e) if e.is_conflict() => return Err(e),
+        r => r,
+    };
 
     let generation = m.meta().generation;
     let (ready, reason, message, warn) = match &result {
@@ -294,7 +316,18 @@ async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, 
         );
     }
     status.observed_generation = generation;
-    status::write(ctx, &*m, &before, &status).await?;
+    status::write_at(
+        ctx,
+        &*m,
+        written.resource_version.as_deref(),
+        &written.status,
+        &status,
+    )
+    .await?;
+    if written.status.instance_id.is_none() && status.instance_id.is_some() {
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterInstanceIdWrite);
+    }
 
     // An event for every change of the Ready reason, and for every failure (the recorder
     // folds repeats into one event series).
@@ -318,12 +351,46 @@ async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, 
     })
 }
 
+/// What the reconcile last wrote of the object: its resourceVersion (the precondition of the
+/// next write, so a reconcile that started from a stale cache never overwrites newer state)
+/// and the status it holds.
+struct Written {
+    resource_version: Option<String>,
+    status: OpenStackWorkerMachineStatus,
+}
+
+impl Written {
+    /// Writes `status` now (when it differs from what the object holds), preconditioned on the
+    /// last resourceVersion.
+    async fn status(
+        &mut self,
+        ctx: &Context,
+        m: &OpenStackWorkerMachine,
+        status: &OpenStackWorkerMachineStatus,
+    ) -> Result<(), Error> {
+        if let Some(rv) = status::write_at(
+            ctx,
+            m,
+            self.resource_version.as_deref(),
+            &self.status,
+            status,
+        )
+        .await?
+        {
+            self.resource_version = Some(rv);
+            self.status = status.clone();
+        }
+        Ok(())
+    }
+}
+
 /// The reconcile proper. Mutates `status` (instanceID, ports, addresses, provisioned) so the
-/// caller can write it whatever the result.
+/// caller can write it whatever the result; `written` tracks the writes made on the way.
 async fn run(
     m: &OpenStackWorkerMachine,
     ctx: &Context,
     status: &mut OpenStackWorkerMachineStatus,
+    written: &mut Written,
 ) -> Result<Outcome, Error> {
     let cfg = &ctx.config;
     if capi::has_paused_annotation(m.annotations()) {
@@ -373,7 +440,8 @@ async fn run(
         .map_err(Error::openstack("authenticate with Keystone"))?;
     let region = identity.and_then(|i| i.region.as_deref());
 
-    let server = observe::server(ctx, &session, m).await?;
+    let found = observe::servers(ctx, &session, m).await?;
+    let server = remove_duplicates(ctx, &session, m, found).await?;
     let Some(server) = server else {
         if let Some(id) = status.instance_id.clone() {
             // The server was deleted behind capow's back. A Machine is immutable: capow never
@@ -387,8 +455,32 @@ async fn run(
                 warn: true,
             });
         }
-        return create(ctx, &session, m, &owners, status).await;
+        if let Some(wait) = plan::create_settle_wait(
+            status.server_create_requested_at.as_ref().map(|t| t.0),
+            k8s_openapi::jiff::Timestamp::now(),
+            cfg.server_create_settle,
+        ) {
+            // An earlier create's answer was never seen: Nova may still be making that server.
+            return Ok(Outcome::waiting(
+                reasons::INSTANCE_NOT_READY,
+                format!(
+                    "a server create sent at {} has no answer; looking for the server by its \
+                     tag until {} s have passed before creating it again",
+                    status
+                        .server_create_requested_at
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    cfg.server_create_settle.as_secs()
+                ),
+                Some(wait.min(cfg.build_poll * 2)),
+            ));
+        }
+        return create(ctx, &session, m, &owners, status, written).await;
     };
+    if status.server_create_requested_at.take().is_some() {
+        tracing::info!(server = %server.id, "Adopted the server of a create whose answer was lost");
+    }
 
     status.instance_id = Some(server.id.clone());
     status.instance_state = Some(server.status.clone());
@@ -405,7 +497,9 @@ async fn run(
         plan::ServerState::Active => {
             let provider_id = plan::provider_id(region, &server.id);
             if m.spec.provider_id.as_deref() != Some(provider_id.as_str()) {
-                status::write_provider_id(ctx, m, &provider_id).await?;
+                written.resource_version = status::write_provider_id(ctx, m, &provider_id).await?;
+                ctx.config
+                    .maybe_crash(crate::controllers::FaultPoint::MachineAfterProviderIdWrite);
             }
             status.initialization = Some(MachineInitialization {
                 provisioned: Some(true),
@@ -461,6 +555,7 @@ async fn create(
     m: &OpenStackWorkerMachine,
     owners: &observe::Owners,
     status: &mut OpenStackWorkerMachineStatus,
+    written: &mut Written,
 ) -> Result<Outcome, Error> {
     let user_data = match observe::bootstrap_data(ctx, &owners.machine).await? {
         Ok(data) => data,
@@ -487,9 +582,10 @@ async fn create(
     if status.resolved != resolved_status {
         // Persisted before the first create call: cleanup trusts "never resolved" to mean
         // "nothing was ever created in OpenStack".
-        let before = status.clone();
         status.resolved = resolved_status;
-        status::write(ctx, m, &before, status).await?;
+        written.status(ctx, m, status).await?;
+        ctx.config
+            .maybe_crash(crate::controllers::FaultPoint::MachineAfterResolvedWrite);
     }
 
     let ns = m.namespace().unwrap_or_default();
@@ -501,7 +597,7 @@ async fn create(
     };
     let mut resources = status.resources.take().unwrap_or_default();
     let volumes =
-        execute::ensure_volumes(session, m, &resolved.volumes, &owner, &mut resources).await;
+        execute::ensure_volumes(ctx, session, m, &resolved.volumes, &owner, &mut resources).await;
     let volumes = match volumes {
         Ok(execute::Volumes::Ready(v)) => v,
         Ok(execute::Volumes::Pending(msg)) => {
@@ -525,6 +621,14 @@ async fn create(
         resolved.server_group_id.as_deref(),
         &m.spec.scheduler_hint_additional_properties,
     );
+    // The intent, durable before the request: if the answer is lost, the next reconcile knows
+    // a server may exist that no lookup shows yet. The write is preconditioned on the
+    // resourceVersion this reconcile started from, so a reconcile working from a stale cache
+    // (one that missed a server written by the previous reconcile) stops here with a conflict.
+    status.server_create_requested_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    written.status(ctx, m, status).await?;
+    ctx.config
+        .maybe_crash(crate::controllers::FaultPoint::MachineAfterCreateIntentWrite);
     let created = execute::create_server(
         ctx,
         session,
@@ -548,13 +652,19 @@ async fn create(
     let id = match created {
         Ok(id) => id,
         Err(e) => {
+            if let Error::OpenStack { source, .. } = &e
+                && source.status().is_some_and(|s| s.is_client_error())
+            {
+                // Nova answered 4xx: it made nothing.
+                status.server_create_requested_at = None;
+            }
             // Nova refused for good (bad input or quota): give the volumes back instead of
             // holding quota for a server that will not come; retries create them again.
             if let Error::OpenStack { source, .. } = &e
                 && (source.is_client_error() || source.is_quota_exceeded())
                 && !volumes.is_empty()
             {
-                if let Err(cleanup) = execute::delete_volumes(session, m).await {
+                if let Err(cleanup) = execute::delete_volumes(ctx, session, m).await {
                     tracing::warn!(error = %cleanup, "Failed to delete volumes after a refused server create");
                 } else if let Some(r) = status.resources.as_mut() {
                     r.volumes.clear();
@@ -565,11 +675,53 @@ async fn create(
     };
     status.instance_id = Some(id.clone());
     status.instance_state = Some("BUILD".into());
+    status.server_create_requested_at = None;
     Ok(Outcome::waiting(
         reasons::INSTANCE_NOT_READY,
         format!("server {id} is BUILD"),
         Some(ctx.config.build_poll),
     ))
+}
+
+/// Keeps one server of `found` and deletes the others, with a Warning event each: two servers
+/// with one machine's UID tag exist only when a create's answer was lost and the create was
+/// sent again (Nova has no idempotency key). The server in `status.instanceID` is kept, else the
+/// oldest.
+///
+/// # Errors
+/// [`Error::OpenStack`] when a delete fails.
+async fn remove_duplicates(
+    ctx: &Context,
+    session: &openstack::Session,
+    m: &OpenStackWorkerMachine,
+    found: Vec<openstack::compute::Server>,
+) -> Result<Option<openstack::compute::Server>, Error> {
+    let instance_id = m.status.as_ref().and_then(|s| s.instance_id.as_deref());
+    let (keep, extra) = plan::split_duplicates(found, instance_id);
+    for dup in extra {
+        let compute = session.compute();
+        compute
+            .delete_server(&dup.id)
+            .await
+            .map_err(Error::openstack("delete a duplicate server"))?;
+        compute.invalidate_server_cache().await;
+        let kept = keep.as_ref().map(|k| k.id.as_str()).unwrap_or("none");
+        tracing::warn!(server = %dup.id, kept, "Deleted a duplicate server");
+        ctx.metrics.duplicate_deleted(CONTROLLER);
+        ctx.event(
+            &m.object_ref(&()),
+            EventType::Warning,
+            "DuplicateServerDeleted",
+            "Reconcile",
+            format!(
+                "Deleted server {} because server {kept} already carries this machine's UID tag; \
+                 a create whose answer was lost had been sent again",
+                dup.id
+            ),
+        )
+        .await;
+    }
+    Ok(keep)
 }
 
 /// The node group of a Machine, from the labels CAPI sets.
@@ -601,7 +753,9 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
     // `status.resolved` is written before the first create call, so without it neither a
     // server nor a port can exist: release at once without asking OpenStack (a broken identity
     // or spec must not keep the object forever).
-    let created_anything = before.resolved.is_some() || before.instance_id.is_some();
+    let created_anything = before.resolved.is_some()
+        || before.instance_id.is_some()
+        || before.server_create_requested_at.is_some();
     if !created_anything {
         tracing::info!("Releasing the finalizer: nothing was created in OpenStack");
         return Ok(Action::await_change());

@@ -700,43 +700,42 @@ async fn resolve_port(
     })
 }
 
-/// The server of `m`: by `status.instanceID` (from the batched listing), else by its UID tag
-/// (adoption after a crash between create and status write).
+/// The servers of `m`: the one in `status.instanceID` and any other server carrying the
+/// machine's UID tag, from the batched listing of the cloud's capow servers (one list call per
+/// cloud and poll interval); without an instanceID, from a fresh listing by the UID tag
+/// (adoption after a crash between create and status write). More than one means a create was
+/// repeated after its answer was lost; the caller keeps one (see `plan::split_duplicates`).
 ///
 /// # Errors
 /// [`Error::OpenStack`] when listing or getting fails.
-pub async fn server(
+pub async fn servers(
     ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
-) -> Result<Option<Server>, Error> {
+) -> Result<Vec<Server>, Error> {
     let compute = session.compute();
     let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let poll = ctx.config.build_poll;
     if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_deref()) {
-        return compute
-            .cached_server(id, plan::MANAGED_TAG, ctx.config.build_poll)
+        let mut found: Vec<Server> = compute
+            .cached_server(id, plan::MANAGED_TAG, poll)
             .await
-            .map_err(Error::openstack("get the server"));
+            .map_err(Error::openstack("get the server"))?
+            .into_iter()
+            .collect();
+        let others = compute
+            .cached_servers_with_tag(plan::MANAGED_TAG, &uid_tag, poll)
+            .await
+            .map_err(Error::openstack("look up servers by tag"))?;
+        found.extend(others.into_iter().filter(|s| s.id != id && !s.is_gone()));
+        return Ok(found);
     }
     let mut found = compute
         .list_servers_by_tags(&[&uid_tag])
         .await
         .map_err(Error::openstack("look up servers by tag"))?;
     found.retain(|s| !s.is_gone());
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        // Never expected (the UID tag is checked before every create), and never resolved by
-        // deleting: an operator must look.
-        n => Err(Error::Duplicate(format!(
-            "{n} servers carry tag {uid_tag}: {}",
-            found
-                .iter()
-                .map(|s| s.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
+    Ok(found)
 }
 
 /// Ports capow made for `m`: tagged with its UID, or (crash between port create and tag)

@@ -30,6 +30,17 @@ pub const METADATA_NODE_GROUP: &str = "capow-node-group";
 /// Nova's limit on base64-encoded user data, in bytes (`user_data` in the compute API).
 pub const MAX_USER_DATA_BASE64: usize = 65_535;
 
+/// Prefix of every reserved tag besides [`MANAGED_TAG`] itself.
+pub const RESERVED_TAG_PREFIX: &str = "capow-";
+
+/// True for tags capow reserves for its ownership marks: `capow` and every tag starting with
+/// `capow-` (`capow-machine-uid=<uid>`, `capow-cluster-uid=<uid>`). A user tag of that form could
+/// make another machine adopt a server or another cluster's deletion sweep it, so the CRDs
+/// reject such tags and capow drops them from what it sends.
+pub fn is_reserved_tag(tag: &str) -> bool {
+    tag == MANAGED_TAG || tag.starts_with(RESERVED_TAG_PREFIX)
+}
+
 /// The ownership tag of the object with `uid`.
 pub fn machine_uid_tag(uid: &str) -> String {
     format!("{MACHINE_UID_TAG_PREFIX}{uid}")
@@ -58,7 +69,7 @@ impl Ownership {
             format!("{CLUSTER_UID_TAG_PREFIX}{}", self.cluster_uid),
         ];
         for t in extra {
-            if !tags.contains(t) {
+            if !tags.contains(t) && !is_reserved_tag(t) {
                 tags.push(t.clone());
             }
         }
@@ -443,6 +454,47 @@ pub fn port_matches(port: &crate::openstack::network::Port, want: &ResolvedPortS
                     .is_none_or(|ip| p.ip_address.as_ref() == Some(ip))
         })
     })
+}
+
+/// Splits the servers found for one machine into the one to keep and the duplicates to
+/// delete: the server in `status.instanceID` when it is among them, else the oldest (by Nova's
+/// `created`, then by UUID so the choice is stable). Servers Nova is already deleting are
+/// neither kept as duplicates nor returned for deletion.
+pub fn split_duplicates(
+    mut found: Vec<Server>,
+    instance_id: Option<&str>,
+) -> (Option<Server>, Vec<Server>) {
+    let keep_at = instance_id
+        .and_then(|id| found.iter().position(|s| s.id == id))
+        .or_else(|| {
+            found
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_gone())
+                .min_by(|(_, a), (_, b)| {
+                    (a.created.as_deref().unwrap_or(""), a.id.as_str())
+                        .cmp(&(b.created.as_deref().unwrap_or(""), b.id.as_str()))
+                })
+                .map(|(i, _)| i)
+        });
+    let keep = keep_at.map(|i| found.swap_remove(i));
+    found.retain(|s| !s.is_gone());
+    (keep, found)
+}
+
+/// How long to wait before creating a server again after a create sent at `requested_at`
+/// whose answer was never seen: `None` once `settle` has passed since then (a lookup now is
+/// made after the longest time such a request may still be processed), or when no create is
+/// outstanding.
+pub fn create_settle_wait(
+    requested_at: Option<k8s_openapi::jiff::Timestamp>,
+    now: k8s_openapi::jiff::Timestamp,
+    settle: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let at = requested_at?;
+    let elapsed = now.duration_since(at);
+    let elapsed = std::time::Duration::try_from(elapsed).unwrap_or_default();
+    settle.checked_sub(elapsed).filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
@@ -849,5 +901,74 @@ mod tests {
         want.fixed_ips.clear();
         want.network_id = "n2".into();
         assert!(!port_matches(&port, &want));
+    }
+
+    fn created_server(id: &str, created: &str, status: &str) -> Server {
+        Server {
+            id: id.into(),
+            status: status.into(),
+            created: Some(created.into()),
+            ..Server::default()
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_server_in_status_else_the_oldest() {
+        let a = created_server("a", "2026-11-30T10:00:01Z", "ACTIVE");
+        let b = created_server("b", "2026-11-30T10:00:00Z", "BUILD");
+        let (keep, extra) = split_duplicates(vec![a.clone(), b.clone()], Some("a"));
+        assert_eq!(keep.map(|s| s.id), Some("a".into()));
+        assert_eq!(
+            extra.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+
+        let (keep, extra) = split_duplicates(vec![a.clone(), b.clone()], None);
+        assert_eq!(keep.map(|s| s.id), Some("b".into()), "oldest wins");
+        assert_eq!(
+            extra.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+
+        let mut gone = created_server("c", "2026-11-30T09:00:00Z", "ACTIVE");
+        gone.task_state = Some("deleting".into());
+        let (keep, extra) = split_duplicates(vec![gone, a.clone()], None);
+        assert_eq!(
+            keep.map(|s| s.id),
+            Some("a".into()),
+            "a server being deleted is never kept"
+        );
+        assert!(extra.is_empty(), "nor deleted again");
+
+        let (keep, extra) = split_duplicates(vec![a], None);
+        assert_eq!(keep.map(|s| s.id), Some("a".into()));
+        assert!(extra.is_empty());
+        assert_eq!(split_duplicates(Vec::new(), Some("x")).0, None);
+    }
+
+    #[test]
+    fn a_lost_create_is_repeated_only_after_the_settle_time() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        use std::time::Duration;
+        let sent: Timestamp = "2026-11-30T10:00:00Z".parse().unwrap();
+        let settle = Duration::from_secs(60);
+        assert_eq!(create_settle_wait(None, sent, settle), None);
+        assert_eq!(
+            create_settle_wait(Some(sent), sent + SignedDuration::from_secs(10), settle),
+            Some(Duration::from_secs(50))
+        );
+        assert_eq!(
+            create_settle_wait(Some(sent), sent + SignedDuration::from_secs(60), settle),
+            None
+        );
+        assert_eq!(
+            create_settle_wait(Some(sent), sent + SignedDuration::from_secs(600), settle),
+            None
+        );
+        // A clock behind the recorded time waits the full settle time, never less.
+        assert_eq!(
+            create_settle_wait(Some(sent), sent - SignedDuration::from_secs(5), settle),
+            Some(settle)
+        );
     }
 }

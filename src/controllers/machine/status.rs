@@ -1,8 +1,8 @@
 //! Status step of the machine controller: server-side apply of `status` (only when it
 //! changed) and of `spec.providerID`, both with capow's field manager.
 
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Error;
@@ -36,15 +36,44 @@ where
         + std::fmt::Debug,
     S: conditions::WithConditions + serde::Serialize,
 {
+    write_at(ctx, obj, None, before, after).await.map(|_| ())
+}
+
+/// Like [`write`], but only while the object still has `resource_version` (when given): the
+/// version is sent as a precondition, so a reconcile that started from a stale cache cannot
+/// overwrite what a newer one wrote (the API server answers 409 Conflict instead). Returns the
+/// object's new resourceVersion when it wrote, `None` when nothing changed.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses the patch; a 409 when the object changed since
+/// `resource_version` (see [`crate::controllers::is_conflict`]).
+pub async fn write_at<K, S>(
+    ctx: &crate::controllers::Context,
+    obj: &K,
+    resource_version: Option<&str>,
+    before: &S,
+    after: &S,
+) -> Result<Option<String>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: conditions::WithConditions + serde::Serialize,
+{
     if conditions::status_unchanged(before, after) {
-        return Ok(());
+        return Ok(None);
     }
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": { "name": obj.name_any() },
         "status": after,
     });
-    Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
+    if let Some(rv) = resource_version {
+        patch["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let written = Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
         .patch_status(
             &obj.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -52,10 +81,11 @@ where
         )
         .await
         .map_err(Error::kube("write status"))?;
-    Ok(())
+    Ok(written.meta().resource_version.clone())
 }
 
-/// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it).
+/// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it). Returns the
+/// object's new resourceVersion.
 ///
 /// # Errors
 /// [`Error::Kube`] when the API server refuses the patch.
@@ -63,13 +93,13 @@ pub async fn write_provider_id(
     ctx: &crate::controllers::Context,
     m: &OpenStackWorkerMachine,
     provider_id: &str,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let patch = json!({
         "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
         "kind": "OpenStackWorkerMachine",
         "spec": { "providerID": provider_id },
     });
-    api(ctx, m)
+    let written = api(ctx, m)
         .patch(
             &m.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -77,5 +107,5 @@ pub async fn write_provider_id(
         )
         .await
         .map_err(Error::kube("write spec.providerID"))?;
-    Ok(())
+    Ok(written.meta().resource_version.clone())
 }
