@@ -14,6 +14,7 @@
 )]
 
 pub mod hcp;
+pub mod osproxy;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
