@@ -74,7 +74,8 @@
 //!
 //! Each rule that answers with `retry_after` opens a back-off window of that many seconds for
 //! the service of the faulted request; the counts report, per rule, how many requests of that
-//! service arrived while one of its windows was open (`arrived_during_retry_after`). A client
+//! service arrived while one of its windows was open (`arrived_during_retry_after`), and each
+//! window with its own count (`windows`: service, operation, opening time, length). A client
 //! that honours `Retry-After` and sends nothing else to that service scores 0. The count is per
 //! service, not per client or per request: capow's other callers of the same service (other
 //! machines) are counted too.
@@ -271,6 +272,25 @@ struct ActiveRule {
     rule: FaultRule,
     path: Option<regex::Regex>,
     stats: RuleStats,
+    windows: Vec<WindowReport>,
+}
+
+/// Back-off windows reported per rule; later ones are counted in [`RuleStats`] only.
+const MAX_WINDOW_REPORTS: usize = 1000;
+
+/// One back-off window a rule opened with `Retry-After`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowReport {
+    /// Service of the faulted request.
+    pub service: String,
+    /// Operation of the faulted request, e.g. `POST /servers`.
+    pub operation: String,
+    /// When it opened, in milliseconds since the fault set was installed.
+    pub opened_ms: u64,
+    /// Its length (the `Retry-After` value), in seconds.
+    pub retry_after_secs: u64,
+    /// Requests of `service` that arrived while it was open.
+    pub arrived: u64,
 }
 
 /// Counters of one rule since its set was installed.
@@ -297,6 +317,8 @@ pub struct RuleReport {
     /// Its counters.
     #[serde(flatten)]
     pub stats: RuleStats,
+    /// The back-off windows it opened, oldest first (at most 1000).
+    pub windows: Vec<WindowReport>,
 }
 
 impl FaultSet {
@@ -335,6 +357,7 @@ impl FaultSet {
                     rule: r.clone(),
                     path,
                     stats: RuleStats::default(),
+                    windows: Vec::new(),
                 })
             })
             .collect()
@@ -423,8 +446,8 @@ struct Faults {
     seed: u64,
     installed: Instant,
     rules: Vec<ActiveRule>,
-    /// Open back-off windows: (rule, service, end).
-    windows: Vec<(usize, String, Instant)>,
+    /// Open back-off windows: (rule, index in its reports if recorded, service, end).
+    windows: Vec<(usize, Option<usize>, String, Instant)>,
 }
 
 struct State {
@@ -493,6 +516,7 @@ impl Shared {
                     index,
                     rule: r.rule.clone(),
                     stats: r.stats,
+                    windows: r.windows.clone(),
                 })
                 .collect(),
         }
@@ -537,20 +561,24 @@ impl Shared {
         *counts.methods.entry(method.to_string()).or_default() += 1;
         let key = if counts.operations.len() < MAX_OPERATIONS || counts.operations.contains_key(&op)
         {
-            op
+            op.clone()
         } else {
             "other".to_owned()
         };
         *counts.operations.entry(key).or_default() += 1;
 
         let faults = &mut state.faults;
-        faults.windows.retain(|(_, _, end)| *end > now);
-        let open: BTreeSet<usize> = faults
-            .windows
-            .iter()
-            .filter(|(_, s, _)| s == service)
-            .map(|(i, _, _)| *i)
-            .collect();
+        faults.windows.retain(|(_, _, _, end)| *end > now);
+        let mut open = BTreeSet::new();
+        for (i, w, s, _) in &faults.windows {
+            if s != service {
+                continue;
+            }
+            open.insert(*i);
+            if let Some(report) = w.and_then(|w| faults.rules.get_mut(*i)?.windows.get_mut(w)) {
+                report.arrived += 1;
+            }
+        }
         for i in open {
             if let Some(r) = faults.rules.get_mut(i) {
                 r.stats.arrived_during_retry_after += 1;
@@ -587,9 +615,22 @@ impl Shared {
             } = rule.fault
             {
                 r.stats.retry_after_windows += 1;
-                faults
-                    .windows
-                    .push((i, service.to_owned(), now + Duration::from_secs(secs)));
+                let report = (r.windows.len() < MAX_WINDOW_REPORTS).then(|| {
+                    r.windows.push(WindowReport {
+                        service: service.to_owned(),
+                        operation: op,
+                        opened_ms: now.duration_since(faults.installed).as_millis() as u64,
+                        retry_after_secs: secs,
+                        arrived: 0,
+                    });
+                    r.windows.len() - 1
+                });
+                faults.windows.push((
+                    i,
+                    report,
+                    service.to_owned(),
+                    now + Duration::from_secs(secs),
+                ));
             }
             return Some((i, rule.fault.clone()));
         }
@@ -1997,6 +2038,7 @@ mod tests {
             rule.arrived_during_retry_after, 0,
             "capow waited out Retry-After"
         );
+        assert_eq!(c.faults[0].windows[0].arrived, 0);
         // Nothing went around the proxy.
         assert_eq!(cloud.hits().len() as u64, c.total - 1);
     }
@@ -2044,9 +2086,20 @@ mod tests {
         assert_eq!(get(format!("{network}/v2.0/ports")).await.0, 200);
         // Another service's requests do not count.
         assert_eq!(get(format!("{compute}/servers/detail")).await.0, 200);
-        let rule = proxy.counts().faults[0].stats;
+        let report = proxy.counts().faults[0].clone();
+        let w = &report.windows[..];
+        assert_eq!(w.len(), 1);
         assert_eq!(
-            rule,
+            (
+                w[0].service.as_str(),
+                w[0].operation.as_str(),
+                w[0].retry_after_secs,
+                w[0].arrived
+            ),
+            ("network", "GET /networks", 300, 2)
+        );
+        assert_eq!(
+            report.stats,
             RuleStats {
                 matched: 1,
                 injected: 1,
