@@ -71,6 +71,7 @@
 //! forwarding (the upstream never sees the request) or after the upstream answered (it did the
 //! work, the client sees the connection close without an answer). A reset closes the TCP
 //! connection without writing an answer (FIN; the kernel sends RST if request bytes are unread).
+//! Answers a rule produced or delayed carry `X-Osproxy-Fault: <rule index>`.
 //!
 //! Each rule that answers with `retry_after` opens a back-off window of that many seconds for
 //! the service of the faulted request; the counts report, per rule, how many requests of that
