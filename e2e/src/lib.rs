@@ -15,6 +15,7 @@
 
 pub mod cloud;
 pub mod hcp;
+pub mod osproxy;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
