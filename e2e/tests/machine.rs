@@ -516,7 +516,7 @@ async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_
 
     // 1. The manager dies right after Nova accepted the server, before status.instanceID.
     let mut crashing =
-        Manager::start(f.ns(), &["--fault-injection", "exit-after-server-create"]).await;
+        Manager::start(f.ns(), &["--fault-injection", "machine-after-server-create"]).await;
     f.machine("m2", good_spec(), Some("m2-bootstrap")).await;
     let exit = crashing
         .wait_exit(Duration::from_secs(60))
@@ -545,7 +545,7 @@ async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_
 
     // 2. The manager dies right after Neutron created the port, before it is tagged.
     let mut crashing =
-        Manager::start(f.ns(), &["--fault-injection", "exit-after-port-create"]).await;
+        Manager::start(f.ns(), &["--fault-injection", "machine-after-port-create"]).await;
     f.machine("m3", good_spec(), Some("m3-bootstrap")).await;
     crashing
         .wait_exit(Duration::from_secs(60))
