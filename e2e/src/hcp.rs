@@ -96,6 +96,16 @@ fn probe_output(cloud_config: &str, method: &str, request: &impl Message) -> std
         .unwrap()
 }
 
+/// What a test may change about an [`HcpCluster`].
+#[derive(Clone, Debug, Default)]
+pub struct HcpOptions {
+    /// clouds.yaml of the identity Secret; default: the environment's (`clouds_yaml_text`).
+    /// A test routes capow through `osproxy` with the proxy's version of it.
+    pub clouds_yaml: Option<String>,
+    /// Extra `capow manager` flags.
+    pub manager_args: Vec<String>,
+}
+
 /// A running hosted-control-plane cluster; see the module docs. Tear down with
 /// [`HcpCluster::finish`].
 pub struct HcpCluster {
@@ -114,6 +124,7 @@ pub struct HcpCluster {
     guard: TestNamespace,
     workload_name: String,
     mount: PathBuf,
+    manager_args: Vec<String>,
     stop: CancellationToken,
     registrar: tokio::task::JoinHandle<()>,
 }
@@ -124,6 +135,11 @@ impl HcpCluster {
     /// loopback port) and the node registrar, and waits until CAPI reports the infrastructure
     /// provisioned and the control-plane endpoint copied.
     pub async fn start(prefix: &str) -> HcpCluster {
+        HcpCluster::start_with(prefix, HcpOptions::default()).await
+    }
+
+    /// [`HcpCluster::start`] with `options`.
+    pub async fn start_with(prefix: &str, options: HcpOptions) -> HcpCluster {
         let env = Env::get();
         let client = env.client().await;
         ensure_control_plane_standin(&client).await;
@@ -141,11 +157,12 @@ impl HcpCluster {
         let workload_port: i64 = workload_server.rsplit(':').next().unwrap().parse().unwrap();
 
         // The management side of a hosted-control-plane cluster.
+        let clouds_yaml = options.clouds_yaml.clone().unwrap_or_else(clouds_yaml_text);
         apply_secret(
             &client,
             &ns,
             IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
+            &[("clouds.yaml", clouds_yaml.as_bytes())],
         )
         .await;
         apply_secret(
@@ -242,20 +259,25 @@ impl HcpCluster {
         std::fs::create_dir_all(&mount).unwrap();
         let grpc_addr = format!("127.0.0.1:{grpc_port}");
         let mount_s = mount.display().to_string();
+        let mut manager_args: Vec<String> = [
+            "--autoscaler-address",
+            &grpc_addr,
+            "--autoscaler-ip-san",
+            "127.0.0.1",
+            "--system-namespace",
+            &ns,
+            "--autoscaler-published-address",
+            &grpc_addr,
+            "--autoscaler-mount-dir",
+            &mount_s,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        manager_args.extend(options.manager_args.iter().cloned());
         let manager = Manager::start(
             &ns,
-            &[
-                "--autoscaler-address",
-                &grpc_addr,
-                "--autoscaler-ip-san",
-                "127.0.0.1",
-                "--system-namespace",
-                &ns,
-                "--autoscaler-published-address",
-                &grpc_addr,
-                "--autoscaler-mount-dir",
-                &mount_s,
-            ],
+            &manager_args.iter().map(String::as_str).collect::<Vec<_>>(),
         )
         .await;
         let stop = CancellationToken::new();
@@ -291,6 +313,7 @@ impl HcpCluster {
             guard,
             workload_name,
             mount,
+            manager_args,
             stop,
             registrar,
         }
@@ -344,6 +367,25 @@ impl HcpCluster {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Kills the manager with SIGKILL (no graceful shutdown, as a crashed or evicted pod) and
+    /// starts a new one with the same flags; returns once the new one is ready.
+    pub async fn kill_and_restart_manager(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(self.manager.pid().to_string())
+            .status();
+        let _ = self.manager.wait_exit(Duration::from_secs(10)).await;
+        self.manager = Manager::start(
+            &self.ns,
+            &self
+                .manager_args
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .await;
     }
 
     /// Sets the MachineDeployment's replicas through its `scale` subresource.

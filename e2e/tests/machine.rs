@@ -515,8 +515,11 @@ async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_
     let f = Fixture::new("crash").await;
 
     // 1. The manager dies right after Nova accepted the server, before status.instanceID.
-    let mut crashing =
-        Manager::start(f.ns(), &["--fault-injection", "machine-after-server-create"]).await;
+    let mut crashing = Manager::start(
+        f.ns(),
+        &["--fault-injection", "machine-after-server-create"],
+    )
+    .await;
     f.machine("m2", good_spec(), Some("m2-bootstrap")).await;
     let exit = crashing
         .wait_exit(Duration::from_secs(60))
