@@ -95,14 +95,18 @@ impl AdminCloud {
             "network" if !base.ends_with("/v2.0") => format!("{base}/v2.0"),
             _ => base.clone(),
         };
-        let resp = self
+        let mut req = self
             .http
             .get(format!("{base}{path}"))
-            .header("X-Auth-Token", &self.token)
-            .header("OpenStack-API-Version", "compute 2.61")
-            .header("X-OpenStack-Nova-API-Version", "2.61")
-            .send()
-            .await?;
+            .header("X-Auth-Token", &self.token);
+        if service == "compute" {
+            // Tags in server listings need 2.26; Cinder refuses a request that carries Nova's
+            // microversion header, so only Nova gets it.
+            req = req
+                .header("OpenStack-API-Version", "compute 2.61")
+                .header("X-OpenStack-Nova-API-Version", "2.61");
+        }
+        let resp = req.send().await?;
         let status = resp.status();
         let body = resp.text().await?;
         if !status.is_success() {
