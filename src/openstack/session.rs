@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock, Semaphore};
 
 use super::clouds::{AuthMethod, CloudConfig, NameOrId, SecretString};
-use super::error::{ApiError, Error, Result, message_from_body};
+use super::error::{ApiError, Error, Result, message_from_body, redacted_url};
 use super::metrics::Metrics;
 
 /// Tunables of the request path. Defaults suit a public cloud shared with other tenants.
@@ -301,7 +301,8 @@ impl Session {
     /// Builds a session; no request is sent until the first API call.
     ///
     /// # Errors
-    /// [`Error::InvalidCaCert`] when `cacert` holds no PEM certificate, and
+    /// [`Error::InvalidCaCert`] when `cacert` is not PEM, holds no certificate or a
+    /// certificate that does not parse, and
     /// [`Error::InvalidCloudConfig`] when the HTTP client cannot be built.
     pub fn new(
         cloud: CloudConfig,
@@ -320,12 +321,7 @@ impl Session {
             .pool_idle_timeout(Duration::from_secs(60))
             .danger_accept_invalid_certs(!cloud.verify_tls);
         if let Some(pem) = cacert {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::InvalidCaCert(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(Error::InvalidCaCert("no PEM certificate found".into()));
-            }
-            for cert in certs {
+            for cert in ca_certificates(pem)? {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -511,11 +507,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(service, operation, "error", elapsed);
-                return Err(Error::Transport {
-                    service,
-                    operation,
-                    source,
-                });
+                return Err(transport(service, operation, &url, source));
             }
         };
         let status = response.status();
@@ -524,11 +516,10 @@ impl Session {
             .observe(service, operation, status.as_str(), elapsed);
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
-        let body = response.bytes().await.map_err(|source| Error::Transport {
-            service,
-            operation,
-            source,
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| transport(service, operation, &url, source))?;
         if status.is_success() {
             tracing::trace!(service, operation, %status, ?elapsed, "OpenStack request");
             return Ok(body);
@@ -610,15 +601,10 @@ impl Session {
         const OPERATION: &str = "token_issue";
         let cloud = &self.inner.cloud;
         let body = token_request_body(cloud);
+        let url = format!("{}/auth/tokens", cloud.auth_url);
         self.inner.limiter.until_ready().await;
         let started = Instant::now();
-        let result = self
-            .inner
-            .http
-            .post(format!("{}/auth/tokens", cloud.auth_url))
-            .json(&body)
-            .send()
-            .await;
+        let result = self.inner.http.post(&url).json(&body).send().await;
         let elapsed = started.elapsed();
         let response = match result {
             Ok(r) => r,
@@ -626,11 +612,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(SERVICE, OPERATION, "error", elapsed);
-                return Err(Error::Transport {
-                    service: SERVICE,
-                    operation: OPERATION,
-                    source,
-                });
+                return Err(transport(SERVICE, OPERATION, &url, source));
             }
         };
         let status = response.status();
@@ -644,11 +626,10 @@ impl Session {
             .get("X-Subject-Token")
             .and_then(|v| v.to_str().ok())
             .map(SecretString::new);
-        let bytes = response.bytes().await.map_err(|source| Error::Transport {
-            service: SERVICE,
-            operation: OPERATION,
-            source,
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| transport(SERVICE, OPERATION, &url, source))?;
         if !status.is_success() {
             return Err(Error::Api(ApiError {
                 service: SERVICE,
@@ -726,6 +707,81 @@ fn token_request_body(cloud: &CloudConfig) -> Value {
             json!({ "project": name_or_id_json(&scope.project, scope.domain.as_ref()) });
     }
     json!({ "auth": auth })
+}
+
+/// An [`Error::Transport`] for a request to `url`; the URL is kept without its query (and
+/// removed from reqwest's error, whose `Display` would show it with the query).
+fn transport(
+    service: &'static str,
+    operation: &'static str,
+    url: &str,
+    source: reqwest::Error,
+) -> Error {
+    Error::Transport {
+        service,
+        operation,
+        url: redacted_url(url),
+        source: source.without_url(),
+    }
+}
+
+/// The certificates of an identity's `cacert` (clouds.yaml `cacert`: a PEM bundle of one or
+/// more `-----BEGIN CERTIFICATE-----` blocks, RFC 7468 §5), each checked the way rustls will
+/// use it as a trust anchor, so a broken bundle is reported here in words instead of as
+/// reqwest's "builder error" later.
+///
+/// # Errors
+/// [`Error::InvalidCaCert`] naming the problem: empty, binary DER instead of PEM, PEM without
+/// a certificate block (e.g. only a private key), a malformed PEM block, or a certificate
+/// block whose content is not an X.509 certificate.
+pub(crate) fn ca_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::{Error as PemError, PemObject};
+
+    let invalid = |m: String| Error::InvalidCaCert(m);
+    let mut certs = Vec::new();
+    for (i, item) in CertificateDer::pem_slice_iter(pem).enumerate() {
+        let der = item.map_err(|e| {
+            invalid(match e {
+                PemError::MissingSectionEnd { .. } => {
+                    "it is not valid PEM: a block has no -----END----- line".to_owned()
+                }
+                PemError::IllegalSectionStart { .. } => {
+                    "it is not valid PEM: a -----BEGIN----- line is malformed".to_owned()
+                }
+                PemError::Base64Decode(_) => {
+                    "it is not valid PEM: a block is not valid base64".to_owned()
+                }
+                other => format!("it is not valid PEM: {other}"),
+            })
+        })?;
+        rustls::RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|_| {
+                invalid(format!(
+                    "certificate {} in it is not a valid X.509 certificate",
+                    i + 1
+                ))
+            })?;
+        certs.push(
+            reqwest::Certificate::from_der(&der)
+                .map_err(|_| invalid(format!("certificate {} in it is not usable", i + 1)))?,
+        );
+    }
+    if certs.is_empty() {
+        let text = String::from_utf8_lossy(pem);
+        return Err(invalid(if text.trim().is_empty() {
+            "it is empty".to_owned()
+        } else if pem.first() == Some(&0x30) {
+            "it looks like a binary (DER) certificate; capow needs PEM, e.g. from `openssl x509 -inform der -outform pem`".to_owned()
+        } else if text.contains("-----BEGIN ") {
+            "it holds no -----BEGIN CERTIFICATE----- block (only other PEM blocks, such as a key)"
+                .to_owned()
+        } else {
+            "it is not PEM: it holds no -----BEGIN CERTIFICATE----- block".to_owned()
+        }));
+    }
+    Ok(certs)
 }
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
@@ -845,7 +901,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "the service catalog has no compute endpoint with interface \"internal\" in region Some(\"R2\")"
+            "the service catalog has no compute endpoint with interface \"internal\" in region \"R2\""
         );
     }
 
@@ -920,6 +976,190 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         cached.network().list_networks(&filter).await.unwrap();
         assert_eq!(hits.load(Ordering::SeqCst), 5);
+    }
+
+    /// Serves `app` on 127.0.0.1 and returns its base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    /// A cloud whose Keystone is at `auth_url`.
+    fn cloud_at(auth_url: &str) -> CloudConfig {
+        let yaml = format!(
+            "clouds: {{c: {{region_name: R, auth: {{auth_url: '{auth_url}', user_id: u, password: p, project_id: p}}}}}}"
+        );
+        CloudConfig::from_clouds_yaml(&yaml, "c", None).unwrap()
+    }
+
+    /// A port on 127.0.0.1 that nothing listens on (bound, then released).
+    async fn closed_port() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn unreachable_auth_url_names_the_url_and_the_cause() {
+        let port = closed_port().await;
+        let session = Session::new(
+            cloud_at(&format!("http://127.0.0.1:{port}/v3")),
+            None,
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+        .unwrap();
+        let err = session.authenticate().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot reach Keystone at http://127.0.0.1:{port}/v3/auth/tokens: connection refused"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_names_its_url_without_the_query() {
+        let port = closed_port().await;
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": format!("http://127.0.0.1:{port}")}]}]}});
+        let app = axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let body = catalog.to_string();
+                async move { ([("X-Subject-Token", "tok")], body) }
+            }),
+        );
+        let base = serve(app).await;
+        let options = ClientOptions {
+            max_retries: 0,
+            ..ClientOptions::default()
+        };
+        let session = Session::new(
+            cloud_at(&format!("{base}/v3")),
+            None,
+            options,
+            Metrics::default(),
+        )
+        .unwrap();
+        let filter = crate::openstack::network::ListFilter::attribute("name", "secret-ish");
+        let err = session
+            .network()
+            .list_networks(&filter)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot reach Neutron at http://127.0.0.1:{port}/v2.0/networks: connection refused"
+            )
+        );
+    }
+
+    fn session_with_cacert(pem: &[u8]) -> Result<Session> {
+        Session::new(
+            cloud_at("https://keystone.example/v3"),
+            Some(pem),
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+    }
+
+    #[test]
+    fn unusable_cacerts_say_why() {
+        let err = |pem: &[u8]| session_with_cacert(pem).unwrap_err().to_string();
+        assert_eq!(
+            err(b"not a certificate"),
+            "the identity's cacert is unusable: it is not PEM: it holds no -----BEGIN CERTIFICATE----- block"
+        );
+        assert_eq!(
+            err(b"-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n"),
+            "the identity's cacert is unusable: it is not valid PEM: a block is not valid base64"
+        );
+        // Valid base64, but not a certificate inside.
+        assert_eq!(
+            err(b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n"),
+            "the identity's cacert is unusable: certificate 1 in it is not a valid X.509 certificate"
+        );
+        assert!(err(b"-----BEGIN PRIVATE KEY-----\naGVsbG8=\n-----END PRIVATE KEY-----\n")
+            .ends_with("it holds no -----BEGIN CERTIFICATE----- block (only other PEM blocks, such as a key)"));
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+        assert!(err(ca.cert.der()).contains("binary (DER) certificate; capow needs PEM"));
+        assert!(err(b"  \n").ends_with("it is empty"));
+        // A good bundle is accepted.
+        session_with_cacert(ca.cert.pem().as_bytes()).unwrap();
+    }
+
+    /// A TLS server on 127.0.0.1 presenting a self-signed certificate for 127.0.0.1; it only
+    /// completes handshakes. Returns its port.
+    async fn tls_server() -> u16 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![server.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move { acceptor.accept(tcp).await });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn server_certificate_not_signed_by_the_cacert_is_named() {
+        let port = tls_server().await;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "another CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other_ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let session = Session::new(
+            cloud_at(&format!("https://127.0.0.1:{port}/v3")),
+            Some(other_ca.pem().as_bytes()),
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+        .unwrap();
+        let err = session.authenticate().await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot reach Keystone at https://127.0.0.1:{port}/v3/auth/tokens: TLS: the server's certificate is not signed by a trusted CA (the identity's cacert, or the system's CAs without one)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn https_url_on_a_plain_http_server_is_named() {
+        let app = axum::Router::new();
+        let base = serve(app).await.replace("http://", "https://");
+        let session = Session::new(
+            cloud_at(&format!("{base}/v3")),
+            None,
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+        .unwrap();
+        let err = session.authenticate().await.unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "the server does not speak TLS at this address (an http:// URL given as https://?)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
