@@ -83,6 +83,19 @@ pub enum Error {
         /// Region, if one was asked for.
         region: Option<String>,
     },
+
+    /// A request that is not idempotent (a `POST` that creates a server, port, network, ...)
+    /// failed in a way that does not tell whether the service carried it out: a 5xx answer,
+    /// a timeout or a connection lost after the request was sent, or a success answer that
+    /// could not be read. The session never sends such a request again by itself; the caller
+    /// must look for the resource (by the tag or metadata it put on it) before creating it
+    /// again. See [`Error::is_outcome_unknown`].
+    #[error("{source} (the request may have taken effect all the same)")]
+    OutcomeUnknown {
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// An HTTP error answer of an OpenStack service.
@@ -106,9 +119,17 @@ pub struct ApiError {
 }
 
 impl Error {
-    /// HTTP status of an API error.
-    pub fn status(&self) -> Option<StatusCode> {
+    /// The error itself, or the one inside [`Error::OutcomeUnknown`].
+    fn cause(&self) -> &Error {
         match self {
+            Error::OutcomeUnknown { source } => source,
+            e => e,
+        }
+    }
+
+    /// HTTP status of an API error (also inside [`Error::OutcomeUnknown`]).
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.cause() {
             Error::Api(e) => Some(e.status),
             _ => None,
         }
@@ -124,10 +145,28 @@ impl Error {
         self.status() == Some(StatusCode::UNAUTHORIZED)
     }
 
+    /// True when a non-idempotent request (a create) may or may not have been carried out:
+    /// the service answered 5xx, the answer timed out or the connection broke after the
+    /// request was sent, or a success answer could not be read.
+    ///
+    /// Nova, Neutron and Cinder have no idempotency key for creates: the request bodies of
+    /// <https://docs.openstack.org/api-ref/compute/#create-server>,
+    /// <https://docs.openstack.org/api-ref/network/v2/#create-port> and
+    /// <https://docs.openstack.org/api-ref/block-storage/v3/#create-a-volume> have no such
+    /// field, and `X-OpenStack-Request-ID` only correlates logs. Sending the same `POST` again
+    /// can therefore create a second server, port or volume. A caller that sees this error
+    /// must look the resource up by the tag or metadata it put on it before it creates it
+    /// again. The session itself never resends such a request (RFC 9110 §9.2.2: a client
+    /// should not retry a non-idempotent request automatically unless it knows the request
+    /// was never applied).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
     /// True when the request exceeded a quota: Nova answers 403 "Quota exceeded" for instance,
     /// core and RAM quotas and 413 for some others; Neutron answers 409 `OverQuota`.
     pub fn is_quota_exceeded(&self) -> bool {
-        match self {
+        match self.cause() {
             Error::Api(e) => {
                 let quota_message = e.message.contains("Quota exceeded")
                     || e.message.contains("OverQuota")
@@ -161,7 +200,7 @@ impl Error {
 
     /// Delay the service asked for, if it sent `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.cause() {
             Error::Api(e) => e.retry_after,
             _ => None,
         }

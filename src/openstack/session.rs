@@ -5,8 +5,17 @@
 //! - one token per identity, renewed `renew_before` ahead of its expiry or after a 401, and
 //!   never issued twice concurrently (a renewal lock, checked again after it is taken);
 //! - a per-cloud rate limit (`governor`) and a bound on requests in flight (a semaphore);
-//! - 429 and 503 answers are retried after their `Retry-After` delay (capped), a bounded
-//!   number of times;
+//! - a bounded number of retries, after the `Retry-After` delay (RFC 9110 §10.2.3, capped)
+//!   or an exponential backoff: idempotent requests (GET, HEAD, PUT, DELETE; RFC 9110 §9.2.2)
+//!   after 429, 503 or any transport error; other requests (the POSTs that create servers,
+//!   ports, networks, volumes) only when the service cannot have carried them out: after 429
+//!   (RFC 6585 §4: the request was refused by rate limiting) or a failed connection attempt.
+//!   A non-idempotent request whose outcome is unknown (5xx, including 503, which RFC 9110
+//!   §15.6.4 does not promise means "not processed"; a timeout or reset after sending; an
+//!   unreadable success answer) is never sent again: it fails with
+//!   [`Error::OutcomeUnknown`], and the caller looks the resource up by its tag before it
+//!   creates it again, because Nova and Neutron have no idempotency key
+//!   (see [`Error::is_outcome_unknown`]);
 //! - each service gets only its own microversion header (Cinder rejects a request that
 //!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
 //!
@@ -48,7 +57,8 @@ pub struct ClientOptions {
     pub burst: NonZeroU32,
     /// Requests in flight per cloud identity.
     pub max_in_flight: usize,
-    /// Retries of a request answered 429/503 (or, for GETs, not answered at all).
+    /// Retries of one request; which failures are retried depends on the method (see the
+    /// module docs).
     pub max_retries: u32,
     /// Upper bound of a single `Retry-After` wait.
     pub max_retry_after: Duration,
@@ -387,14 +397,27 @@ impl Session {
     ///
     /// # Errors
     /// [`Error::Api`] for HTTP error answers (after retries), [`Error::Transport`],
-    /// [`Error::Decode`] and [`Error::EndpointNotFound`].
+    /// [`Error::Decode`] and [`Error::EndpointNotFound`]; for a request that is not
+    /// idempotent (POST), [`Error::OutcomeUnknown`] around any of these when the service may
+    /// have carried it out.
     pub async fn send<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
         let (service, operation) = (req.service.name(), req.operation);
+        let idempotent = is_idempotent(&req.method);
         let bytes = self.send_raw(req).await?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
-            service,
-            operation,
-            source,
+        serde_json::from_slice(&bytes).map_err(|source| {
+            let e = Error::Decode {
+                service,
+                operation,
+                source,
+            };
+            // A create that succeeded but whose answer (the new ID) cannot be read.
+            if idempotent {
+                e
+            } else {
+                Error::OutcomeUnknown {
+                    source: Box::new(e),
+                }
+            }
         })
     }
 
@@ -448,20 +471,26 @@ impl Session {
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
+                Err(e) if !is_idempotent(&req.method) && may_have_taken_effect(&e) => {
+                    return Err(Error::OutcomeUnknown {
+                        source: Box::new(e),
+                    });
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Whether `e` may be retried for `req` (see the module docs for the rules and sources).
     fn retryable(&self, req: &Request, e: &Error) -> bool {
+        let idempotent = is_idempotent(&req.method);
         match e {
-            // The service said it did not process the request.
-            Error::Api(a) => matches!(
-                a.status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            ),
-            // No answer at all: only safe to repeat when the request has no side effects.
-            Error::Transport { .. } => req.method == Method::GET,
+            // Rate limited: the request was refused, not processed (RFC 6585 §4).
+            Error::Api(a) if a.status == StatusCode::TOO_MANY_REQUESTS => true,
+            // Unavailable: a proxy or the service may still have processed part of it.
+            Error::Api(a) => idempotent && a.status == StatusCode::SERVICE_UNAVAILABLE,
+            // No connection: nothing was sent. Anything later: repeat only what is idempotent.
+            Error::Transport { source, .. } => idempotent || source.is_connect(),
             _ => false,
         }
     }
@@ -707,6 +736,25 @@ fn token_request_body(cloud: &CloudConfig) -> Value {
             json!({ "project": name_or_id_json(&scope.project, scope.domain.as_ref()) });
     }
     json!({ "auth": auth })
+}
+
+/// True for the methods RFC 9110 §9.2.2 defines as idempotent that capow uses: GET, HEAD,
+/// PUT and DELETE. Everything else (POST) is sent once unless it surely was not processed.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+    )
+}
+
+/// True when a failed request may still have been carried out by the service: a 5xx answer,
+/// or a transport failure after the connection was made (timeout, reset, unreadable answer).
+fn may_have_taken_effect(e: &Error) -> bool {
+    match e {
+        Error::Api(a) => a.status.is_server_error(),
+        Error::Transport { source, .. } => !source.is_connect(),
+        _ => false,
+    }
 }
 
 /// An [`Error::Transport`] for a request to `url`; the URL is kept without its query (and
@@ -1160,6 +1208,224 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Serves `routes` plus a Keystone whose catalog points Neutron at the same server, on
+    /// 127.0.0.1, and returns a session for it.
+    async fn fake_neutron(routes: axum::Router, options: ClientOptions) -> Session {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": base}]}]}});
+        let app = routes.route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let body = catalog.to_string();
+                async move { ([("X-Subject-Token", "tok")], body) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Session::new(
+            cloud_at(&format!("{base}/v3")),
+            None,
+            options,
+            Metrics::default(),
+        )
+        .unwrap()
+    }
+
+    /// A handler answering `answers` in turn (the last one from then on) and counting calls.
+    fn scripted(
+        answers: Vec<(u16, Option<&'static str>, &'static str)>,
+        calls: Arc<std::sync::Mutex<Vec<Instant>>>,
+    ) -> axum::routing::MethodRouter {
+        let answers = Arc::new(answers);
+        let handler = move || {
+            let (answers, calls) = (answers.clone(), calls.clone());
+            async move {
+                let n = {
+                    let mut calls = calls.lock().unwrap();
+                    calls.push(Instant::now());
+                    calls.len() - 1
+                };
+                let (status, retry_after, body) = answers[n.min(answers.len() - 1)];
+                let mut response = axum::response::IntoResponse::into_response(body);
+                *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                if let Some(after) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", after.parse().unwrap());
+                }
+                response
+            }
+        };
+        axum::routing::any(handler)
+    }
+
+    fn a_port() -> crate::openstack::network::CreatePort {
+        crate::openstack::network::CreatePort {
+            name: "m-0".into(),
+            network_id: "n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn post_answered_503_is_sent_once_and_its_outcome_is_unknown() {
+        let calls = Arc::default();
+        let routes = axum::Router::new().route(
+            "/v2.0/ports",
+            scripted(vec![(503, Some("0"), "busy")], Arc::clone(&calls)),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let err = session.network().create_port(&a_port()).await.unwrap_err();
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        assert!(err.is_outcome_unknown(), "{err}");
+        assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(
+            err.to_string(),
+            "network port_create failed with HTTP 503 Service Unavailable: busy (the request may have taken effect all the same)"
+        );
+    }
+
+    #[tokio::test]
+    async fn post_that_times_out_is_sent_once_and_its_outcome_is_unknown() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let routes = axum::Router::new().route(
+            "/v2.0/ports",
+            axum::routing::post(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "{}"
+                }
+            }),
+        );
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(300),
+            ..ClientOptions::default()
+        };
+        let session = fake_neutron(routes, options).await;
+        let err = session.network().create_port(&a_port()).await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
+        assert!(err.to_string().contains("/v2.0/ports: timed out"), "{err}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn post_whose_success_answer_is_unreadable_has_an_unknown_outcome() {
+        let calls = Arc::default();
+        let routes = axum::Router::new().route(
+            "/v2.0/ports",
+            scripted(vec![(201, None, "{\"port\": ")], Arc::clone(&calls)),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let err = session.network().create_port(&a_port()).await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
+        // The same answer to a GET is a plain decode error.
+        let routes = axum::Router::new().route(
+            "/v2.0/networks",
+            scripted(vec![(200, None, "{\"networks\": ")], Arc::default()),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        let err = session.network().list_networks(&filter).await.unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn post_whose_connection_is_refused_is_not_of_unknown_outcome() {
+        let port = closed_port().await;
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": format!("http://127.0.0.1:{port}")}]}]}});
+        let app = axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let body = catalog.to_string();
+                async move { ([("X-Subject-Token", "tok")], body) }
+            }),
+        );
+        let base = serve(app).await;
+        let options = ClientOptions {
+            max_retries: 1,
+            ..ClientOptions::default()
+        };
+        let session = Session::new(
+            cloud_at(&format!("{base}/v3")),
+            None,
+            options,
+            Metrics::default(),
+        )
+        .unwrap();
+        let err = session.network().create_port(&a_port()).await.unwrap_err();
+        assert!(!err.is_outcome_unknown(), "{err}");
+        assert!(err.to_string().ends_with("connection refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn get_answered_503_is_retried_after_its_retry_after() {
+        let calls: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let routes = axum::Router::new().route(
+            "/v2.0/networks",
+            scripted(
+                vec![(503, Some("1"), "busy"), (200, None, r#"{"networks": []}"#)],
+                Arc::clone(&calls),
+            ),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        assert!(
+            session
+                .network()
+                .list_networks(&filter)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert!(calls[1] - calls[0] >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn post_answered_429_is_retried_after_its_retry_after() {
+        let calls: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let routes = axum::Router::new().route(
+            "/v2.0/ports",
+            scripted(
+                vec![
+                    (429, Some("1"), "slow down"),
+                    (201, None, r#"{"port": {"id": "p1"}}"#),
+                ],
+                Arc::clone(&calls),
+            ),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let port = session.network().create_port(&a_port()).await.unwrap();
+        assert_eq!(port.id, "p1");
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 2);
+        assert!(calls[1] - calls[0] >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn put_answered_503_is_retried() {
+        let calls: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let routes = axum::Router::new().route(
+            "/v2.0/ports/p1/tags",
+            scripted(
+                vec![(503, Some("0"), "busy"), (200, None, "{}")],
+                Arc::clone(&calls),
+            ),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        session
+            .network()
+            .set_port_tags("p1", &["capow".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(calls.lock().unwrap().len(), 2);
     }
 
     #[test]
