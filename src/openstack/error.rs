@@ -84,6 +84,19 @@ pub enum Error {
         region: Option<String>,
     },
 
+    /// A success answer's body is larger than `ClientOptions::max_response_bytes` (16 MiB by
+    /// default); it was not read past the limit. (An error answer's body is read up to 64 KiB
+    /// and reported as [`Error::Api`].)
+    #[error("the {service} {operation} response is larger than {}, the most capow reads", bytes_in_words(.limit))]
+    ResponseTooLarge {
+        /// Service type.
+        service: &'static str,
+        /// Operation name.
+        operation: &'static str,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
     /// A request that is not idempotent (a `POST` that creates a server, port, network, ...)
     /// failed in a way that does not tell whether the service carried it out: a 5xx answer,
     /// a timeout or a connection lost after the request was sent, or a success answer that
@@ -218,6 +231,17 @@ pub(crate) fn capped(text: &str) -> Cow<'_, str> {
         end -= 1;
     }
     Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// `bytes` as `16 MiB`, `64 KiB` or `100 bytes`.
+pub(crate) fn bytes_in_words(bytes: &usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    match *bytes {
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// The product name people know a service by, for messages.

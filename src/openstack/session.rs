@@ -16,6 +16,8 @@
 //!   [`Error::OutcomeUnknown`], and the caller looks the resource up by its tag before it
 //!   creates it again, because Nova and Neutron have no idempotency key
 //!   (see [`Error::is_outcome_unknown`]);
+//! - an answer's body is read in chunks against [`ClientOptions::max_response_bytes`]
+//!   (error answers against 64 KiB), so a cloud cannot make capow buffer an unbounded body;
 //! - each service gets only its own microversion header (Cinder rejects a request that
 //!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
 //!
@@ -43,7 +45,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock, Semaphore};
 
 use super::clouds::{AuthMethod, CloudConfig, NameOrId, SecretString};
-use super::error::{ApiError, Error, Result, message_from_body, redacted_url};
+use super::error::{
+    ApiError, Error, Result, bytes_in_words, message_from_body, redacted_url, transport_cause,
+};
 use super::metrics::Metrics;
 
 /// Tunables of the request path. Defaults suit a public cloud shared with other tenants.
@@ -67,6 +71,12 @@ pub struct ClientOptions {
     /// How long a lookup answer is reused by [`Session::with_lookup_cache`] sessions, in
     /// seconds; zero disables the cache.
     pub lookup_cache_ttl: Duration,
+    /// Largest body of a success answer read, in bytes (16 MiB by default: a listing of
+    /// thousands of servers or ports). The service catalog and the endpoints are chosen by
+    /// the tenant whose clouds.yaml capow uses, so no answer may grow the shared manager's
+    /// memory without bound: the body is read in chunks against this limit and a larger one
+    /// fails with [`Error::ResponseTooLarge`]. Error answers are read up to 64 KiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -80,6 +90,7 @@ impl Default for ClientOptions {
             max_retry_after: Duration::from_secs(30),
             renew_before: Duration::from_secs(600),
             lookup_cache_ttl: Duration::from_secs(10),
+            max_response_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -545,11 +556,11 @@ impl Session {
             .observe(service, operation, status.as_str(), elapsed);
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| transport(service, operation, &url, source))?;
         if status.is_success() {
+            let limit = self.inner.options.max_response_bytes;
+            let body = read_body(response, limit)
+                .await
+                .map_err(|e| e.into_error(service, operation, &url, limit))?;
             tracing::trace!(service, operation, %status, ?elapsed, "OpenStack request");
             return Ok(body);
         }
@@ -558,7 +569,7 @@ impl Session {
             operation,
             status,
             request_id,
-            message: message_from_body(&String::from_utf8_lossy(&body)),
+            message: error_message(response).await,
             retry_after,
         }))
     }
@@ -655,20 +666,20 @@ impl Session {
             .get("X-Subject-Token")
             .and_then(|v| v.to_str().ok())
             .map(SecretString::new);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| transport(SERVICE, OPERATION, &url, source))?;
         if !status.is_success() {
             return Err(Error::Api(ApiError {
                 service: SERVICE,
                 operation: OPERATION,
                 status,
                 request_id,
-                message: message_from_body(&String::from_utf8_lossy(&bytes)),
+                message: error_message(response).await,
                 retry_after,
             }));
         }
+        let limit = self.inner.options.max_response_bytes;
+        let bytes = read_body(response, limit)
+            .await
+            .map_err(|e| e.into_error(SERVICE, OPERATION, &url, limit))?;
         let value = subject.ok_or_else(|| {
             Error::InvalidCloudConfig("Keystone answered without an X-Subject-Token header".into())
         })?;
@@ -738,6 +749,76 @@ fn token_request_body(cloud: &CloudConfig) -> Value {
     json!({ "auth": auth })
 }
 
+/// Most of an error answer's body read for its message, in bytes.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Why [`read_body`] stopped.
+enum BodyError {
+    /// The body is larger than the limit.
+    TooLarge,
+    /// The connection failed while reading.
+    Transport(reqwest::Error),
+}
+
+impl BodyError {
+    fn into_error(
+        self,
+        service: &'static str,
+        operation: &'static str,
+        url: &str,
+        limit: usize,
+    ) -> Error {
+        match self {
+            BodyError::TooLarge => Error::ResponseTooLarge {
+                service,
+                operation,
+                limit,
+            },
+            BodyError::Transport(source) => transport(service, operation, url, source),
+        }
+    }
+}
+
+/// The body of `response`, read chunk by chunk and given up as soon as it would exceed
+/// `limit` bytes (at once when `Content-Length` already says so), so an endless or huge
+/// answer costs at most `limit` bytes of memory plus one chunk.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<bytes::Bytes, BodyError> {
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    // Trust a declared length for the first allocation only up to 64 KiB: a server could
+    // announce 16 MiB and then send nothing.
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(64 * 1024));
+    let mut body = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The message of an error answer: read up to [`ERROR_BODY_LIMIT`] and extracted with
+/// [`message_from_body`]; a body that is larger or cannot be read is described instead.
+async fn error_message(response: reqwest::Response) -> String {
+    match read_body(response, ERROR_BODY_LIMIT).await {
+        Ok(body) => message_from_body(&String::from_utf8_lossy(&body)),
+        Err(BodyError::TooLarge) => format!(
+            "(the error answer is larger than {} and was not read)",
+            bytes_in_words(&ERROR_BODY_LIMIT)
+        ),
+        Err(BodyError::Transport(e)) => format!(
+            "(the error answer could not be read: {})",
+            transport_cause(&e)
+        ),
+    }
+}
+
 /// True for the methods RFC 9110 §9.2.2 defines as idempotent that capow uses: GET, HEAD,
 /// PUT and DELETE. Everything else (POST) is sent once unless it surely was not processed.
 fn is_idempotent(method: &Method) -> bool {
@@ -748,11 +829,13 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// True when a failed request may still have been carried out by the service: a 5xx answer,
-/// or a transport failure after the connection was made (timeout, reset, unreadable answer).
+/// a transport failure after the connection was made (timeout, reset, unreadable answer), or
+/// a success answer too large to read.
 fn may_have_taken_effect(e: &Error) -> bool {
     match e {
         Error::Api(a) => a.status.is_server_error(),
         Error::Transport { source, .. } => !source.is_connect(),
+        Error::ResponseTooLarge { .. } => true,
         _ => false,
     }
 }
@@ -1426,6 +1509,102 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(calls.lock().unwrap().len(), 2);
+    }
+
+    /// A body of `total` bytes sent in 64 KiB chunks without a `Content-Length`, counting the
+    /// bytes the server has handed to the connection in `sent`.
+    fn endless_body(total: usize, sent: Arc<std::sync::atomic::AtomicUsize>) -> axum::body::Body {
+        use futures::StreamExt;
+        const CHUNK: usize = 64 * 1024;
+        let chunks = futures::stream::iter(0..total / CHUNK).map(move |_| {
+            sent.fetch_add(CHUNK, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; CHUNK]))
+        });
+        axum::body::Body::from_stream(chunks)
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_the_limit_fail_without_being_read() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const MIB: usize = 1024 * 1024;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let streamed = sent.clone();
+        let routes = axum::Router::new()
+            .route(
+                "/v2.0/networks",
+                axum::routing::get(move || {
+                    let sent = streamed.clone();
+                    async move { endless_body(128 * MIB, sent) }
+                }),
+            )
+            .route(
+                "/v2.0/subnets",
+                axum::routing::get(|| async { vec![b' '; 2 * MIB] }),
+            )
+            .route(
+                "/v2.0/routers",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        endless_body(128 * MIB, Arc::default()),
+                    )
+                }),
+            );
+        let options = ClientOptions {
+            max_response_bytes: MIB,
+            ..ClientOptions::default()
+        };
+        let session = fake_neutron(routes, options).await;
+        let filter = crate::openstack::network::ListFilter::default();
+
+        // Streamed without Content-Length: given up at the limit.
+        let err = session.network().list_networks(&filter).await.unwrap_err();
+        assert!(
+            matches!(err, Error::ResponseTooLarge { limit: MIB, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the network network_list response is larger than 1 MiB, the most capow reads"
+        );
+        // The server got rid of the limit plus what the loopback socket buffers hold, far
+        // less than the body.
+        assert!(
+            sent.load(Ordering::SeqCst) < 32 * MIB,
+            "{}",
+            sent.load(Ordering::SeqCst)
+        );
+
+        // With a Content-Length above the limit: refused before reading.
+        let err = session.network().list_subnets(&filter).await.unwrap_err();
+        assert!(matches!(err, Error::ResponseTooLarge { .. }), "{err}");
+
+        // An error answer is read up to 64 KiB for its message.
+        let err = session.network().list_routers(&filter).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(
+            err.to_string()
+                .ends_with("(the error answer is larger than 64 KiB and was not read)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn post_whose_success_answer_is_too_large_has_an_unknown_outcome() {
+        let routes = axum::Router::new().route(
+            "/v2.0/ports",
+            axum::routing::post(|| async {
+                let port = json!({"port": {"id": "p1", "description": "x".repeat(4096)}});
+                (axum::http::StatusCode::CREATED, port.to_string())
+            }),
+        );
+        let options = ClientOptions {
+            max_response_bytes: 1024,
+            ..ClientOptions::default()
+        };
+        let session = fake_neutron(routes, options).await;
+        let err = session.network().create_port(&a_port()).await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
     }
 
     #[test]
