@@ -18,6 +18,8 @@
 //!   (see [`Error::is_outcome_unknown`]);
 //! - an answer's body is read in chunks against [`ClientOptions::max_response_bytes`]
 //!   (error answers against 64 KiB), so a cloud cannot make capow buffer an unbounded body;
+//! - redirects are not followed (a 3xx answer is an error naming its target), so the token
+//!   and a token request's password never go to an origin other than the one asked;
 //! - each service gets only its own microversion header (Cinder rejects a request that
 //!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
 //!
@@ -340,6 +342,12 @@ impl Session {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("capow/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
+            // No redirects: reqwest drops `Authorization` and cookies on a cross-origin
+            // redirect but not `X-Auth-Token`, and a 307/308 would resend a token request's
+            // password (RFC 9110 §15.4.8). No Keystone v3, Nova, Neutron, Glance or Cinder call
+            // capow makes is answered with a redirect; a 3xx becomes an error naming the
+            // target instead.
+            .redirect(reqwest::redirect::Policy::none())
             .danger_accept_invalid_certs(!cloud.verify_tls);
         if let Some(pem) = cacert {
             for cert in ca_certificates(pem)? {
@@ -804,8 +812,21 @@ async fn read_body(
 }
 
 /// The message of an error answer: read up to [`ERROR_BODY_LIMIT`] and extracted with
-/// [`message_from_body`]; a body that is larger or cannot be read is described instead.
+/// [`message_from_body`]; a body that is larger or cannot be read is described instead. For a
+/// redirect (which the session does not follow), where it leads.
 async fn error_message(response: reqwest::Response) -> String {
+    if response.status().is_redirection() {
+        let target = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .map_or_else(|| "elsewhere".to_owned(), |u| redacted_url(u.as_str()));
+        return format!(
+            "the service redirects to {target}; capow follows no redirects (they could carry \
+             the token elsewhere), so give that URL as auth_url or in the service catalog"
+        );
+    }
     match read_body(response, ERROR_BODY_LIMIT).await {
         Ok(body) => message_from_body(&String::from_utf8_lossy(&body)),
         Err(BodyError::TooLarge) => format!(
@@ -1605,6 +1626,70 @@ mod tests {
         let session = fake_neutron(routes, options).await;
         let err = session.network().create_port(&a_port()).await.unwrap_err();
         assert!(err.is_outcome_unknown(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_carry_no_token() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // The other origin counts what reaches it.
+        let (reached, with_token) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (r, t) = (reached.clone(), with_token.clone());
+        let other = serve(
+            axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+                r.fetch_add(1, Ordering::SeqCst);
+                if headers.contains_key("x-auth-token") {
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+                async { r#"{"networks": [], "token": {}}"# }
+            }),
+        )
+        .await;
+
+        // A Neutron that redirects listings to the other origin.
+        let to = format!("{other}/v2.0/networks?from=redirect");
+        let routes = axum::Router::new().route(
+            "/v2.0/networks",
+            axum::routing::get(move || {
+                let to = to.clone();
+                async move { axum::response::Redirect::temporary(&to) }
+            }),
+        );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        let listed = session.network().list_networks(&filter).await;
+
+        // A Keystone that redirects the token request (with the password in its body).
+        let to = format!("{other}/v3/auth/tokens");
+        let keystone = serve(axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let to = to.clone();
+                async move { axum::response::Redirect::permanent(&to) }
+            }),
+        ))
+        .await;
+        let session = Session::new(
+            cloud_at(&format!("{keystone}/v3")),
+            None,
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+        .unwrap();
+        let issued = session.authenticate().await;
+
+        // Neither the token nor the password reached the other origin.
+        assert_eq!(with_token.load(Ordering::SeqCst), 0);
+        assert_eq!(reached.load(Ordering::SeqCst), 0);
+        let err = issued.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::PERMANENT_REDIRECT));
+        let err = listed.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::TEMPORARY_REDIRECT));
+        assert!(
+            err.to_string().ends_with(&format!(
+                "the service redirects to {other}/v2.0/networks; capow follows no redirects (they could carry the token elsewhere), so give that URL as auth_url or in the service catalog"
+            )),
+            "{err}"
+        );
     }
 
     #[test]
