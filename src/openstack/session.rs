@@ -1,10 +1,14 @@
 //! An authenticated connection to one cloud as one identity: Keystone v3 token issue and
 //! renewal, the service catalog, and the request path every API call goes through.
 //!
-//! The request path enforces the rules of design §5 "OpenStack is protected":
-//! - one token per identity, renewed `renew_before` ahead of its expiry or after a 401, and
-//!   never issued twice concurrently (a renewal lock, checked again after it is taken);
-//! - a per-cloud rate limit (`governor`) and a bound on requests in flight (a semaphore);
+//! The request path protects the cloud, which capow shares with its other users, and the
+//! manager, which the clouds of many tenants share:
+//! - one token per identity, renewed `renew_before` ahead of its expiry, or at half its
+//!   lifetime when that comes first (so a short-lived token is not issued again for every
+//!   call), or after a 401, and never issued twice concurrently (a renewal lock, checked again
+//!   after it is taken);
+//! - a per-cloud rate limit (`governor`) and a bound on requests in flight (a semaphore),
+//!   which token requests to Keystone take like every other call;
 //! - a bounded number of retries, after the `Retry-After` delay (RFC 9110 §10.2.3, capped)
 //!   or an exponential backoff: idempotent requests (GET, HEAD, PUT, DELETE; RFC 9110 §9.2.2)
 //!   after 429, 503 or any transport error; other requests (the POSTs that create servers,
@@ -68,7 +72,8 @@ pub struct ClientOptions {
     pub max_retries: u32,
     /// Upper bound of a single `Retry-After` wait.
     pub max_retry_after: Duration,
-    /// Renew the token this long before it expires.
+    /// Renew the token this long before it expires, in seconds; a token whose lifetime is
+    /// shorter than twice this is renewed at half its lifetime instead (see [`renew_after`]).
     pub renew_before: Duration,
     /// How long a lookup answer is reused by [`Session::with_lookup_cache`] sessions, in
     /// seconds; zero disables the cache.
@@ -216,7 +221,8 @@ impl Request {
 /// A Keystone token with the catalog it came with.
 struct Token {
     value: SecretString,
-    expires_at: Timestamp,
+    /// When to issue a new token (local monotonic clock, see [`renew_after`]).
+    renew_at: Instant,
     catalog: Vec<CatalogService>,
     project_id: Option<String>,
 }
@@ -247,6 +253,8 @@ struct TokenResponse {
 #[derive(Deserialize)]
 struct TokenBody {
     expires_at: Timestamp,
+    #[serde(default)]
+    issued_at: Option<Timestamp>,
     #[serde(default)]
     catalog: Vec<CatalogService>,
     #[serde(default)]
@@ -630,11 +638,7 @@ impl Session {
     async fn valid_token(&self) -> Option<Arc<Token>> {
         let guard = self.inner.token.read().await;
         let token = guard.as_ref()?;
-        let renew_at = token
-            .expires_at
-            .checked_sub(self.inner.options.renew_before)
-            .ok()?;
-        (Timestamp::now() < renew_at).then(|| token.clone())
+        (Instant::now() < token.renew_at).then(|| token.clone())
     }
 
     async fn invalidate(&self, used: &Arc<Token>) {
@@ -650,7 +654,9 @@ impl Session {
         let cloud = &self.inner.cloud;
         let body = token_request_body(cloud);
         let url = format!("{}/auth/tokens", cloud.auth_url);
+        // Keystone is called through the same limits as every other service.
         self.inner.limiter.until_ready().await;
+        let _permit = self.inner.in_flight.acquire().await;
         let started = Instant::now();
         let result = self.inner.http.post(&url).json(&body).send().await;
         let elapsed = started.elapsed();
@@ -697,14 +703,30 @@ impl Session {
                 operation: OPERATION,
                 source,
             })?;
-        tracing::debug!(auth_url = %cloud.auth_url, expires_at = %parsed.token.expires_at, "Issued Keystone token");
+        let token = parsed.token;
+        // The lifetime by Keystone's clock, counted on the local monotonic clock from when the
+        // request was sent, so clock skew between capow and Keystone does not matter.
+        let issued_at = token.issued_at.unwrap_or_else(Timestamp::now);
+        let lifetime = Duration::try_from(token.expires_at.duration_since(issued_at))
+            .unwrap_or(Duration::ZERO);
+        let renew_in = renew_after(lifetime, self.inner.options.renew_before);
+        tracing::debug!(auth_url = %cloud.auth_url, expires_at = %token.expires_at, renew_in_seconds = renew_in.as_secs(), "Issued Keystone token");
         Ok(Token {
             value,
-            expires_at: parsed.token.expires_at,
-            catalog: parsed.token.catalog,
-            project_id: parsed.token.project.map(|p| p.id),
+            renew_at: started + renew_in,
+            catalog: token.catalog,
+            project_id: token.project.map(|p| p.id),
         })
     }
+}
+
+/// How long after it was issued a token of `lifetime` is renewed: `renew_before` ahead of its
+/// expiry, but at half its lifetime when that is earlier. Keystone's default token lifetime is
+/// one hour (`[token] expiration = 3600`, Keystone configuration reference), so the default
+/// `renew_before` of 600 s renews at 50 min; a cloud configured for 60 s tokens gets them
+/// renewed every 30 s rather than before every call.
+pub fn renew_after(lifetime: Duration, renew_before: Duration) -> Duration {
+    lifetime.saturating_sub(renew_before.min(lifetime / 2))
 }
 
 fn name_or_id_json(v: &NameOrId, domain: Option<&NameOrId>) -> Value {
@@ -1014,7 +1036,7 @@ mod tests {
     fn token_with(catalog: Value) -> Token {
         Token {
             value: SecretString::new("t"),
-            expires_at: Timestamp::now(),
+            renew_at: Instant::now(),
             catalog: serde_json::from_value(catalog).unwrap(),
             project_id: None,
         }
@@ -1690,6 +1712,128 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tokens_are_renewed_before_expiry_or_at_half_their_lifetime() {
+        let renew_before = Duration::from_secs(600);
+        let after = |secs| renew_after(Duration::from_secs(secs), renew_before);
+        assert_eq!(after(3600), Duration::from_secs(3000));
+        assert_eq!(after(1200), Duration::from_secs(600));
+        assert_eq!(after(60), Duration::from_secs(30));
+        assert_eq!(after(0), Duration::ZERO);
+    }
+
+    /// A Keystone on 127.0.0.1 whose tokens (`tok-1`, `tok-2`, ...) live `lifetime`, counting
+    /// the tokens issued and the requests in flight at once (also those of `routes`, which
+    /// see the same counter through [`InFlight`]); its catalog points Neutron at itself.
+    async fn counting_cloud(
+        routes: axum::Router<Arc<InFlight>>,
+        lifetime: Duration,
+        options: ClientOptions,
+    ) -> (Session, Arc<InFlight>) {
+        use axum::extract::State;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(InFlight::default());
+        let app = routes
+            .route(
+                "/v3/auth/tokens",
+                axum::routing::post(move |State(state): State<Arc<InFlight>>| {
+                    let base = base.clone();
+                    async move {
+                        let _busy = state.enter();
+                        let n = state.tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let now = Timestamp::now();
+                        let body = json!({"token": {
+                            "issued_at": now.to_string(),
+                            "expires_at": (now + lifetime).to_string(),
+                            "project": {"id": "p"},
+                            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": base}]}]}});
+                        ([("X-Subject-Token", format!("tok-{n}"))], body.to_string())
+                    }
+                }),
+            )
+            .with_state(state.clone());
+        let cloud = cloud_at(&format!("http://{}/v3", listener.local_addr().unwrap()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let session = Session::new(cloud, None, options, Metrics::default()).unwrap();
+        (session, state)
+    }
+
+    /// Counters of [`counting_cloud`].
+    #[derive(Default)]
+    struct InFlight {
+        tokens: std::sync::atomic::AtomicUsize,
+        now: std::sync::atomic::AtomicUsize,
+        max: std::sync::atomic::AtomicUsize,
+    }
+
+    impl InFlight {
+        /// Counts a request in flight until the guard is dropped.
+        fn enter(&self) -> impl Drop + '_ {
+            use std::sync::atomic::Ordering;
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(now, Ordering::SeqCst);
+            struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Leave<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Leave(&self.now)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_living_60_seconds_is_not_issued_for_every_request() {
+        use std::sync::atomic::Ordering;
+        let routes = axum::Router::new().route(
+            "/v2.0/networks",
+            axum::routing::get(|| async { r#"{"networks": []}"# }),
+        );
+        let (session, counts) =
+            counting_cloud(routes, Duration::from_secs(60), ClientOptions::default()).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        for _ in 0..5 {
+            session.network().list_networks(&filter).await.unwrap();
+        }
+        assert_eq!(counts.tokens.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn token_requests_count_against_the_in_flight_bound() {
+        use axum::extract::State;
+        use std::sync::atomic::Ordering;
+        // Listings with the first token are refused (revoked), so one caller renews the token
+        // while the others' listings are in flight.
+        let routes = axum::Router::new().route(
+            "/v2.0/networks",
+            axum::routing::get(
+                |State(state): State<Arc<InFlight>>, headers: axum::http::HeaderMap| async move {
+                    let _busy = state.enter();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if headers.get("x-auth-token").is_some_and(|t| t == "tok-1") {
+                        (axum::http::StatusCode::UNAUTHORIZED, "{}")
+                    } else {
+                        (axum::http::StatusCode::OK, r#"{"networks": []}"#)
+                    }
+                },
+            ),
+        );
+        let options = ClientOptions {
+            max_in_flight: 1,
+            ..ClientOptions::default()
+        };
+        let (session, counts) = counting_cloud(routes, Duration::from_secs(3600), options).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        let calls = (0..3).map(|_| async { session.network().list_networks(&filter).await });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        assert!(counts.tokens.load(Ordering::SeqCst) >= 2);
+        assert_eq!(counts.max.load(Ordering::SeqCst), 1);
     }
 
     #[test]
