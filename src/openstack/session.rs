@@ -24,8 +24,13 @@
 //!   (error answers against 64 KiB), so a cloud cannot make capow buffer an unbounded body;
 //! - redirects are not followed (a 3xx answer is an error naming its target), so the token
 //!   and a token request's password never go to an origin other than the one asked;
-//! - each service gets only its own microversion header (Cinder rejects a request that
-//!   carries Nova's, `shared/openstack-dev/NOTES.md` finding 8).
+//! - each service gets only its own microversion header: `OpenStack-API-Version` names the
+//!   service type it is meant for (`compute 2.61`, `volume 3.0`; API-SIG microversion
+//!   guideline,
+//!   <https://specs.openstack.org/openstack/api-sig/guidelines/microversion_specification.html>,
+//!   and the Cinder microversion history,
+//!   <https://docs.openstack.org/cinder/latest/contributor/api_microversion_history.html>),
+//!   and Cinder refuses a request that carries Nova's.
 //!
 //! Every request is counted in [`Metrics`] by service, operation and HTTP status.
 //!
