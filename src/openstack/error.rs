@@ -355,8 +355,22 @@ fn tls_cause(error: &rustls::Error) -> String {
                  (the identity's cacert, or the system's CAs without one)"
                     .into()
             }
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
+            C::NotValidForName => {
                 "TLS: the server's certificate is not valid for this host name".into()
+            }
+            C::NotValidForNameContext { presented, .. } => {
+                // webpki gives the names in Debug form, e.g. `DnsName("keystone.example")`:
+                // keep the quoted name.
+                let names: Vec<&str> = presented
+                    .iter()
+                    .filter_map(|n| n.split('"').nth(1))
+                    .collect();
+                let valid_for = if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it is valid for {})", capped(&names.join(", ")))
+                };
+                format!("TLS: the server's certificate is not valid for this host name{valid_for}")
             }
             C::Expired | C::ExpiredContext { .. } => {
                 "TLS: the server's certificate has expired".into()
@@ -365,8 +379,20 @@ fn tls_cause(error: &rustls::Error) -> String {
                 "TLS: the server's certificate is not valid yet".into()
             }
             C::Revoked => "TLS: the server's certificate is revoked".into(),
-            other => format!("TLS: the server's certificate is invalid ({other})"),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "TLS: the server's certificate is not meant for TLS servers (extended key usage)"
+                    .into()
+            }
+            C::BadEncoding => "TLS: the server's certificate does not parse".into(),
+            // The other variants' Display falls back to their Debug form (byte vectors).
+            _ => "TLS: the server's certificate is not accepted (unsupported signature \
+                  algorithm, critical extension or revocation status)"
+                .into(),
         },
+        rustls::Error::AlertReceived(_) => "TLS handshake failed: the server refused it (does it \
+                                            want a client certificate, or a TLS version or cipher \
+                                            capow does not offer?)"
+            .into(),
         rustls::Error::InvalidMessage(_) => {
             "TLS handshake failed: the server does not speak TLS at this address \
              (an http:// URL given as https://?)"

@@ -1271,11 +1271,12 @@ mod tests {
         session_with_cacert(ca.cert.pem().as_bytes()).unwrap();
     }
 
-    /// A TLS server on 127.0.0.1 presenting a self-signed certificate for 127.0.0.1; it only
-    /// completes handshakes. Returns its port.
-    async fn tls_server() -> u16 {
+    /// A TLS server on 127.0.0.1 presenting a self-signed certificate for `name`; it only
+    /// completes handshakes. Returns its port and its certificate (PEM).
+    async fn tls_server(name: &str) -> (u16, String) {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let server = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let pem = server.cert.pem();
         let key =
             rustls::pki_types::PrivateKeyDer::Pkcs8(server.signing_key.serialize_der().into());
         let config = rustls::ServerConfig::builder()
@@ -1291,12 +1292,12 @@ mod tests {
                 tokio::spawn(async move { acceptor.accept(tcp).await });
             }
         });
-        port
+        (port, pem)
     }
 
     #[tokio::test]
     async fn server_certificate_not_signed_by_the_cacert_is_named() {
-        let port = tls_server().await;
+        let (port, _) = tls_server("127.0.0.1").await;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
@@ -1318,6 +1319,25 @@ mod tests {
             format!(
                 "cannot reach Keystone at https://127.0.0.1:{port}/v3/auth/tokens: TLS: the server's certificate is not signed by a trusted CA (the identity's cacert, or the system's CAs without one)"
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn server_certificate_for_another_name_is_named() {
+        let (port, pem) = tls_server("keystone.example").await;
+        let session = Session::new(
+            cloud_at(&format!("https://127.0.0.1:{port}/v3")),
+            Some(pem.as_bytes()),
+            ClientOptions::default(),
+            Metrics::default(),
+        )
+        .unwrap();
+        let err = session.authenticate().await.unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "TLS: the server's certificate is not valid for this host name (it is valid for keystone.example)"
+            ),
+            "{err}"
         );
     }
 
