@@ -166,7 +166,7 @@ impl CloudConfig {
         let mut clouds = file.clouds;
         let entry = clouds.remove(cloud_name).ok_or_else(|| {
             Error::InvalidCloudConfig(format!(
-                "cloud {cloud_name:?} is not in clouds.yaml (clouds: {listed})"
+                "cloud \"{cloud_name}\" is not in clouds.yaml (clouds: {listed})"
             ))
         })?;
         let missing = |field: &str| {
@@ -181,7 +181,7 @@ impl CloudConfig {
             };
             if !v.starts_with('3') {
                 return Err(Error::InvalidCloudConfig(format!(
-                    "clouds.{cloud_name}.identity_api_version {v:?} is not supported; only Keystone v3 is"
+                    "clouds.{cloud_name}.identity_api_version \"{v}\" is not supported; only Keystone v3 is"
                 )));
             }
         }
@@ -242,7 +242,7 @@ impl CloudConfig {
             }
             other => {
                 return Err(Error::InvalidCloudConfig(format!(
-                    "clouds.{cloud_name}.auth_type {other:?} is not supported (use password or v3applicationcredential)"
+                    "clouds.{cloud_name}.auth_type \"{other}\" is not supported (use password or v3applicationcredential)"
                 )));
             }
         };
@@ -273,7 +273,7 @@ impl CloudConfig {
             .to_lowercase();
         if !matches!(interface.as_str(), "public" | "internal" | "admin") {
             return Err(Error::InvalidCloudConfig(format!(
-                "clouds.{cloud_name}.interface {interface:?} must be public, internal or admin"
+                "clouds.{cloud_name}.interface \"{interface}\" must be public, internal or admin"
             )));
         }
 

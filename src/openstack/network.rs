@@ -318,21 +318,49 @@ impl ListFilter {
         }
     }
 
-    fn apply(&self, mut req: Request) -> Request {
-        for (k, v) in &self.attributes {
-            req = req.query(k, v.clone());
-        }
-        for (key, tags) in [
+    /// The tag filters as `(query key, tags)`, in the order Neutron documents them.
+    fn tag_filters(&self) -> [(&'static str, &[String]); 4] {
+        [
             ("tags", &self.tags),
             ("tags-any", &self.tags_any),
             ("not-tags", &self.not_tags),
             ("not-tags-any", &self.not_tags_any),
-        ] {
+        ]
+    }
+
+    fn apply(&self, mut req: Request) -> Request {
+        for (k, v) in &self.attributes {
+            req = req.query(k, v.clone());
+        }
+        for (key, tags) in self.tag_filters() {
             if !tags.is_empty() {
                 req = req.query(key, tags.join(","));
             }
         }
         req
+    }
+}
+
+/// The filter as people read it, in the query's own terms, e.g. `name=net1, tags=a,b` (an
+/// empty filter is `(none)`), so a message can say "no network matches the filter name=net1".
+/// Values longer than 1 KiB are cut.
+impl std::fmt::Display for ListFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={}", super::error::capped(v)));
+        let tags = self
+            .tag_filters()
+            .into_iter()
+            .filter(|(_, tags)| !tags.is_empty())
+            .map(|(k, tags)| format!("{k}={}", super::error::capped(&tags.join(","))));
+        let parts: Vec<String> = attributes.chain(tags).collect();
+        if parts.is_empty() {
+            f.write_str("(none)")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
     }
 }
 
@@ -827,5 +855,25 @@ impl NetworkApi<'_> {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_read_as_their_query() {
+        let filter = ListFilter {
+            attributes: vec![("name", "net1".into()), ("router:external", "true".into())],
+            tags: vec!["a".into(), "b".into()],
+            not_tags_any: vec!["old".into()],
+            ..ListFilter::default()
+        };
+        assert_eq!(
+            format!("no network matches the filter {filter}"),
+            "no network matches the filter name=net1, router:external=true, tags=a,b, not-tags-any=old"
+        );
+        assert_eq!(ListFilter::default().to_string(), "(none)");
     }
 }
