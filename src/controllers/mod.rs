@@ -235,6 +235,29 @@ pub fn describe_kube_error(e: &kube::Error) -> String {
     }
 }
 
+/// The trigger predicate of capow's own kinds (for `predicate_filter`): a hash of what a
+/// reconcile acts on — generation (spec), labels, annotations (pause, autoscaling), finalizers,
+/// owner references (CAPI adopts the object after creating it) and the deletion timestamp —
+/// and never of `status`, which only capow writes. Without it every status write of a
+/// reconcile triggers the next reconcile at once; retries come from requeues instead.
+pub fn own_changes<K: kube::Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    for o in meta.owner_references.iter().flatten() {
+        (&o.kind, &o.name, &o.uid).hash(&mut h);
+    }
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// True when the API server refused a write because the object changed since it was read
 /// (409 Conflict on a resourceVersion precondition).
 pub fn is_conflict(e: &kube::Error) -> bool {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -989,7 +990,14 @@ pub async fn run_controller(
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let filter = capi::ClusterEventFilter::default();
-    Controller::new(api, watcher::Config::default().any_semantic())
+    // Status writes of capow's own do not trigger reconciles (see `own_changes`).
+    let (store, writer) = kube::runtime::reflector::store();
+    let objects = watcher::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(crate::controllers::own_changes, Default::default());
+    Controller::for_stream(objects, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
         .watches(
             clusters,

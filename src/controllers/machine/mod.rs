@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -644,7 +645,7 @@ async fn create(
             metadata: owner.metadata(&m.spec.server_metadata),
             config_drive: m.spec.config_drive,
             availability_zone: resolved.availability_zone.as_deref(),
-            block_devices: plan::block_devices(&volumes, &resolved.local_disks),
+            block_devices: plan::block_devices(&resolved.image_id, &volumes, &resolved.local_disks),
         },
         &hints,
     )
@@ -653,6 +654,7 @@ async fn create(
         Ok(id) => id,
         Err(e) => {
             if let Error::OpenStack { source, .. } = &e
+                && !source.is_outcome_unknown()
                 && source.status().is_some_and(|s| s.is_client_error())
             {
                 // Nova answered 4xx: it made nothing.
@@ -825,6 +827,25 @@ async fn report_delete(
     e
 }
 
+/// What of a CAPI Machine the machine controller reads: a change of anything else (its status
+/// above all, which CAPI updates whenever capow's status changes) triggers no reconcile.
+fn machine_changes(m: &Machine) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.spec.bootstrap.data_secret_name.hash(&mut h);
+    m.spec.failure_domain.hash(&mut h);
+    m.spec.infrastructure_ref.name.hash(&mut h);
+    m.spec.cluster_name.hash(&mut h);
+    m.labels().hash(&mut h);
+    m.annotations().hash(&mut h);
+    m.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerMachine`s (in
 /// `namespace` if given), and Machines and Clusters so that bootstrap data, ownership, pause
 /// and infrastructure readiness trigger a reconcile at once.
@@ -850,21 +871,27 @@ pub async fn run_controller(
             Api::all(client),
         ),
     };
-    let controller = Controller::new(machines_api, watcher::Config::default().any_semantic())
-        .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency));
-    let store = controller.store();
+    // Only changes capow acts on trigger a reconcile: its own status writes (and CAPI's
+    // Machine status updates that mirror them) would otherwise re-run a failing create at once,
+    // and every write of a reconcile would queue the next one.
+    let (store, writer) = kube::runtime::reflector::store();
+    let machines = watcher(machines_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(crate::controllers::own_changes, Default::default());
+    let capi_machines = watcher(capi_machines, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(machine_changes, Default::default());
     let filter = capi::ClusterEventFilter::default();
-    controller
-        .watches(
-            capi_machines,
-            watcher::Config::default().any_semantic(),
-            |machine: Machine| {
-                let r = &machine.spec.infrastructure_ref;
-                (r.kind == "OpenStackWorkerMachine" && !r.name.is_empty()).then(|| {
-                    ObjectRef::new(&r.name).within(&machine.namespace().unwrap_or_default())
-                })
-            },
-        )
+    Controller::for_stream(machines, store.clone())
+        .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
+        .watches_stream(capi_machines, |machine: Machine| {
+            let r = &machine.spec.infrastructure_ref;
+            (r.kind == "OpenStackWorkerMachine" && !r.name.is_empty())
+                .then(|| ObjectRef::new(&r.name).within(&machine.namespace().unwrap_or_default()))
+        })
         .watches(
             clusters,
             watcher::Config::default().any_semantic(),

@@ -242,13 +242,30 @@ pub fn check_local_disks(
 }
 
 /// `block_device_mapping_v2` for the created volumes (`(name, id)`, root first when present)
-/// and local disks; every device is deleted with the server.
+/// and local disks; every device is deleted with the server. Without a root volume but with
+/// other devices, the image is mapped as the local boot disk (`boot_index` 0): Nova refuses a
+/// mapping list without a boot device ("Boot sequence for the instance and image/block device
+/// mapping combination is not valid", compute API "Create Server", `block_device_mapping_v2`;
+/// CAPO v0.15 maps the image the same way).
 pub fn block_devices(
+    image_id: &str,
     volumes: &[(String, String)],
     local_disks: &[(String, i32)],
 ) -> Vec<crate::openstack::compute::BlockDeviceMapping> {
     use crate::openstack::compute::BlockDeviceMapping;
     let mut out = Vec::new();
+    let boots_from_volume = volumes.iter().any(|(name, _)| name == "root");
+    if !boots_from_volume && (!volumes.is_empty() || !local_disks.is_empty()) {
+        out.push(BlockDeviceMapping {
+            source_type: "image".into(),
+            destination_type: "local".into(),
+            uuid: Some(image_id.to_owned()),
+            boot_index: Some(0),
+            volume_size: None,
+            delete_on_termination: true,
+            tag: None,
+        });
+    }
     for (name, id) in volumes {
         let root = name == "root";
         out.push(BlockDeviceMapping {
@@ -343,7 +360,10 @@ pub struct ServerPlan<'a> {
 
 /// The `POST /servers` body for `plan`.
 pub fn create_server_request(plan: ServerPlan<'_>) -> CreateServer {
-    let boots_from_volume = plan.block_devices.iter().any(|b| b.boot_index == Some(0));
+    let boots_from_volume = plan
+        .block_devices
+        .iter()
+        .any(|b| b.boot_index == Some(0) && b.destination_type == "volume");
     CreateServer {
         name: plan.name.to_owned(),
         flavor_ref: plan.flavor_id.to_owned(),
@@ -633,7 +653,37 @@ mod tests {
         assert_eq!(volumes[1].image_id, None);
         assert_eq!(local, [("scratch".to_owned(), 5)]);
 
+        let image_only = block_devices("img", &[("data".into(), "v-data".into())], &[]);
+        let json = serde_json::to_value(&image_only).unwrap();
+        assert_eq!(json[0]["source_type"], "image", "the image boots: {json}");
+        assert_eq!(json[0]["uuid"], "img");
+        assert_eq!(json[0]["boot_index"], 0);
+        assert_eq!(json[1]["boot_index"], -1);
+        assert!(
+            block_devices("img", &[], &[]).is_empty(),
+            "no devices, no mapping"
+        );
+        let req = create_server_request(ServerPlan {
+            name: "m",
+            flavor_id: "f",
+            image_id: "img",
+            port_ids: &[],
+            key_name: None,
+            user_data: "",
+            tags: vec![],
+            metadata: Default::default(),
+            config_drive: None,
+            availability_zone: None,
+            block_devices: image_only,
+        });
+        assert_eq!(
+            req.image_ref.as_deref(),
+            Some("img"),
+            "booting from the image keeps imageRef"
+        );
+
         let bdm = block_devices(
+            "img",
             &[
                 ("root".into(), "v-root".into()),
                 ("data".into(), "v-data".into()),
