@@ -179,7 +179,10 @@ impl Context {
         }
     }
 
-    /// Publishes an event; failures are logged, never fatal (events are best effort).
+    /// Publishes an event; failures are logged, never fatal (events are best effort). The
+    /// recorder folds events with the same object, type, reason and action into one series
+    /// (keeping the first note); use [`Context::event_about`] when each event names a different
+    /// thing.
     pub async fn event(
         &self,
         reference: &ObjectReference,
@@ -188,12 +191,41 @@ impl Context {
         action: &str,
         note: impl Into<String>,
     ) {
+        self.publish(reference, None, type_, reason, action, note.into())
+            .await;
+    }
+
+    /// Like [`Context::event`], with `related` as the event's `related` object: an OpenStack
+    /// resource (`kind` e.g. `Server`, `name` its UUID), so events about different resources
+    /// stay separate events instead of one series.
+    pub async fn event_about(
+        &self,
+        reference: &ObjectReference,
+        related: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) {
+        self.publish(reference, Some(related), type_, reason, action, note.into())
+            .await;
+    }
+
+    async fn publish(
+        &self,
+        reference: &ObjectReference,
+        secondary: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(truncate(note.into(), 1024)),
+            note: Some(truncate(note, 1024)),
             action: action.to_owned(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = self.recorder.publish(&ev, reference).await {
             tracing::warn!(error = %e, reason, "Failed to publish event");
@@ -256,6 +288,16 @@ pub fn own_changes<K: kube::Resource>(obj: &K) -> Option<u64> {
         .map(|t| t.0.to_string())
         .hash(&mut h);
     Some(h.finish())
+}
+
+/// A reference to an OpenStack resource for [`Context::event_about`]: `kind` as the
+/// OpenStack API names it (`Server`, `Port`, `Trunk`, `Volume`), `name` its UUID.
+pub fn openstack_ref(kind: &str, id: &str) -> ObjectReference {
+    ObjectReference {
+        kind: Some(kind.to_owned()),
+        name: Some(id.to_owned()),
+        ..ObjectReference::default()
+    }
 }
 
 /// True when the API server refused a write because the object changed since it was read

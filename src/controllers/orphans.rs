@@ -320,8 +320,15 @@ pub async fn sweep_once(
             };
             metrics.count(o.kind, action);
             tracing::warn!(kind = o.kind, id = %o.id, machine_uid = %o.machine_uid, action, "Orphan");
-            ctx.event(
+            let kind = match o.kind {
+                "server" => "Server",
+                "port" => "Port",
+                "trunk" => "Trunk",
+                _ => "Volume",
+            };
+            ctx.event_about(
                 &c.object_ref(&()),
+                crate::controllers::openstack_ref(kind, &o.id),
                 EventType::Warning,
                 if action == "deleted" {
                     "OrphanDeleted"

@@ -710,8 +710,9 @@ async fn remove_duplicates(
         let kept = keep.as_ref().map(|k| k.id.as_str()).unwrap_or("none");
         tracing::warn!(server = %dup.id, kept, "Deleted a duplicate server");
         ctx.metrics.duplicate_deleted(CONTROLLER);
-        ctx.event(
+        ctx.event_about(
             &m.object_ref(&()),
+            crate::controllers::openstack_ref("Server", &dup.id),
             EventType::Warning,
             "DuplicateServerDeleted",
             "Reconcile",
