@@ -281,6 +281,9 @@ struct Inner {
     in_flight: Semaphore,
     metrics: Metrics,
     lookups: LookupCache,
+    /// Per service, when a `Retry-After` answer lets requests be sent again (see
+    /// [`Session::honour_backoff`]).
+    backoff: std::sync::Mutex<std::collections::HashMap<Service, Instant>>,
 }
 
 /// One cached lookup answer: taken (async) by the caller that fetches it, so concurrent callers
@@ -385,6 +388,7 @@ impl Session {
                 in_flight,
                 metrics,
                 lookups: LookupCache::default(),
+                backoff: std::sync::Mutex::default(),
             }),
             servers: Arc::new(super::compute::ServerCache::default()),
             lookup_ttl: None,
@@ -495,6 +499,9 @@ impl Session {
                     self.invalidate(&token).await;
                 }
                 Err(e) if attempt < self.inner.options.max_retries && self.retryable(&req, &e) => {
+                    if let Some(after) = e.retry_after() {
+                        self.back_off(req.service, after);
+                    }
                     let delay = e
                         .retry_after()
                         .unwrap_or_else(|| Duration::from_millis(500 * 2u64.pow(attempt)))
@@ -513,6 +520,37 @@ impl Session {
         }
     }
 
+    /// Opens a back-off window for `service`: a 429 or 503 with `Retry-After` (RFC 9110
+    /// §10.2.3) speaks for the service, not for one request, so no request of this session goes
+    /// to that service before the window ends (capped at `max_retry_after`).
+    fn back_off(&self, service: Service, after: Duration) {
+        let until = Instant::now() + after.min(self.inner.options.max_retry_after);
+        let mut map = match self.inner.backoff.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let entry = map.entry(service).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+    }
+
+    /// Waits until no back-off window of `service` is open.
+    async fn honour_backoff(&self, service: Service) {
+        let until = {
+            let map = match self.inner.backoff.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            map.get(&service).copied()
+        };
+        if let Some(until) = until
+            && until > Instant::now()
+        {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
     /// Whether `e` may be retried for `req` (see the module docs for the rules and sources).
     fn retryable(&self, req: &Request, e: &Error) -> bool {
         let idempotent = is_idempotent(&req.method);
@@ -528,6 +566,7 @@ impl Session {
     }
 
     async fn attempt(&self, req: &Request, token: &Token, base: &str) -> Result<bytes::Bytes> {
+        self.honour_backoff(req.service).await;
         let service = req.service.name();
         let operation = req.operation;
         let url = format!("{base}{}", req.path);
@@ -1537,6 +1576,41 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert_eq!(calls.len(), 2);
         assert!(calls[1] - calls[0] >= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn retry_after_holds_back_every_request_to_the_service() {
+        let calls: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let routes = axum::Router::new()
+            .route(
+                "/v2.0/networks",
+                scripted(
+                    vec![(429, Some("1"), "slow down"), (200, None, r#"{"networks": []}"#)],
+                    Arc::clone(&calls),
+                ),
+            )
+            .route(
+                "/v2.0/ports",
+                scripted(vec![(200, None, r#"{"ports": []}"#)], Arc::clone(&calls)),
+            );
+        let session = fake_neutron(routes, ClientOptions::default()).await;
+        let filter = crate::openstack::network::ListFilter::default();
+        let net = session.network();
+        let first = net.list_networks(&filter);
+        let other = async {
+            // Sent after the 429 arrived, while its window is open.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            net.list_ports(&filter).await
+        };
+        let (a, b) = tokio::join!(first, other);
+        a.unwrap();
+        b.unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 3, "429, the ports listing, the retry");
+        assert!(
+            calls[1] - calls[0] >= Duration::from_secs(1),
+            "the ports listing waited for the window the 429 opened"
+        );
     }
 
     #[tokio::test]
