@@ -480,9 +480,7 @@ async fn nova_down_during_a_delete_keeps_the_finalizer_until_the_delete_complete
                 && let Some(cond) = v["status"]["conditions"]
                     .as_array()
                     .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                && cond["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("compute"))
+                && cond["message"].as_str().is_some_and(|m| m.contains("Nova"))
             {
                 reason = cond["message"].as_str().unwrap().to_owned();
             }

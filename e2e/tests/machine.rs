@@ -674,7 +674,10 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
             no_network,
             Some("no-network-bootstrap"),
             "InvalidMachineSpec",
-            &["spec.ports[0].network.filter", "no network matches"],
+            &[
+                "spec.ports[0].network.filter",
+                "no network matches the filter name=no-such-network",
+            ],
         ),
         (
             "no-bootstrap",
@@ -691,6 +694,12 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
         let c = f.wait_ready_reason(name, reason, &manager).await;
         assert_eq!(c["status"], "False", "{name}: {c}");
         let message = c["message"].as_str().unwrap();
+        for debug in ["Some(", "None", "Status {", "ApiError", " {:?}"] {
+            assert!(
+                !message.contains(debug),
+                "{name}: condition message {message:?} carries a Debug form ({debug})"
+            );
+        }
         for w in *words {
             assert!(
                 message.contains(w),
@@ -860,6 +869,19 @@ async fn the_api_server_rejects_invalid_specs() {
         (
             json!({"flavor": {"id": "1"}, "image": {"id": "i"}, "identityRef": {"name": "", "cloudName": "c"}}),
             "name must not be empty",
+        ),
+        // Ownership tags: with one of these another machine would adopt this server.
+        (
+            json!({"flavor": {"id": "1"}, "image": {"id": "i"}, "tags": ["capow-machine-uid=0b9e2f4a"]}),
+            "reserved for capow's ownership tags",
+        ),
+        (
+            json!({"flavor": {"id": "1"}, "image": {"id": "i"}, "tags": ["capow"]}),
+            "reserved for capow's ownership tags",
+        ),
+        (
+            json!({"flavor": {"id": "1"}, "image": {"id": "i"}, "ports": [{"tags": ["capow-cluster-uid=x"]}]}),
+            "reserved for capow's ownership tags",
         ),
     ];
     for (spec, want) in cases {

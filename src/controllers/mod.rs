@@ -416,3 +416,33 @@ impl Drop for ReconcileTimer {
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_errors_read_as_sentences() {
+        let refused = kube::Error::Api(Box::new(kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "OpenStackWorkerMachine.infrastructure.cluster.x-k8s.io \"m1\" is invalid: spec.providerID: Invalid value: \"string\": providerID is immutable once set".into(),
+            ..kube::core::Status::default()
+        }));
+        let text = describe_kube_error(&refused);
+        assert_eq!(
+            text,
+            "the API server refused the request (422 Invalid): OpenStackWorkerMachine.infrastructure.cluster.x-k8s.io \"m1\" is invalid: spec.providerID: Invalid value: \"string\": providerID is immutable once set"
+        );
+        assert!(
+            !text.contains("Status {") && !text.contains("Some("),
+            "{text}"
+        );
+        let conflict = kube::Error::Api(Box::new(kube::core::Status {
+            code: 409,
+            ..kube::core::Status::default()
+        }));
+        assert!(is_conflict(&conflict));
+        assert!(!is_conflict(&refused));
+    }
+}

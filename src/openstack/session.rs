@@ -1585,7 +1585,10 @@ mod tests {
             .route(
                 "/v2.0/networks",
                 scripted(
-                    vec![(429, Some("1"), "slow down"), (200, None, r#"{"networks": []}"#)],
+                    vec![
+                        (429, Some("1"), "slow down"),
+                        (200, None, r#"{"networks": []}"#),
+                    ],
                     Arc::clone(&calls),
                 ),
             )

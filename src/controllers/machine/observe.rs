@@ -267,13 +267,19 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
     }
 }
 
-fn exactly_one<T>(mut found: Vec<T>, field: &str, what: &str) -> Result<T, Error> {
+/// The one element of `found`, or an [`Error::InvalidSpec`] at `field` that names what was
+/// looked for (`what`, e.g. `network`) and echoes the filter (`filter`, e.g.
+/// `name=osdev-net, tags=a,b`).
+fn exactly_one<T>(mut found: Vec<T>, field: &str, what: &str, filter: &str) -> Result<T, Error> {
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(invalid(field, format!("no {what} matches"))),
+        0 => Err(invalid(
+            field,
+            format!("no {what} matches the filter {filter}"),
+        )),
         n => Err(invalid(
             field,
-            format!("{n} {what}s match; the filter must select exactly one"),
+            format!("{n} {what}s match the filter {filter}; it must select exactly one"),
         )),
     }
 }
@@ -396,7 +402,8 @@ async fn resolve_server_group(
             exactly_one(
                 found,
                 "spec.serverGroup.filter.name",
-                &format!("server group named {:?}", f.name),
+                "server group",
+                &format!("name={}", f.name),
             )
             .map(|g| g.id)
         }
@@ -428,7 +435,8 @@ pub async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor
             exactly_one(
                 found,
                 "spec.flavor.filter.name",
-                &format!("flavor named {:?}", f.name),
+                "flavor",
+                &format!("name={}", f.name),
             )
         }
         (None, None) => Err(invalid("spec.flavor", "one of id or filter is required")),
@@ -472,12 +480,19 @@ pub async fn resolve_image_full(
                 .list_active_images(f.name.as_deref(), &f.tags)
                 .await
                 .map_err(Error::openstack("list images"))?;
-            let what = format!(
-                "active image with name {:?} and tags {:?}",
-                f.name.as_deref().unwrap_or(""),
-                f.tags
-            );
-            exactly_one(found, "spec.image.filter", &what)
+            let mut filter = Vec::new();
+            if let Some(name) = &f.name {
+                filter.push(format!("name={name}"));
+            }
+            if !f.tags.is_empty() {
+                filter.push(format!("tags={}", f.tags.join(",")));
+            }
+            exactly_one(
+                found,
+                "spec.image.filter",
+                "active image",
+                &filter.join(", "),
+            )
         }
         (None, None) => Err(invalid("spec.image", "one of id or filter is required")),
     }
@@ -513,7 +528,12 @@ pub(crate) async fn resolve_network(
                 .list_networks(&filter)
                 .await
                 .map_err(Error::openstack("list networks"))?;
-            exactly_one(found, &format!("{field}.filter"), "network")
+            exactly_one(
+                found,
+                &format!("{field}.filter"),
+                "network",
+                &filter.to_string(),
+            )
         }
         (None, None) => Err(invalid(field, "one of id or filter is required")),
     }
@@ -573,7 +593,12 @@ pub(crate) async fn resolve_subnet(
                 .list_subnets(&filter)
                 .await
                 .map_err(Error::openstack("list subnets"))?;
-            exactly_one(found, &format!("{field}.filter"), "subnet")
+            exactly_one(
+                found,
+                &format!("{field}.filter"),
+                "subnet",
+                &filter.to_string(),
+            )
         }
         (None, None) => Err(invalid(field, "one of id or filter is required")),
     }
@@ -606,7 +631,13 @@ async fn resolve_security_group(
                 .list_security_groups(&filter)
                 .await
                 .map_err(Error::openstack("list security groups"))?;
-            exactly_one(found, &format!("{field}.filter"), "security group").map(|g| g.id)
+            exactly_one(
+                found,
+                &format!("{field}.filter"),
+                "security group",
+                &filter.to_string(),
+            )
+            .map(|g| g.id)
         }
         (None, None) => Err(invalid(field, "one of id or filter is required")),
     }

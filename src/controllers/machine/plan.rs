@@ -545,6 +545,17 @@ mod tests {
                 "team-a"
             ]
         );
+        // A user's tag naming another machine or cluster is dropped (the CRD rejects it too).
+        let hostile = owner().tags(&[
+            "capow-machine-uid=someone-else".into(),
+            "capow-cluster-uid=another".into(),
+            "ok".into(),
+        ]);
+        assert_eq!(hostile.len(), 4, "{hostile:?}");
+        assert_eq!(hostile[3], "ok");
+        assert!(
+            is_reserved_tag("capow") && is_reserved_tag("capow-x") && !is_reserved_tag("capowx")
+        );
         // Nova: at most 60 characters, no ',' or '/'.
         assert!(
             tags.iter()
