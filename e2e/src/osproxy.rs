@@ -196,6 +196,15 @@ pub enum Fault {
         #[serde(default)]
         before: bool,
     },
+    /// A busy upstream: the request (its body read in full) waits `ms` milliseconds in a queue
+    /// the client cannot cancel, then goes upstream even when the client has gone meanwhile
+    /// (as a busy API server still processes what it accepted); the client gets the answer if
+    /// it is still there. Unlike `Delay { before: true }`, a client that dies or times out
+    /// during the wait does not stop the request.
+    Busy {
+        /// Milliseconds, at most 600000.
+        ms: u64,
+    },
     /// Close the connection without forwarding and without answering.
     ResetBefore,
     /// Forward, wait for the upstream's whole answer, then close the connection without
@@ -335,7 +344,7 @@ impl FaultSet {
                     Fault::Status { code, .. } if !(400..=599).contains(&code) => {
                         bail!("rule {i}: status {code} is not within 400..=599")
                     }
-                    Fault::Delay { ms, .. } if ms > MAX_DELAY_MS => {
+                    Fault::Delay { ms, .. } | Fault::Busy { ms } if ms > MAX_DELAY_MS => {
                         bail!("rule {i}: delay {ms} ms is above {MAX_DELAY_MS}")
                     }
                     _ => {}
@@ -466,6 +475,8 @@ struct Shared {
     /// Path of Keystone's root below its origin (`""`, or e.g. `/identity`).
     keystone_base: String,
     client: Client<HttpConnector, Incoming>,
+    /// For [`Fault::Busy`]: requests whose body was read in full first.
+    buffered: Client<HttpConnector, Full<Bytes>>,
     state: Mutex<State>,
 }
 
@@ -851,12 +862,16 @@ impl Proxy {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        let buffered = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let shared = Arc::new(Shared {
             origin: origin.clone(),
             keystone,
             keystone_base,
             client,
+            buffered,
             state: Mutex::new(State {
                 endpoints: Vec::new(),
                 total: 0,
@@ -1085,6 +1100,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             mark(&mut resp, rule);
             Ok(resp)
         }
+        Fault::Busy { ms } => {
+            let mut resp = exchange
+                .forward_detached(req, Duration::from_millis(ms))
+                .await;
+            mark(&mut resp, rule);
+            Ok(resp)
+        }
         Fault::ResetBefore => {
             shared.count_response(&service, "reset");
             Err(Reset)
@@ -1201,6 +1223,65 @@ impl Exchange<'_> {
                 .count_response(self.service, resp.status().as_str());
         }
         resp
+    }
+
+    /// [`Fault::Busy`]: reads the request body, then forwards it after `wait` from a task of its
+    /// own, which finishes even when the client is gone and this future is dropped.
+    async fn forward_detached(&self, req: Request<Incoming>, wait: Duration) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("osproxy: reading the request: {e}\n"),
+                );
+            }
+        };
+        let uri = format!("http://{}{}", self.authority, self.upstream_pq);
+        let mut upstream = Request::new(Full::new(bytes));
+        *upstream.method_mut() = parts.method.clone();
+        match uri.parse() {
+            Ok(u) => *upstream.uri_mut() = u,
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("osproxy: bad upstream URI {uri}: {e}\n"),
+                );
+            }
+        }
+        copy_headers(&parts.headers, upstream.headers_mut());
+        upstream.headers_mut().remove(header::HOST);
+        if let Ok(host) = HeaderValue::from_str(self.authority) {
+            upstream.headers_mut().insert(header::HOST, host);
+        }
+        let client = self.shared.buffered.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            tokio::time::timeout(UPSTREAM_TIMEOUT, client.request(upstream)).await
+        });
+        match task.await {
+            Ok(Ok(Ok(resp))) => {
+                let resp = self.rewrite(&parts.method, resp).await;
+                self.shared
+                    .count_response(self.service, resp.status().as_str());
+                resp
+            }
+            Ok(Ok(Err(e))) => {
+                self.shared.count_response(self.service, "502");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("osproxy: upstream {}: {e}\n", self.authority),
+                )
+            }
+            _ => {
+                self.shared.count_response(self.service, "504");
+                plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("osproxy: upstream {} did not answer\n", self.authority),
+                )
+            }
+        }
     }
 
     async fn rewrite(&self, method: &Method, resp: Response<Incoming>) -> Response<Body> {
@@ -2224,6 +2305,30 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(posts(), before + 1, "the upstream got the request");
+
+        // A busy upstream: the client gives up while the request waits in the queue, and the
+        // upstream still processes it afterwards (a delay before forwarding would drop it).
+        install(vec![FaultRule {
+            method: Some("POST".into()),
+            ..FaultRule::new(Fault::Busy { ms: 1_000 })
+        }]);
+        let before = posts();
+        let err = impatient
+            .post(format!("{compute}/servers"))
+            .headers(headers(&token, None))
+            .json(&json!({"server": {"name": "queued"}}))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert_eq!(posts(), before, "still queued when the client gave up");
+        for _ in 0..100 {
+            if posts() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(posts(), before + 1, "processed after the client had gone");
 
         // Reset before forwarding: no answer, the upstream never saw it.
         install(vec![FaultRule {

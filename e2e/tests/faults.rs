@@ -1,8 +1,9 @@
 //! Faults of the world around capow, on a hosted-control-plane cluster with the real CAPI core:
 //!
 //! - the manager killed with SIGKILL at random moments while a MachineDeployment scales up and
-//!   down, with OpenStack slowed down (a busy API: every server create answered 1.5 s late, so
-//!   kills land while creates are in flight);
+//!   down, with OpenStack slowed down (a busy API: every server create queued for 4 s and
+//!   carried out even when its sender died meanwhile, so kills land while creates are in
+//!   flight);
 //! - OpenStack answering 5xx, 429 with `Retry-After`, too slowly, or resetting connections, at a
 //!   set rate, through `osproxy`;
 //! - the management kube-apiserver restarted during a scale-up, after etcd was compacted, so
@@ -131,14 +132,12 @@ async fn random_kills_during_scale_up_and_down_with_a_busy_cloud_leave_exactly_w
     let env = Env::get();
     let (mut rng, seed) = Rng::new();
     let busy = vec![
+        // Nova queues each create for 4 s and processes it even when its sender died.
         rule(
             "compute",
             Some("POST"),
             Some("^/servers$"),
-            Fault::Delay {
-                ms: 1500,
-                before: false,
-            },
+            Fault::Busy { ms: 4000 },
         ),
         rule(
             "compute",
@@ -173,8 +172,19 @@ async fn random_kills_during_scale_up_and_down_with_a_busy_cloud_leave_exactly_w
     let started = Instant::now();
     c.set_replicas("workers", 5).await;
     let mut kills = 0;
+    let mut in_flight_at_kills = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(rng.millis(300, 3000)).await;
+        // Kill while creates are queued in the busy Nova: at a random moment after the next
+        // create reached it (or after 3 s when none comes).
+        let posts = proxy.counts().operation("compute", "POST /servers");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while proxy.counts().operation("compute", "POST /servers") == posts
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(rng.millis(300, 1500)).await;
+        in_flight_at_kills.push(proxy.counts().operation("compute", "POST /servers") - posts);
         c.kill_and_restart_manager().await;
         kills += 1;
     }
@@ -193,7 +203,7 @@ async fn random_kills_during_scale_up_and_down_with_a_busy_cloud_leave_exactly_w
     wait_counts(&c, &cloud, 0, Duration::from_secs(120)).await;
     let duplicates = event_count(&c, "DuplicateServerDeleted").await;
     env.record(&format!(
-        "random kills (seed {seed}): {kills} SIGKILLs during 0 -> 5 -> 0 with a busy cloud; 5 servers/5 ports after {:.1} s (+{:.1} s to settle), 0/0 after {:.1} s; {duplicates} duplicate server(s) made by lost creates and deleted by capow",
+        "random kills (seed {seed}): {kills} SIGKILLs during 0 -> 5 -> 0 with a busy cloud (server creates sent within the second before each scale-up kill: {in_flight_at_kills:?}); 5 servers/5 ports after {:.1} s (+{:.1} s to settle), 0/0 after {:.1} s; {duplicates} duplicate server(s) made by lost creates and deleted by capow",
         up_total.as_secs_f64(),
         up.as_secs_f64(),
         started.elapsed().as_secs_f64()
@@ -530,4 +540,96 @@ async fn nova_down_during_a_delete_keeps_the_finalizer_until_the_delete_complete
         recovered.elapsed().as_secs_f64()
     ));
     c.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn a_failing_listing_keeps_the_cluster_finalizer_until_the_sweep_can_see_everything() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::get();
+    let (proxy, yaml) = proxy_with(Vec::new(), 1).await;
+    let c = HcpCluster::start_with(
+        "sweepfail",
+        HcpOptions {
+            clouds_yaml: Some(yaml),
+            manager_args: Vec::new(),
+        },
+    )
+    .await;
+    // Trunk and volume listings fail for 20 s from now.
+    let mut trunks = rule(
+        "network",
+        Some("GET"),
+        Some("^/trunks"),
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+    );
+    trunks.stop_after_secs = Some(20.0);
+    let mut volumes = rule(
+        "block-storage",
+        Some("GET"),
+        Some("^/volumes"),
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+    );
+    volumes.stop_after_secs = Some(20.0);
+    proxy
+        .set_faults(&FaultSet {
+            seed: Some(1),
+            rules: vec![trunks, volumes],
+        })
+        .unwrap();
+    let clusters = dynamic(&c.client, &c.ns, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
+    let _ = clusters
+        .delete(capow_e2e::hcp::CLUSTER, &Default::default())
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let oswc = dynamic(
+        &c.client,
+        &c.ns,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerCluster",
+    )
+    .await;
+    let held = oswc
+        .get_opt(capow_e2e::hcp::CLUSTER)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap());
+    let held = held.expect("the finalizer holds the OpenStackWorkerCluster while listings fail");
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    let message = held["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("deletion is blocked") && message.contains("trunks"),
+        "the condition says why the deletion waits: {message}"
+    );
+    let network = held["status"]["network"]["id"].as_str().unwrap().to_owned();
+    env.record(&format!(
+        "cluster deletion with failing trunk/volume listings: finalizer held for 10 s ({message}); released once they answer"
+    ));
+    let started = Instant::now();
+    c.finish().await;
+    let cloud = AdminCloud::login().await.unwrap();
+    assert!(
+        cloud
+            .neutron("networks", &format!("id={network}"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the cluster's network is gone"
+    );
+    env.record(&format!(
+        "  deleted {:.1} s after the listings recovered",
+        started.elapsed().as_secs_f64()
+    ));
+    proxy.stop().await;
 }

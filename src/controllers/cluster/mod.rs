@@ -62,7 +62,12 @@ async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<
     finalizer(&api, FINALIZER, c, |event| async {
         match event {
             FinalizerEvent::Apply(c) => apply(c, &ctx).await,
-            FinalizerEvent::Cleanup(c) => cleanup(c, &ctx).await,
+            FinalizerEvent::Cleanup(c) => match cleanup(c.clone(), &ctx).await {
+                Err(e) if !matches!(e, Error::DeletionInProgress) => {
+                    Err(report_delete(&ctx, &c, e).await)
+                }
+                other => other,
+            },
         }
     })
     .instrument(span)
@@ -765,6 +770,38 @@ async fn ensure_security_group(
         id: group.id,
         name: group.name,
     })
+}
+
+/// Writes why a deletion step failed into the `Ready` condition (with an event), so that a
+/// cluster held by its finalizer says why; passes the error through.
+async fn report_delete(ctx: &Context, c: &OpenStackWorkerCluster, e: Error) -> Error {
+    let before = c.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let message = format!(
+        "deletion is blocked: {e}; capow retries and keeps the finalizer until it succeeds"
+    );
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::READY,
+            false,
+            reasons::DELETING,
+            message.clone(),
+            c.meta().generation,
+        ),
+    );
+    if let Err(write) = status::write(ctx, c, &before, &status).await {
+        tracing::warn!(error = %write, "Failed to write status while deleting");
+    }
+    ctx.event(
+        &c.object_ref(&()),
+        EventType::Warning,
+        e.reason(),
+        "Delete",
+        message,
+    )
+    .await;
+    e
 }
 
 async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
