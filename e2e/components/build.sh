@@ -2,7 +2,8 @@
 # Builds the real upstream components the e2e harness runs, from their published Go modules,
 # with this machine's Go toolchain. Binaries are cached under $CAPOW_CACHE/bin/<name>-<version>
 # together with a .recipe file saying how they were built; a cached build with the same recipe
-# is reused. Usage: build.sh kubernetes | cluster-api | kwok | grpcprobe | helm | all | cluster-api-dir | kwok-dir
+# is reused. Usage: build.sh kubernetes | cluster-api | kwok | grpcprobe | helm | cluster-autoscaler | all |
+# cluster-api-dir | kwok-dir
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 LOG_TAG=build
@@ -139,15 +140,42 @@ build_helm() {
   log "helm $HELM_VERSION: built into $out"
 }
 
+# The real cluster-autoscaler, both externalgrpc wire generations, from the source kept beside the
+# repository in ../shared/upstream (the Go module proxy refuses its module), with that folder's
+# build.sh (-tags externalgrpc). Cached by version and the upstream commit. Without the folder
+# (someone's own clone) nothing is built: the tests then use CAPOW_E2E_CLUSTER_AUTOSCALER when
+# set, and otherwise say which tests they skip.
+UPSTREAM_DIR="${CAPOW_UPSTREAM_DIR:-$REPO_DIR/../shared/upstream}"
+build_cluster_autoscaler() {
+  local v out recipe
+  if [[ ! -x $UPSTREAM_DIR/build.sh ]]; then
+    log "cluster-autoscaler: $UPSTREAM_DIR/build.sh not found; not building it (the real-autoscaler tests use CAPOW_E2E_CLUSTER_AUTOSCALER or skip)"
+    return
+  fi
+  for v in $CA_VERSIONS; do
+    out=$(bin_dir cluster-autoscaler "$v")
+    recipe="cluster-autoscaler -tags externalgrpc; $(cat "$UPSTREAM_DIR/cluster-autoscaler-$v/SOURCE.txt" 2>/dev/null)"
+    if cached "$out" "$recipe" cluster-autoscaler; then log "cluster-autoscaler $v: cached in $out"; continue; fi
+    log "cluster-autoscaler $v: building from $UPSTREAM_DIR (about 4 minutes on 2 cores with warm Go caches)"
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    measured "cluster-autoscaler $v" env GOMAXPROCS=2 GOFLAGS="$GOFLAGS -p=2" \
+      "$UPSTREAM_DIR/build.sh" "cluster-autoscaler-$v" "$out.tmp/cluster-autoscaler"
+    echo "$recipe" > "$out.tmp/.recipe"
+    rm -rf "$out" && mv "$out.tmp" "$out"
+    log "cluster-autoscaler $v: built into $out"
+  done
+}
+
 case "${1:-}" in
   kubernetes) build_kubernetes ;;
+  cluster-autoscaler) build_cluster_autoscaler ;;
   cluster-api) build_cluster_api ;;
   kwok) build_kwok ;;
   grpcprobe) build_grpcprobe ;;
   helm) build_helm ;;
-  all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe; build_helm ;;
+  all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe; build_helm; build_cluster_autoscaler ;;
   # Source trees of the published modules (CRDs, webhook manifests, kwok stages).
   cluster-api-dir) module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION" ;;
   kwok-dir) module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" ;;
-  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|all|cluster-api-dir|kwok-dir" ;;
+  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|cluster-autoscaler|all|cluster-api-dir|kwok-dir" ;;
 esac
