@@ -369,6 +369,42 @@ impl HcpCluster {
         }
     }
 
+    /// Starts another manager replica with the same flags but its own externalgrpc port (for
+    /// leader-election tests); returns it with a cloud-config file that dials it (written next
+    /// to the published one: call [`HcpCluster::cloud_config`] first).
+    pub async fn start_replica(&self) -> (Manager, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = self.manager_args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--autoscaler-address") {
+            args[i + 1] = addr.clone();
+        }
+        let manager = Manager::start(
+            &self.ns,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+        let base = std::fs::read_to_string(self.mount.join("cloud-config")).unwrap();
+        let text: String = base
+            .lines()
+            .map(|l| {
+                if l.starts_with("address:") {
+                    format!("address: {addr}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.mount.join(format!("cloud-config-{port}"));
+        std::fs::write(&path, text + "\n").unwrap();
+        (manager, path.display().to_string())
+    }
+
     /// Kills the manager with SIGKILL (no graceful shutdown, as a crashed or evicted pod) and
     /// starts a new one with the same flags; returns once the new one is ready.
     pub async fn kill_and_restart_manager(&mut self) {

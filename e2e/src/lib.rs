@@ -560,6 +560,8 @@ pub async fn manager_kubeconfig() -> PathBuf {
             apply(manifests::service_account()).await;
             apply(manifests::cluster_role()).await;
             apply(manifests::cluster_role_binding()).await;
+            apply(manifests::leader_election_role()).await;
+            apply(manifests::leader_election_role_binding()).await;
             service_account_kubeconfig(&client, ns, "capow-manager").await
         })
         .await

@@ -1,5 +1,6 @@
-//! Admin HTTP server: `/live` (200 once started), `/ready` (200 once the controllers run, i.e.
-//! after leader election when enabled) and `/metrics` (OpenMetrics text).
+//! Admin HTTP server: `/live` (200 once started), `/ready` (200 once the caches are synced and
+//! the externalgrpc server serves, on every replica whether or not it holds the leader Lease;
+//! 503 again while shutting down) and `/metrics` (OpenMetrics text).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     /// Metrics registry rendered at `/metrics`.
     pub registry: Arc<Registry>,
-    /// Set once the manager is ready to reconcile.
+    /// Set once the caches are synced and the externalgrpc server serves (any replica).
     pub ready: Arc<AtomicBool>,
 }
 

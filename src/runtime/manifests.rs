@@ -147,7 +147,8 @@ pub fn cluster_role_binding() -> Value {
     })
 }
 
-fn leader_election_role() -> Value {
+/// The Role that lets the manager keep its leader-election Lease in its own namespace.
+pub fn leader_election_role() -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": meta(&format!("{NAME}-leader-election-role"), true),
@@ -155,7 +156,8 @@ fn leader_election_role() -> Value {
     })
 }
 
-fn leader_election_role_binding() -> Value {
+/// Binds [`leader_election_role`] to the manager's ServiceAccount.
+pub fn leader_election_role_binding() -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": meta(&format!("{NAME}-leader-election-rolebinding"), true),

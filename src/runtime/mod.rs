@@ -178,6 +178,11 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Ready means "caches synced and serving" on every replica, leader or not: the
+    // externalgrpc Service then sends the cluster-autoscaler to any replica, and a rolling
+    // update can finish (a new pod must become ready while the old one still holds the Lease).
+    ready.store(true, Ordering::Relaxed);
+
     // Leadership: without election this replica reconciles at once; with it, only after the
     // Lease is held, and losing it ends the process (the Deployment restarts it as a follower).
     let mut leadership = None;
@@ -189,6 +194,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "default".into());
         let identity =
             std::env::var("POD_NAME").unwrap_or_else(|_| format!("capow-{}", std::process::id()));
+        let lease_ns_for_errors = lease_ns.clone();
         let manager = kube_lease_manager::LeaseManagerBuilder::new(
             client.clone(),
             &leader.leader_election_id,
@@ -199,7 +205,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         .with_grace(leader.leader_lease_seconds / 3)
         .build()
         .await
-        .context("failed to set up leader election")?;
+        .map_err(|e| lease_error(&lease_ns_for_errors, e))?;
         let (mut channel, task) = manager.watch().await;
         tracing::info!("Waiting for leadership");
         loop {
@@ -215,7 +221,6 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         leadership = Some((channel, task));
     }
 
-    ready.store(true, Ordering::Relaxed);
     let controller = {
         let token = shutdown.clone();
         let ctx = ctx.clone();
@@ -295,6 +300,30 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// A leader-election setup error in words: a Lease namespace that does not exist or that the
+/// manager may not use names the namespace and the flag that chooses it.
+fn lease_error(namespace: &str, e: kube_lease_manager::LeaseManagerError) -> anyhow::Error {
+    use kube_lease_manager::LeaseManagerError as E;
+    match &e {
+        E::KubeError(kube::Error::Api(s)) if s.code == 404 => anyhow::anyhow!(
+            "leader election cannot keep its Lease in namespace {namespace:?}: the namespace does not exist; \
+             set --leader-election-namespace (or POD_NAMESPACE) to capow's own namespace"
+        ),
+        E::KubeError(kube::Error::Api(s)) if s.code == 403 => anyhow::anyhow!(
+            "leader election cannot keep its Lease in namespace {namespace:?}: the manager may not use Leases there \
+             (the namespace does not exist, or capow's leader-election Role is not bound in it); \
+             set --leader-election-namespace (or POD_NAMESPACE) to capow's own namespace"
+        ),
+        E::KubeError(k) => anyhow::anyhow!(
+            "failed to set up leader election in namespace {namespace:?}: {}",
+            crate::controllers::describe_kube_error(k)
+        ),
+        other => {
+            anyhow::anyhow!("failed to set up leader election in namespace {namespace:?}: {other}")
+        }
+    }
 }
 
 /// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`) and the serving
