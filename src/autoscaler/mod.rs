@@ -8,6 +8,7 @@ pub mod node;
 pub mod options;
 pub mod proto;
 pub mod quantity;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod sources;

@@ -354,6 +354,7 @@ mod tests {
             template: Some(Arc::new(template)),
             region: Some("RegionOne".into()),
             instances: vec![],
+            frozen: None,
         }
     }
 

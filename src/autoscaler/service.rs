@@ -7,8 +7,8 @@
 //! Status codes (CA's client passes them on as errors, except `Unimplemented` on the optional
 //! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
 //! for bad requests (non-positive delta, a node of another group), `FailedPrecondition` when a
-//! size limit would be crossed, `Unauthenticated` without a client certificate, `Unavailable`
-//! when the API server fails.
+//! size limit would be crossed or the group is frozen by invalid size annotations,
+//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use super::node::{TemplateOptions, template_node};
 use super::options;
 use super::proto::externalgrpc as pb;
 use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
+use super::report::AnnotationReporter;
 use super::written::WrittenSizes;
 use crate::capi::{self, Machine, MachineDeployment, MachineSet};
 use crate::tls::ClusterIdentity;
@@ -133,6 +134,7 @@ pub struct CloudProviderService {
     cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
     group_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     written: WrittenSizes,
+    reporter: Arc<AnnotationReporter>,
 }
 
 impl CloudProviderService {
@@ -151,7 +153,16 @@ impl CloudProviderService {
             cache: std::sync::Mutex::new(HashMap::new()),
             group_locks: Mutex::new(HashMap::new()),
             written: WrittenSizes::default(),
+            reporter: Arc::new(AnnotationReporter::log_only(Default::default())),
         }
+    }
+
+    /// Reports unusable autoscaling annotations through `reporter` (events and metrics)
+    /// instead of only logging them.
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: Arc<AnnotationReporter>) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     /// The cluster the caller may see: from its client certificate, or every cluster when the
@@ -187,6 +198,7 @@ impl CloudProviderService {
     fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
         let snapshot = self.sources.snapshot();
         let mut index = Index::build(&snapshot, scope.as_ref());
+        self.reporter.observe(scope.as_ref(), index.problems());
         self.written.apply(&snapshot, &mut index);
         let index = Arc::new(index);
         self.lock_cache().insert(scope.clone(), index.clone());
@@ -208,6 +220,18 @@ impl CloudProviderService {
                 "node group {id:?} does not exist or is not autoscaled"
             ))
         })
+    }
+
+    /// Refuses writes to a frozen group ([`NodeGroup::frozen`]).
+    #[allow(clippy::result_large_err)]
+    fn writable(g: &NodeGroup) -> Result<(), Status> {
+        match &g.frozen {
+            Some(why) => Err(Status::failed_precondition(format!(
+                "node group {} is frozen at its current size ({why}): fix its autoscaling annotations",
+                g.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     async fn group_lock(&self, id: &str) -> Arc<Mutex<()>> {
@@ -547,6 +571,7 @@ impl CloudProvider for CloudProviderService {
             }
             let index = self.index(&scope);
             let g = Self::group(&index, &r.id)?;
+            Self::writable(g)?;
             let lock = self.group_lock(&g.id).await;
             let _held = lock.lock().await;
             let current = self.replicas(g).await?;
@@ -592,6 +617,7 @@ impl CloudProvider for CloudProviderService {
             if machines.is_empty() {
                 return Ok(pb::NodeGroupDeleteNodesResponse {});
             }
+            Self::writable(g)?;
             let lock = self.group_lock(&g.id).await;
             let _held = lock.lock().await;
             let current = self.replicas(g).await?;
@@ -638,6 +664,7 @@ impl CloudProvider for CloudProviderService {
             }
             let index = self.index(&scope);
             let g = Self::group(&index, &r.id)?;
+            Self::writable(g)?;
             let lock = self.group_lock(&g.id).await;
             let _held = lock.lock().await;
             let current = self.replicas(g).await?;
@@ -704,16 +731,13 @@ impl CloudProvider for CloudProviderService {
             let r = request.get_ref();
             let g = Self::group(&index, &r.id)?;
             let defaults = r.defaults.unwrap_or_default();
-            match options::options(&g.annotations, &defaults) {
-                Ok(Some(o)) => Ok(pb::NodeGroupAutoscalingOptionsResponse {
+            // Bad values fall back to CA's default field by field; the index reported them.
+            match options::options(&g.annotations, &defaults).0 {
+                Some(o) => Ok(pb::NodeGroupAutoscalingOptionsResponse {
                     node_group_autoscaling_options: Some(o),
                 }),
-                Ok(None) => Err(Status::unimplemented(format!(
-                    "node group {} sets no autoscaling options",
-                    g.id
-                ))),
-                Err(e) => Err(Status::failed_precondition(format!(
-                    "node group {}: {e}",
+                None => Err(Status::unimplemented(format!(
+                    "node group {} sets no usable autoscaling options",
                     g.id
                 ))),
             }
@@ -724,3 +748,140 @@ impl CloudProvider for CloudProviderService {
 
 /// Keeps a boxed future type name short in signatures elsewhere.
 pub type Shutdown = BoxFuture<'static, ()>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::index::tests::md;
+    use serde_json::json;
+
+    /// Fixed objects.
+    struct Fixed(Snapshot);
+
+    impl Snapshots for Fixed {
+        fn snapshot(&self) -> Snapshot {
+            self.0.clone()
+        }
+    }
+
+    fn template(
+        name: &str,
+        price: &str,
+    ) -> Arc<crate::api::machine_template::OpenStackWorkerMachineTemplate> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachineTemplate",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"template": {"spec": {"flavor": {"id": "1"}, "image": {"id": "i"}}}},
+                "status": {"capacity": {"cpu": "2", "memory": "4Gi"}, "resolved": {"flavorName": "f", "pricePerHour": price}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn service() -> (CloudProviderService, Arc<Fixed>) {
+        let s = Snapshot {
+            machine_deployments: vec![
+                md(
+                    "ns",
+                    "md-0",
+                    2,
+                    json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "5",
+                           "cluster.x-k8s.io/autoscaling-options-scaledownutilizationthreshold": "0.3",
+                           "cluster.x-k8s.io/autoscaling-options-maxnodeprovisiontime": "a while"}),
+                ),
+                md(
+                    "ns",
+                    "frozen",
+                    3,
+                    json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": "1.0",
+                           "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "5"}),
+                ),
+            ],
+            templates: vec![template("md-0-t", "0.2"), template("frozen-t", "0.4")],
+            ..Snapshot::default()
+        };
+        let fixed = Arc::new(Fixed(s));
+        // No write reaches an API server in these tests; the client points nowhere.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let svc = CloudProviderService::new(
+            fixed.clone(),
+            client,
+            ServiceOptions {
+                require_identity: false,
+                template: TemplateOptions::default(),
+            },
+            RpcMetrics::default(),
+        );
+        (svc, fixed)
+    }
+
+    #[tokio::test]
+    async fn a_frozen_group_is_served_at_its_size_and_refuses_writes() {
+        let (svc, _) = service();
+        let groups = svc
+            .node_groups(Request::new(pb::NodeGroupsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_groups;
+        let frozen = groups
+            .iter()
+            .find(|g| g.id == "MachineDeployment/ns/frozen")
+            .unwrap();
+        assert_eq!((frozen.min_size, frozen.max_size), (3, 3));
+        let id = || "MachineDeployment/ns/frozen".to_owned();
+        let err = svc
+            .node_group_decrease_target_size(Request::new(pb::NodeGroupDecreaseTargetSizeRequest {
+                id: id(),
+                delta: -1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(
+            err.message().contains("node-group-min-size"),
+            "{}",
+            err.message()
+        );
+        let err = svc
+            .node_group_increase_size(Request::new(pb::NodeGroupIncreaseSizeRequest {
+                id: id(),
+                delta: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    }
+
+    #[tokio::test]
+    async fn get_options_keeps_valid_overrides_next_to_a_bad_one() {
+        let (svc, _) = service();
+        let defaults = pb::NodeGroupAutoscalingOptions {
+            scale_down_utilization_threshold: 0.5,
+            max_node_provision_duration: Some(prost_types::Duration {
+                seconds: 900,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let o = svc
+            .node_group_get_options(Request::new(pb::NodeGroupAutoscalingOptionsRequest {
+                id: "MachineDeployment/ns/md-0".into(),
+                defaults: Some(defaults),
+            }))
+            .await
+            .expect("not FailedPrecondition for the whole group")
+            .into_inner()
+            .node_group_autoscaling_options
+            .unwrap();
+        assert_eq!(o.scale_down_utilization_threshold, 0.3);
+        assert_eq!(
+            o.max_node_provision_duration.unwrap().seconds,
+            900,
+            "CA's default"
+        );
+    }
+}

@@ -109,6 +109,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     reconcile_metrics.register(registry.sub_registry_with_prefix("reconcile"));
     let rpc_metrics = crate::autoscaler::service::RpcMetrics::default();
     rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
+    let annotation_metrics = crate::autoscaler::report::InvalidAnnotationMetrics::default();
+    annotation_metrics.register(registry.sub_registry_with_prefix("autoscaler"));
 
     let clouds = Arc::new(Clouds::new(
         ClientOptions {
@@ -156,7 +158,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             namespace.as_deref(),
             addr,
             &autoscaler,
-            rpc_metrics,
+            (rpc_metrics, annotation_metrics),
             &shutdown,
         )
         .await
@@ -283,10 +285,13 @@ async fn start_autoscaler(
     namespace: Option<&str>,
     addr: std::net::SocketAddr,
     args: &cli::AutoscalerArgs,
-    metrics: crate::autoscaler::service::RpcMetrics,
+    (metrics, annotation_metrics): (
+        crate::autoscaler::service::RpcMetrics,
+        crate::autoscaler::report::InvalidAnnotationMetrics,
+    ),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
-    use crate::autoscaler::{server, service, sources};
+    use crate::autoscaler::{report, server, service, sources};
     let stores = sources::Stores::start(client, namespace, shutdown);
     tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
         .await
@@ -297,8 +302,17 @@ async fn start_autoscaler(
             gpu_label: args.gpu_label.clone(),
         },
     };
+    let reporter = report::AnnotationReporter::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "capow".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+        annotation_metrics,
+    );
     let svc =
-        service::CloudProviderService::new(Arc::new(stores), client.clone(), options, metrics);
+        service::CloudProviderService::new(Arc::new(stores), client.clone(), options, metrics)
+            .with_reporter(Arc::new(reporter));
     let listener = server::bind(addr).await?;
     let port = listener.local_addr()?.port();
     let mut publish = None;
