@@ -4,11 +4,13 @@
 
 pub mod credentials;
 pub mod index;
+pub mod marks;
 pub mod node;
 pub mod options;
 pub mod proto;
 pub mod quantity;
 pub mod report;
+pub mod scale;
 pub mod server;
 pub mod service;
 pub mod sources;

@@ -2,38 +2,38 @@
 //! cluster (from its client certificate), and the three writes (IncreaseSize, DeleteNodes,
 //! DecreaseTargetSize) done on the MachineDeployment/MachineSet `scale` subresource and the
 //! Machines' `cluster.x-k8s.io/delete-machine` annotation, as the in-tree clusterapi provider
-//! does (mission-anchors §2.3). Reads never call the API server or OpenStack.
+//! does (mission-anchors §2.3). Reads never call the API server or OpenStack. Writes run as
+//! their own tasks with preconditions ([`super::scale`]), so a cancelled call neither stops
+//! halfway nor overwrites a concurrent change.
 //!
 //! Status codes (CA's client passes them on as errors, except `Unimplemented` on the optional
 //! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
 //! for bad requests (non-positive delta, a node of another group), `FailedPrecondition` when a
 //! size limit would be crossed or the group is frozen by invalid size annotations,
-//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails.
+//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails,
+//! `Aborted` when the group kept changing under a write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use kube::api::{Api, Patch, PatchParams};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prost::Message;
-use serde_json::json;
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use super::index::{ClusterKey, GroupKind, Index, InstanceState, NodeGroup, Snapshot};
+use super::index::{ClusterKey, Index, InstanceState, NodeGroup, Snapshot};
 use super::node::{TemplateOptions, template_node};
 use super::options;
 use super::proto::externalgrpc as pb;
 use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
 use super::report::AnnotationReporter;
+use super::scale::{Writer, detached};
 use super::written::WrittenSizes;
-use crate::capi::{self, Machine, MachineDeployment, MachineSet};
 use crate::tls::ClusterIdentity;
 
 /// Where the index's inputs come from (reflector stores in the manager, fixed lists in tests).
@@ -128,12 +128,11 @@ pub struct ServiceOptions {
 /// The externalgrpc `CloudProvider` service.
 pub struct CloudProviderService {
     sources: Arc<dyn Snapshots>,
-    client: kube::Client,
     options: ServiceOptions,
     metrics: RpcMetrics,
     cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
-    group_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    written: WrittenSizes,
+    written: Arc<WrittenSizes>,
+    writer: Writer,
     reporter: Arc<AnnotationReporter>,
 }
 
@@ -145,14 +144,14 @@ impl CloudProviderService {
         options: ServiceOptions,
         metrics: RpcMetrics,
     ) -> Self {
+        let written = Arc::new(WrittenSizes::default());
         Self {
+            writer: Writer::new(client, sources.clone(), written.clone()),
             sources,
-            client,
             options,
             metrics,
             cache: std::sync::Mutex::new(HashMap::new()),
-            group_locks: Mutex::new(HashMap::new()),
-            written: WrittenSizes::default(),
+            written,
             reporter: Arc::new(AnnotationReporter::log_only(Default::default())),
         }
     }
@@ -232,85 +231,6 @@ impl CloudProviderService {
             ))),
             None => Ok(()),
         }
-    }
-
-    async fn group_lock(&self, id: &str) -> Arc<Mutex<()>> {
-        self.group_locks
-            .lock()
-            .await
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Current `spec.replicas` from the `scale` subresource (not the cache: writes must not
-    /// act on stale sizes).
-    async fn replicas(&self, group: &NodeGroup) -> Result<i32, Status> {
-        let scale = match group.kind {
-            GroupKind::MachineDeployment => {
-                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
-                    .get_scale(&group.name)
-                    .await
-            }
-            GroupKind::MachineSet => {
-                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
-                    .get_scale(&group.name)
-                    .await
-            }
-        }
-        .map_err(|e| {
-            Status::unavailable(format!("failed to read the scale of {}: {e}", group.id))
-        })?;
-        Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
-    }
-
-    /// Writes `spec.replicas` through the `scale` subresource and remembers the size until the
-    /// stores show it (read-your-writes, [`WrittenSizes`]).
-    async fn set_replicas(&self, group: &NodeGroup, replicas: i32) -> Result<(), Status> {
-        let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
-        let pp = PatchParams::default();
-        let scale = match group.kind {
-            GroupKind::MachineDeployment => {
-                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
-                    .patch_scale(&group.name, &pp, &patch)
-                    .await
-            }
-            GroupKind::MachineSet => {
-                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
-                    .patch_scale(&group.name, &pp, &patch)
-                    .await
-            }
-        }
-        .map_err(|e| {
-            Status::unavailable(format!("failed to scale {} to {replicas}: {e}", group.id))
-        })?;
-        self.written.record(
-            group,
-            replicas,
-            scale.metadata.resource_version.as_deref(),
-            &self.sources.snapshot(),
-        );
-        Ok(())
-    }
-
-    async fn annotate_for_deletion(
-        &self,
-        namespace: &str,
-        machine: &str,
-        mark: bool,
-    ) -> Result<(), kube::Error> {
-        let value = if mark {
-            json!(k8s_openapi::jiff::Timestamp::now().to_string())
-        } else {
-            serde_json::Value::Null
-        };
-        let patch = Patch::Merge(
-            json!({ "metadata": { "annotations": { capi::DELETE_MACHINE_ANNOTATION: value } } }),
-        );
-        Api::<Machine>::namespaced(self.client.clone(), namespace)
-            .patch(machine, &PatchParams::default(), &patch)
-            .await
-            .map(|_| ())
     }
 
     async fn measure<T>(
@@ -570,20 +490,26 @@ impl CloudProvider for CloudProviderService {
                 return Err(Status::invalid_argument(format!("delta must be positive, got {}", r.delta)));
             }
             let index = self.index(&scope);
-            let g = Self::group(&index, &r.id)?;
-            Self::writable(g)?;
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let desired = current.saturating_add(r.delta);
-            if desired > g.max_size {
-                return Err(Status::failed_precondition(format!(
-                    "size increase too large: {} has {current} replicas, +{} would exceed its max size {}",
-                    g.id, r.delta, g.max_size
-                )));
-            }
-            self.set_replicas(g, desired).await?;
-            tracing::info!(group = %g.id, from = current, to = desired, "Scaled up");
+            let g = Self::group(&index, &r.id)?.clone();
+            Self::writable(&g)?;
+            let (writer, delta) = (self.writer.clone(), r.delta);
+            let (from, to) = detached(async move {
+                writer
+                    .resize(&g, |current| {
+                        let desired = current.saturating_add(delta);
+                        if desired > g.max_size {
+                            Err(Status::failed_precondition(format!(
+                                "size increase too large: {} has {current} replicas, +{delta} would exceed its max size {}",
+                                g.id, g.max_size
+                            )))
+                        } else {
+                            Ok(desired)
+                        }
+                    })
+                    .await
+            })
+            .await?;
+            tracing::info!(group = %r.id, from, to, "Scaled up");
             self.rebuild(&scope);
             Ok(pb::NodeGroupIncreaseSizeResponse {})
         })
@@ -603,14 +529,29 @@ impl CloudProvider for CloudProviderService {
             // (unregistered or create-error instances) carry the instance id as providerID.
             let mut machines = Vec::with_capacity(r.nodes.len());
             for node in &r.nodes {
-                let id = if node.provider_id.is_empty() { node.name.as_str() } else { node.provider_id.as_str() };
+                let id = if node.provider_id.is_empty() {
+                    node.name.as_str()
+                } else {
+                    node.provider_id.as_str()
+                };
                 let uuid = id.rsplit('/').next().unwrap_or(id);
                 let instance = g
                     .instances
                     .iter()
-                    .find(|i| i.id == id || (id.starts_with("openstack://") && i.id.rsplit('/').next() == Some(uuid)))
-                    .ok_or_else(|| Status::invalid_argument(format!("node {:?} ({id}) does not belong to node group {}", node.name, g.id)))?;
-                if instance.state != InstanceState::Deleting && !machines.contains(&instance.machine) {
+                    .find(|i| {
+                        i.id == id
+                            || (id.starts_with("openstack://")
+                                && i.id.rsplit('/').next() == Some(uuid))
+                    })
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "node {:?} ({id}) does not belong to node group {}",
+                            node.name, g.id
+                        ))
+                    })?;
+                if instance.state != InstanceState::Deleting
+                    && !machines.contains(&instance.machine)
+                {
                     machines.push(instance.machine.clone());
                 }
             }
@@ -618,34 +559,13 @@ impl CloudProvider for CloudProviderService {
                 return Ok(pb::NodeGroupDeleteNodesResponse {});
             }
             Self::writable(g)?;
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let n = i32::try_from(machines.len()).unwrap_or(i32::MAX);
-            if current - n < g.min_size {
-                return Err(Status::failed_precondition(format!(
-                    "deleting {n} node(s) would take {} below its min size {} (replicas {current})",
-                    g.id, g.min_size
-                )));
-            }
-            let mut marked: Vec<String> = Vec::with_capacity(machines.len());
-            for m in &machines {
-                if let Err(e) = self.annotate_for_deletion(&g.namespace, m, true).await {
-                    for done in &marked {
-                        let _ = self.annotate_for_deletion(&g.namespace, done, false).await;
-                    }
-                    return Err(Status::unavailable(format!("failed to mark Machine {}/{m} for deletion: {e}", g.namespace)));
-                }
-                marked.push(m.clone());
-            }
-            if let Err(e) = self.set_replicas(g, current - n).await {
-                // Unmark, so CAPI does not prefer these Machines on some later scale-down.
-                for m in &marked {
-                    let _ = self.annotate_for_deletion(&g.namespace, m, false).await;
-                }
-                return Err(e);
-            }
-            tracing::info!(group = %g.id, machines = ?machines, from = current, to = current - n, "Deleted nodes");
+            // Marks and replicas in a task of their own: a deadline or a disconnect that drops
+            // this handler must not leave marks without the replicas write (scale module).
+            let (writer, group) = (self.writer.clone(), g.clone());
+            let task_machines = machines.clone();
+            let (from, to) =
+                detached(async move { writer.delete_nodes(&group, &task_machines).await }).await?;
+            tracing::info!(group = %r.id, machines = ?machines, from, to, "Deleted nodes");
             self.rebuild(&scope);
             Ok(pb::NodeGroupDeleteNodesResponse {})
         })
@@ -665,21 +585,27 @@ impl CloudProvider for CloudProviderService {
             let index = self.index(&scope);
             let g = Self::group(&index, &r.id)?;
             Self::writable(g)?;
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let desired = current.saturating_add(r.delta);
             // Only requests not fulfilled yet may be cancelled: never below the instances that
             // already have a server (in-tree provider rule, §2.3).
             let real = g.instances.iter().filter(|i| i.has_server && i.state != InstanceState::Deleting).count();
             let real = i32::try_from(real).unwrap_or(i32::MAX);
-            if desired < real {
-                return Err(Status::failed_precondition(format!(
-                    "attempt to delete existing nodes: {} has {real} instance(s) with a server, target {current}{:+} = {desired}",
-                    g.id, r.delta
-                )));
-            }
-            self.set_replicas(g, desired).await?;
+            let (writer, group, delta) = (self.writer.clone(), g.clone(), r.delta);
+            detached(async move {
+                writer
+                    .resize(&group, |current| {
+                        let desired = current.saturating_add(delta);
+                        if desired < real {
+                            Err(Status::failed_precondition(format!(
+                                "attempt to delete existing nodes: {} has {real} instance(s) with a server, target {current}{delta:+} = {desired}",
+                                group.id
+                            )))
+                        } else {
+                            Ok(desired)
+                        }
+                    })
+                    .await
+            })
+            .await?;
             self.rebuild(&scope);
             Ok(pb::NodeGroupDecreaseTargetSizeResponse {})
         })

@@ -278,8 +278,9 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`) and the serving
-/// certificate's rotation; returns what the credentials publisher needs (TLS only).
+/// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`), the serving
+/// certificate's rotation and the sweeper of stray delete-machine marks; returns what the
+/// credentials publisher needs (TLS only).
 async fn start_autoscaler(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -291,7 +292,7 @@ async fn start_autoscaler(
     ),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
-    use crate::autoscaler::{report, server, service, sources};
+    use crate::autoscaler::{marks, report, server, service, sources};
     let stores = sources::Stores::start(client, namespace, shutdown);
     tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
         .await
@@ -302,6 +303,7 @@ async fn start_autoscaler(
             gpu_label: args.gpu_label.clone(),
         },
     };
+    let stores: Arc<dyn service::Snapshots> = Arc::new(stores);
     let reporter = report::AnnotationReporter::new(
         client.clone(),
         kube::runtime::events::Reporter {
@@ -310,9 +312,14 @@ async fn start_autoscaler(
         },
         annotation_metrics,
     );
-    let svc =
-        service::CloudProviderService::new(Arc::new(stores), client.clone(), options, metrics)
-            .with_reporter(Arc::new(reporter));
+    let svc = service::CloudProviderService::new(stores.clone(), client.clone(), options, metrics)
+        .with_reporter(Arc::new(reporter));
+    tokio::spawn(marks::run_sweeper(
+        client.clone(),
+        stores,
+        marks::SWEEP_INTERVAL,
+        shutdown.clone(),
+    ));
     let listener = server::bind(addr).await?;
     let port = listener.local_addr()?.port();
     let mut publish = None;
