@@ -128,13 +128,14 @@ impl Writer {
     }
 
     /// Writes `spec.replicas` with `version` as precondition, and remembers the size until the
-    /// stores show it ([`WrittenSizes`]).
+    /// stores show it ([`WrittenSizes`], given the stores' state from before the write).
     async fn write(
         &self,
         group: &NodeGroup,
         replicas: i32,
         version: Option<&str>,
     ) -> Result<(), WriteError> {
+        let before = self.sources.snapshot();
         let patch = Patch::Merge(json!({
             "metadata": { "resourceVersion": version },
             "spec": { "replicas": replicas },
@@ -158,7 +159,7 @@ impl Writer {
                     group,
                     replicas,
                     scale.metadata.resource_version.as_deref(),
-                    &self.sources.snapshot(),
+                    &before,
                 );
                 Ok(())
             }

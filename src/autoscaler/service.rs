@@ -10,7 +10,8 @@
 //! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
 //! for bad requests (non-positive delta, a node of another group), `FailedPrecondition` when a
 //! size limit would be crossed or the group is frozen by invalid size annotations,
-//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails,
+//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails or
+//! (`Refresh`) when the watches have been failing for longer than [`MAX_WATCH_STALENESS`],
 //! `Aborted` when the group kept changing under a write.
 
 use std::collections::HashMap;
@@ -36,10 +37,21 @@ use super::scale::{Writer, detached};
 use super::written::WrittenSizes;
 use crate::tls::ClusterIdentity;
 
+/// How long the watches may fail before `Refresh` answers `Unavailable` rather than let CA act
+/// on sizes that stopped following the API server (60 s: six of CA's default 10 s scan
+/// intervals; failures shorter than that are ridden out with the stores as they are).
+pub const MAX_WATCH_STALENESS: Duration = Duration::from_secs(60);
+
 /// Where the index's inputs come from (reflector stores in the manager, fixed lists in tests).
 pub trait Snapshots: Send + Sync + 'static {
     /// The current objects.
     fn snapshot(&self) -> Snapshot;
+
+    /// How long the objects have not followed the API server (the longest failure streak of
+    /// the watches behind them); `None` when they follow it.
+    fn stale_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -458,6 +470,18 @@ impl CloudProvider for CloudProviderService {
     ) -> RpcResult<pb::RefreshResponse> {
         self.measure("Refresh", async {
             let scope = self.scope(&request)?;
+            if let Some(stale) = self
+                .sources
+                .stale_for()
+                .filter(|d| *d > MAX_WATCH_STALENESS)
+            {
+                // CA aborts this loop on a Refresh error rather than scale on old sizes.
+                return Err(Status::unavailable(format!(
+                    "capow's watches of the API server have failed for {} s (limit {} s): node group sizes may be stale",
+                    stale.as_secs(),
+                    MAX_WATCH_STALENESS.as_secs()
+                )));
+            }
             self.rebuild(&scope);
             Ok(pb::RefreshResponse {})
         })
@@ -681,12 +705,15 @@ mod tests {
     use crate::autoscaler::index::tests::md;
     use serde_json::json;
 
-    /// Fixed objects.
-    struct Fixed(Snapshot);
+    /// Fixed objects, and a staleness the test sets.
+    struct Fixed(Snapshot, std::sync::Mutex<Option<Duration>>);
 
     impl Snapshots for Fixed {
         fn snapshot(&self) -> Snapshot {
             self.0.clone()
+        }
+        fn stale_for(&self) -> Option<Duration> {
+            *self.1.lock().unwrap()
         }
     }
 
@@ -727,7 +754,7 @@ mod tests {
             templates: vec![template("md-0-t", "0.2"), template("frozen-t", "0.4")],
             ..Snapshot::default()
         };
-        let fixed = Arc::new(Fixed(s));
+        let fixed = Arc::new(Fixed(s, std::sync::Mutex::new(None)));
         // No write reaches an API server in these tests; the client points nowhere.
         let client =
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
@@ -742,6 +769,29 @@ mod tests {
             RpcMetrics::default(),
         );
         (svc, fixed)
+    }
+
+    #[tokio::test]
+    async fn refresh_refuses_stale_watches() {
+        let (svc, fixed) = service();
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+        *fixed.1.lock().unwrap() = Some(Duration::from_secs(20));
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .expect("a short failure is ridden out");
+        *fixed.1.lock().unwrap() = Some(MAX_WATCH_STALENESS + Duration::from_secs(1));
+        let err = svc
+            .refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(err.message().contains("stale"), "{}", err.message());
+        *fixed.1.lock().unwrap() = None;
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
