@@ -7,6 +7,7 @@ pub mod index;
 pub mod marks;
 pub mod node;
 pub mod options;
+pub mod pricing;
 pub mod proto;
 pub mod quantity;
 pub mod report;

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use super::index::{ClusterKey, Index, InstanceState, NodeGroup, Snapshot};
 use super::node::{TemplateOptions, template_node};
 use super::options;
+use super::pricing;
 use super::proto::externalgrpc as pb;
 use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
 use super::report::AnnotationReporter;
@@ -294,35 +295,6 @@ fn to_pb_instance(i: &super::index::Instance) -> pb::Instance {
     }
 }
 
-fn price_per_hour(g: &NodeGroup) -> Option<f64> {
-    g.template
-        .as_ref()?
-        .status
-        .as_ref()?
-        .resolved
-        .as_ref()?
-        .price_per_hour
-        .as_ref()?
-        .parse()
-        .ok()
-}
-
-fn hours(
-    start: Option<&prost_types::Timestamp>,
-    end: Option<&prost_types::Timestamp>,
-    old_start: Option<&super::proto::meta_v1::Time>,
-    old_end: Option<&super::proto::meta_v1::Time>,
-) -> f64 {
-    let secs = |new: Option<&prost_types::Timestamp>, old: Option<&super::proto::meta_v1::Time>| {
-        new.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
-            .or_else(|| old.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9))
-    };
-    match (secs(start, old_start), secs(end, old_end)) {
-        (Some(s), Some(e)) if e > s => (e - s) / 3600.0,
-        _ => 0.0,
-    }
-}
-
 type RpcResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -375,21 +347,22 @@ impl CloudProvider for CloudProviderService {
             let scope = self.scope(&request)?;
             let index = self.index(&scope);
             let r = request.get_ref();
-            let provider_id = r
-                .node
-                .as_ref()
-                .map(|n| n.provider_id.as_str())
-                .unwrap_or("");
-            let group = index.group_of_instance(provider_id).ok_or_else(|| {
-                Status::not_found(format!("node {provider_id:?} is not in a node group"))
+            let node = r.node.clone().unwrap_or_default();
+            // Real nodes by providerID; CA's template nodes (no providerID) by capow's
+            // annotation or their name (pricing module docs).
+            let group = pricing::group_of_node(&index, &node).ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {:?} (providerID {:?}) is not in a node group",
+                    node.name, node.provider_id
+                ))
             })?;
-            let price = price_per_hour(group).ok_or_else(|| {
+            let price = pricing::price_per_hour(group).ok_or_else(|| {
                 Status::unimplemented(format!(
                     "no price for node group {}: set the flavor's capow:price-per-hour extra spec",
                     group.id
                 ))
             })?;
-            let h = hours(
+            let h = pricing::hours(
                 r.start_timestamp.as_ref(),
                 r.end_timestamp.as_ref(),
                 r.start_time.as_ref(),
@@ -405,10 +378,31 @@ impl CloudProvider for CloudProviderService {
         request: Request<pb::PricingPodPriceRequest>,
     ) -> RpcResult<pb::PricingPodPriceResponse> {
         self.measure("PricingPodPrice", async {
-            self.scope(&request)?;
-            Err(Status::unimplemented(
-                "pod prices are not provided; node prices come from flavor prices",
-            ))
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let r = request.get_ref();
+            // CA ≥ 1.34.2 sends the v1.Pod protobuf in pod_bytes, older ones in field 1.
+            let pod = if r.pod_bytes.is_empty() {
+                r.pod.clone().unwrap_or_default()
+            } else {
+                super::proto::core_v1::Pod::decode(r.pod_bytes.as_slice()).map_err(|e| {
+                    Status::invalid_argument(format!("pod_bytes is not a v1.Pod: {e}"))
+                })?
+            };
+            let rates = pricing::index_rates(&index).ok_or_else(|| {
+                Status::unimplemented(
+                    "no node group has a price: set the flavors' capow:price-per-hour extra spec",
+                )
+            })?;
+            let h = pricing::hours(
+                r.start_timestamp.as_ref(),
+                r.end_timestamp.as_ref(),
+                r.start_time.as_ref(),
+                r.end_time.as_ref(),
+            );
+            Ok(pb::PricingPodPriceResponse {
+                price: pricing::pod_price(&pod, &rates, h),
+            })
         })
         .await
     }
@@ -703,6 +697,7 @@ pub type Shutdown = BoxFuture<'static, ()>;
 mod tests {
     use super::*;
     use crate::autoscaler::index::tests::md;
+    use crate::autoscaler::proto::core_v1;
     use serde_json::json;
 
     /// Fixed objects, and a staleness the test sets.
@@ -859,5 +854,82 @@ mod tests {
             900,
             "CA's default"
         );
+    }
+
+    #[tokio::test]
+    async fn prices_for_template_nodes_and_pods() {
+        let (svc, _) = service();
+        let ts = |s: i64| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        // CA 1.36.1's renamed template node: no providerID.
+        let node = pb::ExternalGrpcNode {
+            name: "template-node-for-MachineDeployment/ns/md-0-5577006791947779410".into(),
+            ..Default::default()
+        };
+        let price = svc
+            .pricing_node_price(Request::new(pb::PricingNodePriceRequest {
+                node: Some(node),
+                start_timestamp: ts(0),
+                end_timestamp: ts(3600),
+                ..Default::default()
+            }))
+            .await
+            .expect("template nodes are priced")
+            .into_inner()
+            .price;
+        assert!((price - 0.2).abs() < 1e-12, "{price}");
+        // CA's stabilisation pod (500m, 500Mi) for an hour at the cheaper group's rates.
+        let pod = core_v1::Pod {
+            metadata: None,
+            spec: Some(core_v1::PodSpec {
+                containers: vec![core_v1::Container {
+                    name: "stabilize".into(),
+                    resources: Some(core_v1::ResourceRequirements {
+                        requests: [
+                            (
+                                "cpu".into(),
+                                crate::autoscaler::proto::resource::Quantity {
+                                    string: "500m".into(),
+                                },
+                            ),
+                            (
+                                "memory".into(),
+                                crate::autoscaler::proto::resource::Quantity {
+                                    string: "500Mi".into(),
+                                },
+                            ),
+                        ]
+                        .into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        };
+        let price = svc
+            .pricing_pod_price(Request::new(pb::PricingPodPriceRequest {
+                pod_bytes: pod.encode_to_vec(),
+                start_timestamp: ts(0),
+                end_timestamp: ts(3600),
+                ..Default::default()
+            }))
+            .await
+            .expect("PodPrice is implemented")
+            .into_inner()
+            .price;
+        let index = svc.index(&None);
+        let rates = pricing::index_rates(&index).unwrap();
+        assert_eq!(
+            rates.group, "MachineDeployment/ns/md-0",
+            "0.2/h beats 0.4/h for the same flavor"
+        );
+        let want = 0.5 * rates.per_vcpu_hour + 500.0 / 1024.0 * rates.per_gib_hour;
+        assert!((price - want).abs() < 1e-12, "{price} != {want}");
+        assert!(price > 0.0);
     }
 }
