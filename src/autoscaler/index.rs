@@ -11,11 +11,12 @@
 //! NoValidHost failures reach CA as `instanceCreating` with an error class at once (§2.5).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kube::ResourceExt;
 
 use super::options;
+use super::pricing::Rates;
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::conditions::{READY, reasons};
 use crate::api::machine::OpenStackWorkerMachine;
@@ -293,6 +294,9 @@ pub struct Index {
     groups: BTreeMap<String, NodeGroup>,
     by_instance: HashMap<String, String>,
     problems: Vec<AnnotationProblem>,
+    /// The cheapest per-vCPU and per-GiB rates of the groups, computed on first use: CA asks
+    /// `PricingPodPrice` for every pending pod of every expansion option.
+    pod_rates: OnceLock<Option<Rates>>,
 }
 
 /// Prefixes of the autoscaling annotations capow also reads from the group's
@@ -671,7 +675,16 @@ impl Index {
             groups,
             by_instance,
             problems,
+            pod_rates: OnceLock::new(),
         }
+    }
+
+    /// The cheapest pod-pricing rates of these groups ([`Rates::cheapest`]), computed once per
+    /// index; `None` when no group has a price.
+    pub fn pod_rates(&self) -> Option<&Rates> {
+        self.pod_rates
+            .get_or_init(|| Rates::cheapest(self.groups()))
+            .as_ref()
     }
 
     /// The unusable autoscaling annotations of the groups in this view, sorted by group and

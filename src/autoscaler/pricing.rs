@@ -210,9 +210,9 @@ pub fn pod_price(pod: &Pod, rates: &Rates, hours: f64) -> f64 {
     (vcpus * rates.per_vcpu_hour + gib * rates.per_gib_hour) * hours
 }
 
-/// The cheapest rates of the groups in `index`.
-pub fn index_rates(index: &Index) -> Option<Rates> {
-    Rates::cheapest(index.groups())
+/// The cheapest rates of the groups in `index` (cached in the index).
+pub fn index_rates(index: &Index) -> Option<&Rates> {
+    index.pod_rates()
 }
 
 #[cfg(test)]

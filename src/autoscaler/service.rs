@@ -401,7 +401,7 @@ impl CloudProvider for CloudProviderService {
                 r.end_time.as_ref(),
             );
             Ok(pb::PricingPodPriceResponse {
-                price: pricing::pod_price(&pod, &rates, h),
+                price: pricing::pod_price(&pod, rates, h),
             })
         })
         .await
