@@ -31,11 +31,13 @@ use capow_e2e::{Env, TestNamespace, apply_json, wait_until};
 use futures::future::BoxFuture;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+mod support;
 
 /// Where a [`Gate`] holds the next `scale` PATCH.
 #[derive(Clone, Copy, Debug)]
@@ -216,6 +218,35 @@ async fn fixture(prefix: &str, objects: Vec<Value>) -> Fixture {
         obj["metadata"]["namespace"] = json!(name);
         apply_json(&client, &obj).await.unwrap();
     }
+    // The real CAPI controllers touch each object once even under a paused Cluster (a
+    // finalizer and a Paused condition); let them finish, so that no write of theirs lands
+    // between capow's read and write in the interleavings below.
+    for (kind, finalizer) in [
+        ("MachineDeployment", "cluster.x-k8s.io/machinedeployment"),
+        ("Machine", "machine.cluster.x-k8s.io"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind);
+        let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &name, &ar);
+        wait_until(
+            &format!("CAPI to settle the {kind}s"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                async move {
+                    let items = api.list(&ListParams::default()).await?.items;
+                    Ok(items.iter().all(|o| {
+                        let paused = o.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c["type"] == "Paused" && c["status"] == "True")
+                        });
+                        o.finalizers().iter().any(|f| f == finalizer) && paused
+                    }))
+                }
+            },
+        )
+        .await;
+    }
     let shutdown = CancellationToken::new();
     let stores = sources::Stores::start(&client, Some(&name), &shutdown);
     stores.ready().await.unwrap();
@@ -341,7 +372,7 @@ impl Fixture {
 
     async fn done(self) {
         self.shutdown.cancel();
-        self.ns.delete().await;
+        support::delete_namespace(&self.client, self.ns).await;
     }
 }
 
@@ -386,23 +417,16 @@ async fn delete_nodes_cancelled_by_the_deadline_still_finishes() {
     let _ = armed.release.send(());
     // Before the fix the handler was dropped with its pending write: replicas stayed 3 and
     // m-a kept a mark for a later scale-down to act on.
-    let client = f.client.clone();
-    let ns = f.ns.name.clone();
-    wait_until(
-        "the replicas write of the cancelled call",
-        Duration::from_secs(30),
-        || {
-            let client = client.clone();
-            let ns = ns.clone();
-            async move {
-                let scale = Api::<MachineDeployment>::namespaced(client, &ns)
-                    .get_scale("md-0")
-                    .await?;
-                Ok(scale.spec.and_then(|s| s.replicas) == Some(2))
-            }
-        },
-    )
-    .await;
+    let started = std::time::Instant::now();
+    while f.replicas("md-0").await != 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no replicas write after the cancelled call: replicas {}, m-a annotations {:?}",
+            f.replicas("md-0").await,
+            f.annotations("m-a").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let a = f.annotations("m-a").await;
     assert_eq!(
         a.get(DELETE_MACHINE_ANNOTATION),
