@@ -231,9 +231,11 @@ pub fn stray_marks(snapshot: &Snapshot, now: Timestamp, grace: Duration) -> Vec<
             out.push(stray);
             continue;
         }
-        let old = value
-            .parse::<Timestamp>()
-            .map_or(true, |at| now.duration_since(at).unsigned_abs() >= grace);
+        // A value that is no time, or a time `grace` or more ago (not one in the future).
+        let old = value.parse::<Timestamp>().map_or(true, |at| {
+            let age = now.duration_since(at);
+            age.is_positive() && age.unsigned_abs() >= grace
+        });
         if !old {
             continue;
         }
@@ -368,6 +370,10 @@ mod tests {
         assert!(
             stray_marks(&s, at(60), MARK_GRACE).is_empty(),
             "within the grace"
+        );
+        assert!(
+            stray_marks(&s, at(-3600), MARK_GRACE).is_empty(),
+            "a mark from the future (clock skew) is not old"
         );
         assert_eq!(names(stray_marks(&s, at(180), MARK_GRACE)), ["m-1"]);
     }
