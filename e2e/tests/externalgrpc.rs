@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+mod support;
+
 const SERVICE: &str = "capow-autoscaler";
 
 async fn patch_status(
@@ -872,5 +874,5 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
-    ns_guard.delete().await;
+    support::delete_namespace(&client, ns_guard).await;
 }
