@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+mod support;
+
 const SERVICE: &str = "capow-autoscaler";
 
 async fn patch_status(
@@ -592,12 +594,57 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
         .into_inner()
         .price;
     assert!((price - 0.1).abs() < 1e-9, "{price}");
-    assert_eq!(
-        api.pricing_pod_price(pb::PricingPodPriceRequest::default())
-            .await
-            .unwrap_err()
-            .code(),
-        tonic::Code::Unimplemented
+    // The template node as CA 1.36.1 prices it: renamed, no providerID, capow's annotation kept.
+    let template_node = pb::ExternalGrpcNode {
+        name: format!("template-node-for-{}-5577006791947779410", id("md-0")),
+        annotations: from_bytes.metadata.clone().unwrap().annotations,
+        ..Default::default()
+    };
+    let price = api
+        .pricing_node_price(pb::PricingNodePriceRequest {
+            node: Some(template_node),
+            start_timestamp: ts(0),
+            end_timestamp: ts(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .price;
+    assert!((price - 0.1).abs() < 1e-9, "{price}");
+    // Pods: requests × per-vCPU and per-GiB rates derived from md-0's price (the only one).
+    let pod = core_v1::Pod {
+        metadata: None,
+        spec: Some(core_v1::PodSpec {
+            containers: vec![core_v1::Container {
+                name: "c".into(),
+                resources: Some(core_v1::ResourceRequirements {
+                    requests: [(
+                        "cpu".to_owned(),
+                        capow::autoscaler::proto::resource::Quantity { string: "2".into() },
+                    )]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    };
+    let pod_price = api
+        .pricing_pod_price(pb::PricingPodPriceRequest {
+            pod_bytes: pod.encode_to_vec(),
+            start_timestamp: ts(0),
+            end_timestamp: ts(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .price;
+    assert!(
+        pod_price > 0.0 && pod_price < 0.1,
+        "all the vCPUs, none of the memory: {pod_price}"
     );
     assert_eq!(
         api.gpu_label(pb::GpuLabelRequest {})
@@ -827,5 +874,5 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
-    ns_guard.delete().await;
+    support::delete_namespace(&client, ns_guard).await;
 }

@@ -11,10 +11,12 @@
 //! NoValidHost failures reach CA as `instanceCreating` with an error class at once (§2.5).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kube::ResourceExt;
 
+use super::options;
+use super::pricing::Rates;
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::conditions::{READY, reasons};
 use crate::api::machine::OpenStackWorkerMachine;
@@ -94,7 +96,7 @@ pub struct Instance {
 }
 
 /// Scalable resource kind of a node group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupKind {
     /// A MachineDeployment.
     MachineDeployment,
@@ -141,13 +143,20 @@ pub struct NodeGroup {
     pub region: Option<String>,
     /// Instances, sorted by id.
     pub instances: Vec<Instance>,
+    /// Why the group is frozen (its size annotations are invalid, see [`size_limits`]): then
+    /// `min_size == max_size == target_size` and every write is refused. `None` normally.
+    pub frozen: Option<String>,
 }
 
 impl NodeGroup {
     /// Debug string CA logs (`NodeGroup.debug`).
     pub fn debug(&self) -> String {
+        let frozen = match &self.frozen {
+            Some(why) => format!(", frozen: {why}"),
+            None => String::new(),
+        };
         format!(
-            "{} (min: {}, max: {}, target: {}, instances: {})",
+            "{} (min: {}, max: {}, target: {}, instances: {}{frozen})",
             self.id,
             self.min_size,
             self.max_size,
@@ -157,11 +166,137 @@ impl NodeGroup {
     }
 }
 
+/// An autoscaling annotation whose value capow cannot use, found while building the index.
+/// Reported to people as a Warning event on the group's MachineDeployment/MachineSet and as a
+/// metric ([`super::report`]); the index itself only lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AnnotationProblem {
+    /// Node group id (`<Kind>/<namespace>/<name>`).
+    pub group: String,
+    /// Kind of the object the group is (the event's subject).
+    pub kind: GroupKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID, when known.
+    pub uid: Option<String>,
+    /// The cluster the group belongs to.
+    pub cluster: ClusterKey,
+    /// Where the value was read: `MachineDeployment ns/name` or
+    /// `OpenStackWorkerMachineTemplate ns/name`.
+    pub source: String,
+    /// The annotation key.
+    pub annotation: String,
+    /// The value as written.
+    pub value: String,
+    /// The rule it breaks, as a sentence part (`it must be a whole number ≥ 0`).
+    pub rule: String,
+    /// What capow does instead, as a sentence part.
+    pub consequence: String,
+}
+
+impl AnnotationProblem {
+    /// The message for people: annotation, value, rule, consequence, e.g. `annotation
+    /// cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size is "1.0" on MachineDeployment
+    /// ns/md-0; it must be a whole number ≥ 0; the node group is served with min = max = its
+    /// current replicas until it is fixed`.
+    pub fn message(&self) -> String {
+        format!(
+            "annotation {} is {:?} on {}; {}; {}",
+            self.annotation, self.value, self.source, self.rule, self.consequence
+        )
+    }
+}
+
+/// What the group's size annotations allow ([`size_limits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SizeLimits {
+    /// No max-size annotation, or a max of 0: not a node group.
+    NotAutoscaled,
+    /// Valid limits.
+    Valid {
+        /// Minimum (0 when the annotation is absent).
+        min: i32,
+        /// Maximum (> 0).
+        max: i32,
+    },
+    /// At least one limit is unusable: the group is frozen at its current size. Each entry is
+    /// `(annotation, value, rule)`.
+    Invalid(Vec<(String, String, String)>),
+}
+
+/// Rule of both size annotations.
+pub const SIZE_RULE: &str = "it must be a whole number ≥ 0";
+/// What a frozen group does, as a sentence part of [`AnnotationProblem::consequence`].
+pub const FROZEN_CONSEQUENCE: &str = "the node group is served with min = max = its current replicas, so the cluster-autoscaler neither scales it up nor down, until the value is fixed";
+
+fn parse_size(value: &str) -> Option<i32> {
+    value.trim().parse::<i32>().ok().filter(|v| *v >= 0)
+}
+
+/// The size limits of a group with (effective) `annotations`, with the in-tree clusterapi
+/// provider's rules (cluster-autoscaler-1.36.1 `cloudprovider/clusterapi/clusterapi_utils.go`,
+/// `parseScalingBounds`): both values are whole numbers ≥ 0 and max ≥ min; a missing min is 0;
+/// a missing max, or a max of 0, means the object is not autoscaled.
+///
+/// Where the in-tree provider drops a group with an invalid limit, and capow used to read an
+/// invalid min as 0 (so a `"1.0"` meant to keep one node let CA delete the last one), an
+/// invalid limit here never widens what CA may do: the group is [`SizeLimits::Invalid`], which
+/// the index serves *frozen* (min = max = current replicas, writes refused) so that CA neither
+/// scales it up nor down while it still sees its nodes as members of a group.
+pub fn size_limits(annotations: &BTreeMap<String, String>) -> SizeLimits {
+    let Some(max_raw) = annotations.get(capi::NODE_GROUP_MAX_SIZE_ANNOTATION) else {
+        return SizeLimits::NotAutoscaled;
+    };
+    let min_raw = annotations.get(capi::NODE_GROUP_MIN_SIZE_ANNOTATION);
+    let max = parse_size(max_raw);
+    let min = min_raw.map(|v| parse_size(v));
+    if max == Some(0) {
+        return SizeLimits::NotAutoscaled;
+    }
+    let mut problems = Vec::new();
+    if max.is_none() {
+        problems.push((
+            capi::NODE_GROUP_MAX_SIZE_ANNOTATION.to_owned(),
+            max_raw.clone(),
+            SIZE_RULE.to_owned(),
+        ));
+    }
+    if let (Some(raw), Some(None)) = (min_raw, min) {
+        problems.push((
+            capi::NODE_GROUP_MIN_SIZE_ANNOTATION.to_owned(),
+            raw.clone(),
+            SIZE_RULE.to_owned(),
+        ));
+    }
+    if !problems.is_empty() {
+        return SizeLimits::Invalid(problems);
+    }
+    let min = min.flatten().unwrap_or(0);
+    let max = max.unwrap_or(0);
+    if min > max {
+        return SizeLimits::Invalid(vec![(
+            capi::NODE_GROUP_MAX_SIZE_ANNOTATION.to_owned(),
+            max_raw.clone(),
+            format!(
+                "it must not be below {} ({min})",
+                capi::NODE_GROUP_MIN_SIZE_ANNOTATION
+            ),
+        )]);
+    }
+    SizeLimits::Valid { min, max }
+}
+
 /// Node groups of one view (a cluster, or all clusters when unscoped).
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     groups: BTreeMap<String, NodeGroup>,
     by_instance: HashMap<String, String>,
+    problems: Vec<AnnotationProblem>,
+    /// The cheapest per-vCPU and per-GiB rates of the groups, computed on first use: CA asks
+    /// `PricingPodPrice` for every pending pod of every expansion option.
+    pod_rates: OnceLock<Option<Rates>>,
 }
 
 /// Prefixes of the autoscaling annotations capow also reads from the group's
@@ -197,14 +332,6 @@ fn effective_annotations(
         }
     }
     out
-}
-
-/// Parses a size annotation: a non-negative integer.
-fn size_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Option<i32> {
-    annotations
-        .get(key)
-        .and_then(|v| v.trim().parse::<i32>().ok())
-        .filter(|v| *v >= 0)
 }
 
 fn cluster_of(
@@ -370,34 +497,75 @@ impl Index {
             .collect();
 
         let mut groups: BTreeMap<String, NodeGroup> = BTreeMap::new();
+        let mut problems: Vec<AnnotationProblem> = Vec::new();
         let mut add_group = |kind: GroupKind,
                              ns: String,
                              name: String,
+                             uid: Option<String>,
                              cluster: ClusterKey,
                              replicas: Option<i32>,
-                             annotations: &BTreeMap<String, String>,
+                             own: &BTreeMap<String, String>,
                              template: &MachineTemplateSpec| {
             let r = &template.spec.infrastructure_ref;
             if r.kind != "OpenStackWorkerMachineTemplate" || !in_scope(&ns, &cluster) {
                 return;
             }
-            if capi::has_paused_annotation(annotations) {
+            if capi::has_paused_annotation(own) {
                 return;
             }
             let infra_template = templates.get(&(ns.clone(), r.name.clone()));
-            let annotations =
-                &effective_annotations(annotations, infra_template.map(|t| t.as_ref()));
-            let Some(max) = size_annotation(annotations, capi::NODE_GROUP_MAX_SIZE_ANNOTATION)
-                .filter(|m| *m > 0)
-            else {
-                return;
-            };
-            let min =
-                size_annotation(annotations, capi::NODE_GROUP_MIN_SIZE_ANNOTATION).unwrap_or(0);
-            if min > max {
+            let annotations = effective_annotations(own, infra_template.map(|t| t.as_ref()));
+            let limits = size_limits(&annotations);
+            if limits == SizeLimits::NotAutoscaled {
                 return;
             }
             let id = format!("{}/{ns}/{name}", kind.as_str());
+            let source = |key: &str| {
+                if own.contains_key(key) {
+                    format!("{} {ns}/{name}", kind.as_str())
+                } else {
+                    format!("OpenStackWorkerMachineTemplate {ns}/{}", r.name)
+                }
+            };
+            let problem = |annotation: String, value: String, rule: String, consequence: &str| {
+                AnnotationProblem {
+                    group: id.clone(),
+                    kind,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    cluster: cluster.clone(),
+                    source: source(&annotation),
+                    annotation,
+                    value,
+                    rule,
+                    consequence: consequence.to_owned(),
+                }
+            };
+            let target = replicas.unwrap_or(0);
+            let (min, max, frozen) = match limits {
+                SizeLimits::Valid { min, max } => (min, max, None),
+                SizeLimits::Invalid(bad) => {
+                    let why = bad
+                        .iter()
+                        .map(|(a, v, _)| format!("{a}={v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    for (annotation, value, rule) in bad {
+                        problems.push(problem(annotation, value, rule, FROZEN_CONSEQUENCE));
+                    }
+                    (target, target, Some(format!("invalid {why}")))
+                }
+                SizeLimits::NotAutoscaled => return,
+            };
+            for e in options::validate(&annotations) {
+                problems.push(problem(
+                    e.annotation,
+                    e.value,
+                    e.rule,
+                    options::INVALID_CONSEQUENCE,
+                ));
+            }
             let region = regions
                 .get(&(ns.clone(), cluster.name.clone()))
                 .cloned()
@@ -413,11 +581,12 @@ impl Index {
                     cluster,
                     min_size: min,
                     max_size: max,
-                    target_size: replicas.unwrap_or(0),
-                    annotations: annotations.clone(),
+                    target_size: target,
+                    annotations,
                     machine_template: template.clone(),
                     region,
                     instances: Vec::new(),
+                    frozen,
                 },
             );
         };
@@ -428,6 +597,7 @@ impl Index {
                 GroupKind::MachineDeployment,
                 ns,
                 md.name_any(),
+                md.uid(),
                 cluster,
                 md.spec.replicas,
                 md.annotations(),
@@ -461,6 +631,7 @@ impl Index {
                         GroupKind::MachineSet,
                         ns,
                         ms.name_any(),
+                        ms.uid(),
                         cluster,
                         ms.spec.replicas,
                         ms.annotations(),
@@ -499,10 +670,27 @@ impl Index {
         for g in groups.values_mut() {
             g.instances.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        problems.sort_by(|a, b| (&a.group, &a.annotation).cmp(&(&b.group, &b.annotation)));
         Index {
             groups,
             by_instance,
+            problems,
+            pod_rates: OnceLock::new(),
         }
+    }
+
+    /// The cheapest pod-pricing rates of these groups ([`Rates::cheapest`]), computed once per
+    /// index; `None` when no group has a price.
+    pub fn pod_rates(&self) -> Option<&Rates> {
+        self.pod_rates
+            .get_or_init(|| Rates::cheapest(self.groups()))
+            .as_ref()
+    }
+
+    /// The unusable autoscaling annotations of the groups in this view, sorted by group and
+    /// annotation.
+    pub fn problems(&self) -> &[AnnotationProblem] {
+        &self.problems
     }
 
     /// All node groups, sorted by id.
@@ -520,6 +708,10 @@ impl Index {
     pub fn set_target_size(&mut self, id: &str, size: i32) {
         if let Some(g) = self.groups.get_mut(id) {
             g.target_size = size;
+            if g.frozen.is_some() {
+                g.min_size = size;
+                g.max_size = size;
+            }
         }
     }
 
@@ -850,32 +1042,152 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn invalid_sizes_and_paused_groups_are_skipped() {
-        let mut s = Snapshot::default();
-        s.machine_deployments = vec![
-            md("ns", "min-over-max", 1, scaling(5, 2)),
-            md(
-                "ns",
-                "negative",
-                1,
-                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "-1"}),
+    fn size_limits_follow_the_in_tree_rules() {
+        const MIN: &str = capi::NODE_GROUP_MIN_SIZE_ANNOTATION;
+        const MAX: &str = capi::NODE_GROUP_MAX_SIZE_ANNOTATION;
+        let ann = |min: Option<&str>, max: Option<&str>| -> BTreeMap<String, String> {
+            [(MIN, min), (MAX, max)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect()
+        };
+        let invalid = |list: &[(&str, &str)]| {
+            SizeLimits::Invalid(
+                list.iter()
+                    .map(|(a, v)| ((*a).to_owned(), (*v).to_owned(), SIZE_RULE.to_owned()))
+                    .collect(),
+            )
+        };
+        let cases: Vec<(Option<&str>, Option<&str>, SizeLimits)> = vec![
+            (None, None, SizeLimits::NotAutoscaled),
+            (Some("1"), None, SizeLimits::NotAutoscaled),
+            (Some("abc"), None, SizeLimits::NotAutoscaled),
+            (None, Some("0"), SizeLimits::NotAutoscaled),
+            (None, Some("3"), SizeLimits::Valid { min: 0, max: 3 }),
+            (Some("1"), Some("3"), SizeLimits::Valid { min: 1, max: 3 }),
+            (Some(" 2 "), Some("2"), SizeLimits::Valid { min: 2, max: 2 }),
+            (Some("1.0"), Some("3"), invalid(&[(MIN, "1.0")])),
+            (Some("-1"), Some("3"), invalid(&[(MIN, "-1")])),
+            (Some("abc"), Some("3"), invalid(&[(MIN, "abc")])),
+            (Some(""), Some("3"), invalid(&[(MIN, "")])),
+            (Some("1"), Some("-1"), invalid(&[(MAX, "-1")])),
+            (Some("1"), Some("5.5"), invalid(&[(MAX, "5.5")])),
+            (Some("x"), Some("y"), invalid(&[(MAX, "y"), (MIN, "x")])),
+            (
+                Some("5"),
+                Some("2"),
+                SizeLimits::Invalid(vec![(
+                    MAX.to_owned(),
+                    "2".to_owned(),
+                    format!("it must not be below {MIN} (5)"),
+                )]),
             ),
+        ];
+        for (min, max, want) in cases {
+            assert_eq!(
+                size_limits(&ann(min, max)),
+                want,
+                "min {min:?}, max {max:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_limits_freeze_the_group_and_are_reported() {
+        let mut s = Snapshot::default();
+        let limits = |min: &str, max: &str| {
+            json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": min,
+                   "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": max})
+        };
+        s.machine_deployments = vec![
+            md("ns", "min-float", 1, limits("1.0", "5")),
+            md("ns", "min-over-max", 3, limits("5", "2")),
+            md("ns", "negative-max", 2, limits("0", "-1")),
             md(
                 "ns",
                 "paused",
                 1,
-                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3", "cluster.x-k8s.io/paused": ""}),
+                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "x", "cluster.x-k8s.io/paused": ""}),
             ),
             md(
                 "ns",
                 "ok",
                 0,
-                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3"}),
+                json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3",
+                       "cluster.x-k8s.io/autoscaling-options-scaledownunneededtime": "soon"}),
             ),
         ];
         let index = Index::build(&s, None);
-        let ids: Vec<_> = index.groups().map(|g| g.id.as_str()).collect();
-        assert_eq!(ids, ["MachineDeployment/ns/ok"]);
-        assert_eq!(index.group("MachineDeployment/ns/ok").unwrap().min_size, 0);
+        let sizes: Vec<_> = index
+            .groups()
+            .map(|g| (g.name.as_str(), g.min_size, g.max_size, g.frozen.is_some()))
+            .collect();
+        // Before: "1.0" was served as min 0 (CA could delete the last node), the others vanished.
+        assert_eq!(
+            sizes,
+            [
+                ("min-float", 1, 1, true),
+                ("min-over-max", 3, 3, true),
+                ("negative-max", 2, 2, true),
+                ("ok", 0, 3, false),
+            ]
+        );
+        assert!(
+            index
+                .group("MachineDeployment/ns/min-float")
+                .unwrap()
+                .debug()
+                .contains("frozen: invalid cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size=\"1.0\"")
+        );
+        let reported: Vec<_> = index
+            .problems()
+            .iter()
+            .map(|p| (p.name.as_str(), p.annotation.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                ("min-float", capi::NODE_GROUP_MIN_SIZE_ANNOTATION, "1.0"),
+                ("min-over-max", capi::NODE_GROUP_MAX_SIZE_ANNOTATION, "2"),
+                ("negative-max", capi::NODE_GROUP_MAX_SIZE_ANNOTATION, "-1"),
+                (
+                    "ok",
+                    "cluster.x-k8s.io/autoscaling-options-scaledownunneededtime",
+                    "soon"
+                ),
+            ]
+        );
+        assert_eq!(
+            index.problems()[0].message(),
+            "annotation cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size is \"1.0\" on \
+             MachineDeployment ns/min-float; it must be a whole number ≥ 0; the node group is served \
+             with min = max = its current replicas, so the cluster-autoscaler neither scales it up \
+             nor down, until the value is fixed"
+        );
+        assert!(
+            index.problems()[3]
+                .message()
+                .contains("default is used for this option")
+        );
+    }
+
+    #[test]
+    fn problems_name_the_template_when_the_value_comes_from_it() {
+        let mut s = Snapshot::default();
+        s.machine_deployments = vec![md("ns", "md-0", 1, json!({}))];
+        s.templates = vec![template(
+            "ns",
+            "md-0-t",
+            json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": "one",
+                   "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "3"}),
+            json!({}),
+        )];
+        let index = Index::build(&s, None);
+        assert_eq!(
+            index.problems()[0].source,
+            "OpenStackWorkerMachineTemplate ns/md-0-t"
+        );
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        assert_eq!((g.min_size, g.max_size), (1, 1));
     }
 }

@@ -4,10 +4,14 @@
 
 pub mod credentials;
 pub mod index;
+pub mod marks;
 pub mod node;
 pub mod options;
+pub mod pricing;
 pub mod proto;
 pub mod quantity;
+pub mod report;
+pub mod scale;
 pub mod server;
 pub mod service;
 pub mod sources;

@@ -23,6 +23,12 @@ pub const SYSTEM_RESERVED_ANNOTATION: &str =
 /// Group annotation: hard eviction thresholds (`memory.available=100Mi,nodefs.available=10%`),
 /// as kubelet `--eviction-hard`. Default: the kubelet's own defaults.
 pub const EVICTION_HARD_ANNOTATION: &str = "capow.infrastructure.cluster.x-k8s.io/eviction-hard";
+/// Annotation on every template node capow serves: the node group id. CA keeps a template
+/// node's annotations when it renames it `template-node-for-<group id>-<random>` and drops
+/// nothing capow could key on (cluster-autoscaler-1.36.1 `simulator/node_info_utils.go`), so
+/// `PricingNodePrice` finds the group of a template node from it ([`super::pricing`]). An
+/// annotation, not a label: group ids contain `/`, which label values may not.
+pub const NODE_GROUP_ANNOTATION: &str = "capow.infrastructure.cluster.x-k8s.io/node-group";
 /// Pods per node when neither the annotation `maxPods` nor anything else says (kubelet default).
 pub const DEFAULT_MAX_PODS: i64 = 110;
 /// The kubelet's default hard eviction thresholds that reduce allocatable (kubelet
@@ -283,6 +289,7 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
         metadata: Some(ObjectMeta {
             name,
             labels: labels.into_iter().collect(),
+            annotations: [(NODE_GROUP_ANNOTATION.to_owned(), group.id.clone())].into(),
             ..Default::default()
         }),
         spec: Some(NodeSpec {
@@ -354,6 +361,7 @@ mod tests {
             template: Some(Arc::new(template)),
             region: Some("RegionOne".into()),
             instances: vec![],
+            frozen: None,
         }
     }
 
@@ -400,6 +408,11 @@ mod tests {
         );
         assert_eq!(q(&node, "allocatable", "cpu"), "4");
         let labels = &node.metadata.as_ref().unwrap().labels;
+        assert_eq!(
+            node.metadata.as_ref().unwrap().annotations[NODE_GROUP_ANNOTATION],
+            "MachineDeployment/ns/md-0",
+            "the group, for pricing the template CA renames"
+        );
         assert_eq!(labels["kubernetes.io/arch"], "arm64");
         assert_eq!(labels["node.kubernetes.io/instance-type"], "gpu.small");
         assert_eq!(labels["topology.kubernetes.io/zone"], "az1");

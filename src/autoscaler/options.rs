@@ -7,6 +7,12 @@
 //! and CA ≥ 1.35 reads only 8/9/10, so both are filled (§1.9); and because
 //! `MaxNodeStartupTime` has no proto field (kubernetes/autoscaler#10245), a group without
 //! option annotations gets `Unimplemented`, which makes CA keep all its defaults.
+//!
+//! An annotation whose value does not parse costs only its own field: CA's client treats any
+//! error code other than `Unimplemented` as a failure of the whole call
+//! (cluster-autoscaler-1.36.1 `cloudprovider/externalgrpc/externalgrpc_node_group.go`,
+//! `GetOptions`), so the group's valid overrides are served and the bad field echoes CA's
+//! default; the index reports the bad value ([`validate`], `super::report`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,14 +23,27 @@ use super::proto::meta_v1;
 /// Annotation prefix of per-group options.
 pub const PREFIX: &str = "cluster.x-k8s.io/autoscaling-options-";
 
+/// What capow does with an unusable option, as a sentence part of the warning.
+pub const INVALID_CONSEQUENCE: &str = "the cluster-autoscaler's default is used for this option (the group's other options still apply) until it is fixed";
+
+/// Rule of the threshold options.
+const FRACTION_RULE: &str = "it must be a number between 0 and 1";
+/// Rule of the boolean options.
+const BOOL_RULE: &str = "it must be true or false";
+/// Rule of the duration options.
+const DURATION_RULE: &str =
+    "it must be a duration such as 10m or 1h30m (units ns, us, ms, s, m, h)";
+
 /// Why an option annotation is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation}: {message}")]
+#[error("annotation {annotation} is {value:?}; {rule}")]
 pub struct OptionError {
     /// The annotation key.
     pub annotation: String,
-    /// What is wrong.
-    pub message: String,
+    /// The value as written.
+    pub value: String,
+    /// The rule it breaks, as a sentence part (`it must be true or false`).
+    pub rule: String,
 }
 
 /// Parses a Go duration (`time.ParseDuration`): a sequence of decimal numbers with units
@@ -94,97 +113,143 @@ fn from_request(new: Option<&prost_types::Duration>, old: Option<&meta_v1::Durat
     }
 }
 
-/// The options of a group with `annotations`, starting from CA's `defaults`. `Ok(None)` when
-/// the group has no option annotation (answer `Unimplemented`).
-///
-/// # Errors
-/// [`OptionError`] naming the annotation when a value does not parse.
+/// The options of a group with `annotations`, starting from CA's `defaults`, and the option
+/// annotations that could not be used. Each unusable annotation keeps CA's default for its own
+/// field only; the options are `None` when the group has no usable option annotation (answer
+/// `Unimplemented`, so CA keeps every default).
 pub fn options(
     annotations: &BTreeMap<String, String>,
     defaults: &NodeGroupAutoscalingOptions,
-) -> Result<Option<NodeGroupAutoscalingOptions>, OptionError> {
-    let own: BTreeMap<&str, &str> = annotations
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|name| (name, v.as_str())))
-        .collect();
-    if own.is_empty() {
-        return Ok(None);
-    }
-    let err = |name: &str, message: String| OptionError {
-        annotation: format!("{PREFIX}{name}"),
-        message,
+) -> (Option<NodeGroupAutoscalingOptions>, Vec<OptionError>) {
+    let mut r = Reader {
+        own: annotations
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|name| (name, v.as_str())))
+            .collect(),
+        errors: Vec::new(),
+        overridden: false,
     };
-    let float = |name: &str, default: f64| -> Result<f64, OptionError> {
-        match own.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|f| (0.0..=1.0).contains(f))
-                .ok_or_else(|| err(name, format!("{v:?} is not a number between 0 and 1"))),
-        }
+    let fraction = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| (0.0..=1.0).contains(f))
     };
-    let boolean = |name: &str, default: bool| -> Result<bool, OptionError> {
-        match own.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<bool>()
-                .map_err(|_| err(name, format!("{v:?} is not true or false"))),
-        }
-    };
-    let duration = |name: &str, default: Duration| -> Result<Duration, OptionError> {
-        match own.get(name) {
-            None => Ok(default),
-            Some(v) => parse_go_duration(v).map_err(|m| err(name, m)),
-        }
-    };
-    let unneeded = duration(
+    let boolean = |v: &str| v.trim().parse::<bool>().ok();
+    let duration = |v: &str| parse_go_duration(v).ok();
+
+    let utilization = r.get(
+        "scaledownutilizationthreshold",
+        FRACTION_RULE,
+        fraction,
+        defaults.scale_down_utilization_threshold,
+    );
+    let gpu_utilization = r.get(
+        "scaledowngpuutilizationthreshold",
+        FRACTION_RULE,
+        fraction,
+        defaults.scale_down_gpu_utilization_threshold,
+    );
+    let zero_or_max = r.get(
+        "zeroormaxnodescaling",
+        BOOL_RULE,
+        boolean,
+        defaults.zero_or_max_node_scaling,
+    );
+    let ignore_daemon_sets = r.get(
+        "ignoredaemonsetsutilization",
+        BOOL_RULE,
+        boolean,
+        defaults.ignore_daemon_sets_utilization,
+    );
+    let unneeded = r.get(
         "scaledownunneededtime",
+        DURATION_RULE,
+        duration,
         from_request(
             defaults.scale_down_unneeded_duration.as_ref(),
             defaults.scale_down_unneeded_time.as_ref(),
         ),
-    )?;
-    let unready = duration(
+    );
+    let unready = r.get(
         "scaledownunreadytime",
+        DURATION_RULE,
+        duration,
         from_request(
             defaults.scale_down_unready_duration.as_ref(),
             defaults.scale_down_unready_time.as_ref(),
         ),
-    )?;
-    let provision = duration(
+    );
+    let provision = r.get(
         "maxnodeprovisiontime",
+        DURATION_RULE,
+        duration,
         from_request(
             defaults.max_node_provision_duration.as_ref(),
             defaults.max_node_provision_time.as_ref(),
         ),
-    )?;
-    Ok(Some(NodeGroupAutoscalingOptions {
-        scale_down_utilization_threshold: float(
-            "scaledownutilizationthreshold",
-            defaults.scale_down_utilization_threshold,
-        )?,
-        scale_down_gpu_utilization_threshold: float(
-            "scaledowngpuutilizationthreshold",
-            defaults.scale_down_gpu_utilization_threshold,
-        )?,
-        zero_or_max_node_scaling: boolean(
-            "zeroormaxnodescaling",
-            defaults.zero_or_max_node_scaling,
-        )?,
-        ignore_daemon_sets_utilization: boolean(
-            "ignoredaemonsetsutilization",
-            defaults.ignore_daemon_sets_utilization,
-        )?,
+    );
+    if !r.overridden {
+        return (None, r.errors);
+    }
+    let options = NodeGroupAutoscalingOptions {
+        scale_down_utilization_threshold: utilization,
+        scale_down_gpu_utilization_threshold: gpu_utilization,
+        zero_or_max_node_scaling: zero_or_max,
+        ignore_daemon_sets_utilization: ignore_daemon_sets,
         scale_down_unneeded_time: Some(meta(unneeded)),
         scale_down_unready_time: Some(meta(unready)),
         max_node_provision_time: Some(meta(provision)),
         scale_down_unneeded_duration: Some(google(unneeded)),
         scale_down_unready_duration: Some(google(unready)),
         max_node_provision_duration: Some(google(provision)),
-    }))
+    };
+    (Some(options), r.errors)
+}
+
+/// The option annotations among `annotations` whose values capow cannot use (the same checks as
+/// [`options`], without CA's defaults).
+pub fn validate(annotations: &BTreeMap<String, String>) -> Vec<OptionError> {
+    options(annotations, &NodeGroupAutoscalingOptions::default()).1
+}
+
+/// Reads option annotations one field at a time.
+struct Reader<'a> {
+    /// Option name (after [`PREFIX`]) → value.
+    own: BTreeMap<&'a str, &'a str>,
+    errors: Vec<OptionError>,
+    /// True once one option was read successfully.
+    overridden: bool,
+}
+
+impl Reader<'_> {
+    /// Option `name` parsed by `parse`; `default` when it is absent or does not parse (then
+    /// recorded in `errors` with `rule`).
+    fn get<T>(
+        &mut self,
+        name: &str,
+        rule: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        default: T,
+    ) -> T {
+        let Some(raw) = self.own.get(name) else {
+            return default;
+        };
+        match parse(raw) {
+            Some(v) => {
+                self.overridden = true;
+                v
+            }
+            None => {
+                self.errors.push(OptionError {
+                    annotation: format!("{PREFIX}{name}"),
+                    value: (*raw).to_owned(),
+                    rule: rule.to_owned(),
+                });
+                default
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,8 +300,8 @@ mod tests {
     #[test]
     fn no_annotations_means_unimplemented() {
         assert_eq!(
-            options(&BTreeMap::new(), &new_wire_defaults()).unwrap(),
-            None
+            options(&BTreeMap::new(), &new_wire_defaults()),
+            (None, vec![])
         );
     }
 
@@ -249,7 +314,7 @@ mod tests {
             ]),
             &new_wire_defaults(),
         )
-        .unwrap()
+        .0
         .unwrap();
         assert_eq!(o.scale_down_utilization_threshold, 0.3);
         assert_eq!(o.scale_down_gpu_utilization_threshold, 0.5, "echoed");
@@ -284,25 +349,77 @@ mod tests {
             ..Default::default()
         };
         let o = options(&ann(&[("zeroormaxnodescaling", "true")]), &defaults)
-            .unwrap()
+            .0
             .unwrap();
         assert!(o.zero_or_max_node_scaling);
         assert_eq!(o.scale_down_unneeded_duration.unwrap().seconds, 420);
     }
 
     #[test]
-    fn bad_values_name_the_annotation() {
-        let e = options(
-            &ann(&[("scaledownunneededtime", "ten minutes")]),
+    fn a_bad_value_costs_only_its_own_field() {
+        // Before: one unparsable value failed the whole call (FailedPrecondition), dropping the
+        // valid overrides with it.
+        let (o, errors) = options(
+            &ann(&[
+                ("scaledownutilizationthreshold", "0.3"),
+                ("scaledownunneededtime", "ten minutes"),
+                ("zeroormaxnodescaling", "yes"),
+            ]),
             &new_wire_defaults(),
-        )
-        .unwrap_err();
-        assert_eq!(e.annotation, format!("{PREFIX}scaledownunneededtime"));
-        let e = options(
+        );
+        let o = o.unwrap();
+        assert_eq!(
+            o.scale_down_utilization_threshold, 0.3,
+            "valid override kept"
+        );
+        assert_eq!(
+            o.scale_down_unneeded_duration.unwrap().seconds,
+            600,
+            "CA's default for the bad field"
+        );
+        assert_eq!(
+            o.scale_down_unneeded_time.unwrap().duration,
+            600_000_000_000
+        );
+        assert!(
+            !o.zero_or_max_node_scaling,
+            "CA's default for the bad field"
+        );
+        let names: Vec<_> = errors.iter().map(|e| e.annotation.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("{PREFIX}zeroormaxnodescaling"),
+                format!("{PREFIX}scaledownunneededtime")
+            ]
+        );
+        assert_eq!(
+            errors[1].to_string(),
+            format!("annotation {PREFIX}scaledownunneededtime is \"ten minutes\"; {DURATION_RULE}")
+        );
+    }
+
+    #[test]
+    fn only_bad_values_leave_every_default_to_ca() {
+        // Nothing usable: Unimplemented (CA keeps all its defaults, MaxNodeStartupTime too).
+        let (o, errors) = options(
             &ann(&[("scaledownutilizationthreshold", "1.5")]),
             &new_wire_defaults(),
-        )
-        .unwrap_err();
-        assert!(e.message.contains("between 0 and 1"));
+        );
+        assert_eq!(o, None);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].value, "1.5");
+        assert_eq!(errors[0].rule, FRACTION_RULE);
+        assert_eq!(
+            validate(&ann(&[
+                ("maxnodeprovisiontime", "5m"),
+                ("ignoredaemonsetsutilization", "nope"),
+                ("scaledowngpuutilizationthreshold", "-0.1"),
+            ]))
+            .iter()
+            .map(|e| e.value.as_str())
+            .collect::<Vec<_>>(),
+            ["-0.1", "nope"]
+        );
     }
 }

@@ -2,43 +2,57 @@
 //! cluster (from its client certificate), and the three writes (IncreaseSize, DeleteNodes,
 //! DecreaseTargetSize) done on the MachineDeployment/MachineSet `scale` subresource and the
 //! Machines' `cluster.x-k8s.io/delete-machine` annotation, as the in-tree clusterapi provider
-//! does (mission-anchors §2.3). Reads never call the API server or OpenStack.
+//! does (mission-anchors §2.3). Reads never call the API server or OpenStack. Writes run as
+//! their own tasks with preconditions ([`super::scale`]), so a cancelled call neither stops
+//! halfway nor overwrites a concurrent change.
 //!
 //! Status codes (CA's client passes them on as errors, except `Unimplemented` on the optional
 //! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
 //! for bad requests (non-positive delta, a node of another group), `FailedPrecondition` when a
-//! size limit would be crossed, `Unauthenticated` without a client certificate, `Unavailable`
-//! when the API server fails.
+//! size limit would be crossed or the group is frozen by invalid size annotations,
+//! `Unauthenticated` without a client certificate, `Unavailable` when the API server fails or
+//! (`Refresh`) when the watches have been failing for longer than [`MAX_WATCH_STALENESS`],
+//! `Aborted` when the group kept changing under a write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use kube::api::{Api, Patch, PatchParams};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use prost::Message;
-use serde_json::json;
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use super::index::{ClusterKey, GroupKind, Index, InstanceState, NodeGroup, Snapshot};
+use super::index::{ClusterKey, Index, InstanceState, NodeGroup, Snapshot};
 use super::node::{TemplateOptions, template_node};
 use super::options;
+use super::pricing;
 use super::proto::externalgrpc as pb;
 use super::proto::externalgrpc::cloud_provider_server::CloudProvider;
+use super::report::AnnotationReporter;
+use super::scale::{Writer, detached};
 use super::written::WrittenSizes;
-use crate::capi::{self, Machine, MachineDeployment, MachineSet};
 use crate::tls::ClusterIdentity;
+
+/// How long the watches may fail before `Refresh` answers `Unavailable` rather than let CA act
+/// on sizes that stopped following the API server (60 s: six of CA's default 10 s scan
+/// intervals; failures shorter than that are ridden out with the stores as they are).
+pub const MAX_WATCH_STALENESS: Duration = Duration::from_secs(60);
 
 /// Where the index's inputs come from (reflector stores in the manager, fixed lists in tests).
 pub trait Snapshots: Send + Sync + 'static {
     /// The current objects.
     fn snapshot(&self) -> Snapshot;
+
+    /// How long the objects have not followed the API server (the longest failure streak of
+    /// the watches behind them); `None` when they follow it.
+    fn stale_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,12 +141,12 @@ pub struct ServiceOptions {
 /// The externalgrpc `CloudProvider` service.
 pub struct CloudProviderService {
     sources: Arc<dyn Snapshots>,
-    client: kube::Client,
     options: ServiceOptions,
     metrics: RpcMetrics,
     cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
-    group_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    written: WrittenSizes,
+    written: Arc<WrittenSizes>,
+    writer: Writer,
+    reporter: Arc<AnnotationReporter>,
 }
 
 impl CloudProviderService {
@@ -143,15 +157,24 @@ impl CloudProviderService {
         options: ServiceOptions,
         metrics: RpcMetrics,
     ) -> Self {
+        let written = Arc::new(WrittenSizes::default());
         Self {
+            writer: Writer::new(client, sources.clone(), written.clone()),
             sources,
-            client,
             options,
             metrics,
             cache: std::sync::Mutex::new(HashMap::new()),
-            group_locks: Mutex::new(HashMap::new()),
-            written: WrittenSizes::default(),
+            written,
+            reporter: Arc::new(AnnotationReporter::log_only(Default::default())),
         }
+    }
+
+    /// Reports unusable autoscaling annotations through `reporter` (events and metrics)
+    /// instead of only logging them.
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: Arc<AnnotationReporter>) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     /// The cluster the caller may see: from its client certificate, or every cluster when the
@@ -187,6 +210,7 @@ impl CloudProviderService {
     fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
         let snapshot = self.sources.snapshot();
         let mut index = Index::build(&snapshot, scope.as_ref());
+        self.reporter.observe(scope.as_ref(), index.problems());
         self.written.apply(&snapshot, &mut index);
         let index = Arc::new(index);
         self.lock_cache().insert(scope.clone(), index.clone());
@@ -210,83 +234,16 @@ impl CloudProviderService {
         })
     }
 
-    async fn group_lock(&self, id: &str) -> Arc<Mutex<()>> {
-        self.group_locks
-            .lock()
-            .await
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Current `spec.replicas` from the `scale` subresource (not the cache: writes must not
-    /// act on stale sizes).
-    async fn replicas(&self, group: &NodeGroup) -> Result<i32, Status> {
-        let scale = match group.kind {
-            GroupKind::MachineDeployment => {
-                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
-                    .get_scale(&group.name)
-                    .await
-            }
-            GroupKind::MachineSet => {
-                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
-                    .get_scale(&group.name)
-                    .await
-            }
+    /// Refuses writes to a frozen group ([`NodeGroup::frozen`]).
+    #[allow(clippy::result_large_err)]
+    fn writable(g: &NodeGroup) -> Result<(), Status> {
+        match &g.frozen {
+            Some(why) => Err(Status::failed_precondition(format!(
+                "node group {} is frozen at its current size ({why}): fix its autoscaling annotations",
+                g.id
+            ))),
+            None => Ok(()),
         }
-        .map_err(|e| {
-            Status::unavailable(format!("failed to read the scale of {}: {e}", group.id))
-        })?;
-        Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
-    }
-
-    /// Writes `spec.replicas` through the `scale` subresource and remembers the size until the
-    /// stores show it (read-your-writes, [`WrittenSizes`]).
-    async fn set_replicas(&self, group: &NodeGroup, replicas: i32) -> Result<(), Status> {
-        let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
-        let pp = PatchParams::default();
-        let scale = match group.kind {
-            GroupKind::MachineDeployment => {
-                Api::<MachineDeployment>::namespaced(self.client.clone(), &group.namespace)
-                    .patch_scale(&group.name, &pp, &patch)
-                    .await
-            }
-            GroupKind::MachineSet => {
-                Api::<MachineSet>::namespaced(self.client.clone(), &group.namespace)
-                    .patch_scale(&group.name, &pp, &patch)
-                    .await
-            }
-        }
-        .map_err(|e| {
-            Status::unavailable(format!("failed to scale {} to {replicas}: {e}", group.id))
-        })?;
-        self.written.record(
-            group,
-            replicas,
-            scale.metadata.resource_version.as_deref(),
-            &self.sources.snapshot(),
-        );
-        Ok(())
-    }
-
-    async fn annotate_for_deletion(
-        &self,
-        namespace: &str,
-        machine: &str,
-        mark: bool,
-    ) -> Result<(), kube::Error> {
-        let value = if mark {
-            json!(k8s_openapi::jiff::Timestamp::now().to_string())
-        } else {
-            serde_json::Value::Null
-        };
-        let patch = Patch::Merge(
-            json!({ "metadata": { "annotations": { capi::DELETE_MACHINE_ANNOTATION: value } } }),
-        );
-        Api::<Machine>::namespaced(self.client.clone(), namespace)
-            .patch(machine, &PatchParams::default(), &patch)
-            .await
-            .map(|_| ())
     }
 
     async fn measure<T>(
@@ -335,35 +292,6 @@ fn to_pb_instance(i: &super::index::Instance) -> pb::Instance {
                 instance_error_class: e.class,
             }),
         }),
-    }
-}
-
-fn price_per_hour(g: &NodeGroup) -> Option<f64> {
-    g.template
-        .as_ref()?
-        .status
-        .as_ref()?
-        .resolved
-        .as_ref()?
-        .price_per_hour
-        .as_ref()?
-        .parse()
-        .ok()
-}
-
-fn hours(
-    start: Option<&prost_types::Timestamp>,
-    end: Option<&prost_types::Timestamp>,
-    old_start: Option<&super::proto::meta_v1::Time>,
-    old_end: Option<&super::proto::meta_v1::Time>,
-) -> f64 {
-    let secs = |new: Option<&prost_types::Timestamp>, old: Option<&super::proto::meta_v1::Time>| {
-        new.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
-            .or_else(|| old.map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9))
-    };
-    match (secs(start, old_start), secs(end, old_end)) {
-        (Some(s), Some(e)) if e > s => (e - s) / 3600.0,
-        _ => 0.0,
     }
 }
 
@@ -419,21 +347,22 @@ impl CloudProvider for CloudProviderService {
             let scope = self.scope(&request)?;
             let index = self.index(&scope);
             let r = request.get_ref();
-            let provider_id = r
-                .node
-                .as_ref()
-                .map(|n| n.provider_id.as_str())
-                .unwrap_or("");
-            let group = index.group_of_instance(provider_id).ok_or_else(|| {
-                Status::not_found(format!("node {provider_id:?} is not in a node group"))
+            let node = r.node.clone().unwrap_or_default();
+            // Real nodes by providerID; CA's template nodes (no providerID) by capow's
+            // annotation or their name (pricing module docs).
+            let group = pricing::group_of_node(&index, &node).ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {:?} (providerID {:?}) is not in a node group",
+                    node.name, node.provider_id
+                ))
             })?;
-            let price = price_per_hour(group).ok_or_else(|| {
+            let price = pricing::price_per_hour(group).ok_or_else(|| {
                 Status::unimplemented(format!(
                     "no price for node group {}: set the flavor's capow:price-per-hour extra spec",
                     group.id
                 ))
             })?;
-            let h = hours(
+            let h = pricing::hours(
                 r.start_timestamp.as_ref(),
                 r.end_timestamp.as_ref(),
                 r.start_time.as_ref(),
@@ -449,10 +378,31 @@ impl CloudProvider for CloudProviderService {
         request: Request<pb::PricingPodPriceRequest>,
     ) -> RpcResult<pb::PricingPodPriceResponse> {
         self.measure("PricingPodPrice", async {
-            self.scope(&request)?;
-            Err(Status::unimplemented(
-                "pod prices are not provided; node prices come from flavor prices",
-            ))
+            let scope = self.scope(&request)?;
+            let index = self.index(&scope);
+            let r = request.get_ref();
+            // CA ≥ 1.34.2 sends the v1.Pod protobuf in pod_bytes, older ones in field 1.
+            let pod = if r.pod_bytes.is_empty() {
+                r.pod.clone().unwrap_or_default()
+            } else {
+                super::proto::core_v1::Pod::decode(r.pod_bytes.as_slice()).map_err(|e| {
+                    Status::invalid_argument(format!("pod_bytes is not a v1.Pod: {e}"))
+                })?
+            };
+            let rates = pricing::index_rates(&index).ok_or_else(|| {
+                Status::unimplemented(
+                    "no node group has a price: set the flavors' capow:price-per-hour extra spec",
+                )
+            })?;
+            let h = pricing::hours(
+                r.start_timestamp.as_ref(),
+                r.end_timestamp.as_ref(),
+                r.start_time.as_ref(),
+                r.end_time.as_ref(),
+            );
+            Ok(pb::PricingPodPriceResponse {
+                price: pricing::pod_price(&pod, rates, h),
+            })
         })
         .await
     }
@@ -514,6 +464,18 @@ impl CloudProvider for CloudProviderService {
     ) -> RpcResult<pb::RefreshResponse> {
         self.measure("Refresh", async {
             let scope = self.scope(&request)?;
+            if let Some(stale) = self
+                .sources
+                .stale_for()
+                .filter(|d| *d > MAX_WATCH_STALENESS)
+            {
+                // CA aborts this loop on a Refresh error rather than scale on old sizes.
+                return Err(Status::unavailable(format!(
+                    "capow's watches of the API server have failed for {} s (limit {} s): node group sizes may be stale",
+                    stale.as_secs(),
+                    MAX_WATCH_STALENESS.as_secs()
+                )));
+            }
             self.rebuild(&scope);
             Ok(pb::RefreshResponse {})
         })
@@ -546,19 +508,26 @@ impl CloudProvider for CloudProviderService {
                 return Err(Status::invalid_argument(format!("delta must be positive, got {}", r.delta)));
             }
             let index = self.index(&scope);
-            let g = Self::group(&index, &r.id)?;
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let desired = current.saturating_add(r.delta);
-            if desired > g.max_size {
-                return Err(Status::failed_precondition(format!(
-                    "size increase too large: {} has {current} replicas, +{} would exceed its max size {}",
-                    g.id, r.delta, g.max_size
-                )));
-            }
-            self.set_replicas(g, desired).await?;
-            tracing::info!(group = %g.id, from = current, to = desired, "Scaled up");
+            let g = Self::group(&index, &r.id)?.clone();
+            Self::writable(&g)?;
+            let (writer, delta) = (self.writer.clone(), r.delta);
+            let (from, to) = detached(async move {
+                writer
+                    .resize(&g, |current| {
+                        let desired = current.saturating_add(delta);
+                        if desired > g.max_size {
+                            Err(Status::failed_precondition(format!(
+                                "size increase too large: {} has {current} replicas, +{delta} would exceed its max size {}",
+                                g.id, g.max_size
+                            )))
+                        } else {
+                            Ok(desired)
+                        }
+                    })
+                    .await
+            })
+            .await?;
+            tracing::info!(group = %r.id, from, to, "Scaled up");
             self.rebuild(&scope);
             Ok(pb::NodeGroupIncreaseSizeResponse {})
         })
@@ -578,48 +547,43 @@ impl CloudProvider for CloudProviderService {
             // (unregistered or create-error instances) carry the instance id as providerID.
             let mut machines = Vec::with_capacity(r.nodes.len());
             for node in &r.nodes {
-                let id = if node.provider_id.is_empty() { node.name.as_str() } else { node.provider_id.as_str() };
+                let id = if node.provider_id.is_empty() {
+                    node.name.as_str()
+                } else {
+                    node.provider_id.as_str()
+                };
                 let uuid = id.rsplit('/').next().unwrap_or(id);
                 let instance = g
                     .instances
                     .iter()
-                    .find(|i| i.id == id || (id.starts_with("openstack://") && i.id.rsplit('/').next() == Some(uuid)))
-                    .ok_or_else(|| Status::invalid_argument(format!("node {:?} ({id}) does not belong to node group {}", node.name, g.id)))?;
-                if instance.state != InstanceState::Deleting && !machines.contains(&instance.machine) {
+                    .find(|i| {
+                        i.id == id
+                            || (id.starts_with("openstack://")
+                                && i.id.rsplit('/').next() == Some(uuid))
+                    })
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "node {:?} ({id}) does not belong to node group {}",
+                            node.name, g.id
+                        ))
+                    })?;
+                if instance.state != InstanceState::Deleting
+                    && !machines.contains(&instance.machine)
+                {
                     machines.push(instance.machine.clone());
                 }
             }
             if machines.is_empty() {
                 return Ok(pb::NodeGroupDeleteNodesResponse {});
             }
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let n = i32::try_from(machines.len()).unwrap_or(i32::MAX);
-            if current - n < g.min_size {
-                return Err(Status::failed_precondition(format!(
-                    "deleting {n} node(s) would take {} below its min size {} (replicas {current})",
-                    g.id, g.min_size
-                )));
-            }
-            let mut marked: Vec<String> = Vec::with_capacity(machines.len());
-            for m in &machines {
-                if let Err(e) = self.annotate_for_deletion(&g.namespace, m, true).await {
-                    for done in &marked {
-                        let _ = self.annotate_for_deletion(&g.namespace, done, false).await;
-                    }
-                    return Err(Status::unavailable(format!("failed to mark Machine {}/{m} for deletion: {e}", g.namespace)));
-                }
-                marked.push(m.clone());
-            }
-            if let Err(e) = self.set_replicas(g, current - n).await {
-                // Unmark, so CAPI does not prefer these Machines on some later scale-down.
-                for m in &marked {
-                    let _ = self.annotate_for_deletion(&g.namespace, m, false).await;
-                }
-                return Err(e);
-            }
-            tracing::info!(group = %g.id, machines = ?machines, from = current, to = current - n, "Deleted nodes");
+            Self::writable(g)?;
+            // Marks and replicas in a task of their own: a deadline or a disconnect that drops
+            // this handler must not leave marks without the replicas write (scale module).
+            let (writer, group) = (self.writer.clone(), g.clone());
+            let task_machines = machines.clone();
+            let (from, to) =
+                detached(async move { writer.delete_nodes(&group, &task_machines).await }).await?;
+            tracing::info!(group = %r.id, machines = ?machines, from, to, "Deleted nodes");
             self.rebuild(&scope);
             Ok(pb::NodeGroupDeleteNodesResponse {})
         })
@@ -638,21 +602,28 @@ impl CloudProvider for CloudProviderService {
             }
             let index = self.index(&scope);
             let g = Self::group(&index, &r.id)?;
-            let lock = self.group_lock(&g.id).await;
-            let _held = lock.lock().await;
-            let current = self.replicas(g).await?;
-            let desired = current.saturating_add(r.delta);
+            Self::writable(g)?;
             // Only requests not fulfilled yet may be cancelled: never below the instances that
             // already have a server (in-tree provider rule, §2.3).
             let real = g.instances.iter().filter(|i| i.has_server && i.state != InstanceState::Deleting).count();
             let real = i32::try_from(real).unwrap_or(i32::MAX);
-            if desired < real {
-                return Err(Status::failed_precondition(format!(
-                    "attempt to delete existing nodes: {} has {real} instance(s) with a server, target {current}{:+} = {desired}",
-                    g.id, r.delta
-                )));
-            }
-            self.set_replicas(g, desired).await?;
+            let (writer, group, delta) = (self.writer.clone(), g.clone(), r.delta);
+            detached(async move {
+                writer
+                    .resize(&group, |current| {
+                        let desired = current.saturating_add(delta);
+                        if desired < real {
+                            Err(Status::failed_precondition(format!(
+                                "attempt to delete existing nodes: {} has {real} instance(s) with a server, target {current}{delta:+} = {desired}",
+                                group.id
+                            )))
+                        } else {
+                            Ok(desired)
+                        }
+                    })
+                    .await
+            })
+            .await?;
             self.rebuild(&scope);
             Ok(pb::NodeGroupDecreaseTargetSizeResponse {})
         })
@@ -704,16 +675,13 @@ impl CloudProvider for CloudProviderService {
             let r = request.get_ref();
             let g = Self::group(&index, &r.id)?;
             let defaults = r.defaults.unwrap_or_default();
-            match options::options(&g.annotations, &defaults) {
-                Ok(Some(o)) => Ok(pb::NodeGroupAutoscalingOptionsResponse {
+            // Bad values fall back to CA's default field by field; the index reported them.
+            match options::options(&g.annotations, &defaults).0 {
+                Some(o) => Ok(pb::NodeGroupAutoscalingOptionsResponse {
                     node_group_autoscaling_options: Some(o),
                 }),
-                Ok(None) => Err(Status::unimplemented(format!(
-                    "node group {} sets no autoscaling options",
-                    g.id
-                ))),
-                Err(e) => Err(Status::failed_precondition(format!(
-                    "node group {}: {e}",
+                None => Err(Status::unimplemented(format!(
+                    "node group {} sets no usable autoscaling options",
                     g.id
                 ))),
             }
@@ -724,3 +692,244 @@ impl CloudProvider for CloudProviderService {
 
 /// Keeps a boxed future type name short in signatures elsewhere.
 pub type Shutdown = BoxFuture<'static, ()>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::index::tests::md;
+    use crate::autoscaler::proto::core_v1;
+    use serde_json::json;
+
+    /// Fixed objects, and a staleness the test sets.
+    struct Fixed(Snapshot, std::sync::Mutex<Option<Duration>>);
+
+    impl Snapshots for Fixed {
+        fn snapshot(&self) -> Snapshot {
+            self.0.clone()
+        }
+        fn stale_for(&self) -> Option<Duration> {
+            *self.1.lock().unwrap()
+        }
+    }
+
+    fn template(
+        name: &str,
+        price: &str,
+    ) -> Arc<crate::api::machine_template::OpenStackWorkerMachineTemplate> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerMachineTemplate",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"template": {"spec": {"flavor": {"id": "1"}, "image": {"id": "i"}}}},
+                "status": {"capacity": {"cpu": "2", "memory": "4Gi"}, "resolved": {"flavorName": "f", "pricePerHour": price}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn service() -> (CloudProviderService, Arc<Fixed>) {
+        let s = Snapshot {
+            machine_deployments: vec![
+                md(
+                    "ns",
+                    "md-0",
+                    2,
+                    json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "5",
+                           "cluster.x-k8s.io/autoscaling-options-scaledownutilizationthreshold": "0.3",
+                           "cluster.x-k8s.io/autoscaling-options-maxnodeprovisiontime": "a while"}),
+                ),
+                md(
+                    "ns",
+                    "frozen",
+                    3,
+                    json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": "1.0",
+                           "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": "5"}),
+                ),
+            ],
+            templates: vec![template("md-0-t", "0.2"), template("frozen-t", "0.4")],
+            ..Snapshot::default()
+        };
+        let fixed = Arc::new(Fixed(s, std::sync::Mutex::new(None)));
+        // No write reaches an API server in these tests; the client points nowhere.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let svc = CloudProviderService::new(
+            fixed.clone(),
+            client,
+            ServiceOptions {
+                require_identity: false,
+                template: TemplateOptions::default(),
+            },
+            RpcMetrics::default(),
+        );
+        (svc, fixed)
+    }
+
+    #[tokio::test]
+    async fn refresh_refuses_stale_watches() {
+        let (svc, fixed) = service();
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+        *fixed.1.lock().unwrap() = Some(Duration::from_secs(20));
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .expect("a short failure is ridden out");
+        *fixed.1.lock().unwrap() = Some(MAX_WATCH_STALENESS + Duration::from_secs(1));
+        let err = svc
+            .refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(err.message().contains("stale"), "{}", err.message());
+        *fixed.1.lock().unwrap() = None;
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frozen_group_is_served_at_its_size_and_refuses_writes() {
+        let (svc, _) = service();
+        let groups = svc
+            .node_groups(Request::new(pb::NodeGroupsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_groups;
+        let frozen = groups
+            .iter()
+            .find(|g| g.id == "MachineDeployment/ns/frozen")
+            .unwrap();
+        assert_eq!((frozen.min_size, frozen.max_size), (3, 3));
+        let id = || "MachineDeployment/ns/frozen".to_owned();
+        let err = svc
+            .node_group_decrease_target_size(Request::new(pb::NodeGroupDecreaseTargetSizeRequest {
+                id: id(),
+                delta: -1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(
+            err.message().contains("node-group-min-size"),
+            "{}",
+            err.message()
+        );
+        let err = svc
+            .node_group_increase_size(Request::new(pb::NodeGroupIncreaseSizeRequest {
+                id: id(),
+                delta: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    }
+
+    #[tokio::test]
+    async fn get_options_keeps_valid_overrides_next_to_a_bad_one() {
+        let (svc, _) = service();
+        let defaults = pb::NodeGroupAutoscalingOptions {
+            scale_down_utilization_threshold: 0.5,
+            max_node_provision_duration: Some(prost_types::Duration {
+                seconds: 900,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let o = svc
+            .node_group_get_options(Request::new(pb::NodeGroupAutoscalingOptionsRequest {
+                id: "MachineDeployment/ns/md-0".into(),
+                defaults: Some(defaults),
+            }))
+            .await
+            .expect("not FailedPrecondition for the whole group")
+            .into_inner()
+            .node_group_autoscaling_options
+            .unwrap();
+        assert_eq!(o.scale_down_utilization_threshold, 0.3);
+        assert_eq!(
+            o.max_node_provision_duration.unwrap().seconds,
+            900,
+            "CA's default"
+        );
+    }
+
+    #[tokio::test]
+    async fn prices_for_template_nodes_and_pods() {
+        let (svc, _) = service();
+        let ts = |s: i64| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        // CA 1.36.1's renamed template node: no providerID.
+        let node = pb::ExternalGrpcNode {
+            name: "template-node-for-MachineDeployment/ns/md-0-5577006791947779410".into(),
+            ..Default::default()
+        };
+        let price = svc
+            .pricing_node_price(Request::new(pb::PricingNodePriceRequest {
+                node: Some(node),
+                start_timestamp: ts(0),
+                end_timestamp: ts(3600),
+                ..Default::default()
+            }))
+            .await
+            .expect("template nodes are priced")
+            .into_inner()
+            .price;
+        assert!((price - 0.2).abs() < 1e-12, "{price}");
+        // CA's stabilisation pod (500m, 500Mi) for an hour at the cheaper group's rates.
+        let pod = core_v1::Pod {
+            metadata: None,
+            spec: Some(core_v1::PodSpec {
+                containers: vec![core_v1::Container {
+                    name: "stabilize".into(),
+                    resources: Some(core_v1::ResourceRequirements {
+                        requests: [
+                            (
+                                "cpu".into(),
+                                crate::autoscaler::proto::resource::Quantity {
+                                    string: "500m".into(),
+                                },
+                            ),
+                            (
+                                "memory".into(),
+                                crate::autoscaler::proto::resource::Quantity {
+                                    string: "500Mi".into(),
+                                },
+                            ),
+                        ]
+                        .into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        };
+        let price = svc
+            .pricing_pod_price(Request::new(pb::PricingPodPriceRequest {
+                pod_bytes: pod.encode_to_vec(),
+                start_timestamp: ts(0),
+                end_timestamp: ts(3600),
+                ..Default::default()
+            }))
+            .await
+            .expect("PodPrice is implemented")
+            .into_inner()
+            .price;
+        let index = svc.index(&None);
+        let rates = pricing::index_rates(&index).unwrap();
+        assert_eq!(
+            rates.group, "MachineDeployment/ns/md-0",
+            "0.2/h beats 0.4/h for the same flavor"
+        );
+        let want = 0.5 * rates.per_vcpu_hour + 500.0 / 1024.0 * rates.per_gib_hour;
+        assert!((price - want).abs() < 1e-12, "{price} != {want}");
+        assert!(price > 0.0);
+    }
+}

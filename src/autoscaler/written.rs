@@ -7,12 +7,18 @@
 //! object after `SetSize` (cluster-autoscaler `cloudprovider/clusterapi`,
 //! `unstructuredScalableResource.SetSize`).
 //!
-//! After a write, [`WrittenSizes::record`] remembers the replicas written and the
-//! resourceVersion the store still held for the MachineDeployment/MachineSet. While the store
-//! holds exactly that stale version, [`WrittenSizes::apply`] puts the written size into the
-//! index; as soon as the store has any other version (the write's own event or a later one) the
-//! store is authoritative again and the entry is dropped. Entries also expire after
-//! [`MAX_AGE`], so a broken watch cannot pin a size.
+//! Before a write, the writer takes the stores' state; after it, [`WrittenSizes::record`]
+//! remembers the replicas written and the resourceVersion the store held for the
+//! MachineDeployment/MachineSet *before the write*. While the store still holds exactly that
+//! version, [`WrittenSizes::apply`] puts the written size into the index; as soon as the store
+//! has any other version (the write's own event or a later one) the store is authoritative
+//! again and the entry is dropped. Entries also expire after [`MAX_AGE`], so a broken watch
+//! cannot pin a size.
+//!
+//! The version must be the one from before the write: taken after it, the store may already
+//! have moved past capow's write to a later one (someone scaling the group right after capow),
+//! and that later version would be remembered as "stale", hiding the newer size behind
+//! capow's older one until the next change or [`MAX_AGE`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -72,20 +78,19 @@ impl WrittenSizes {
     }
 
     /// Remembers that `group` was scaled to `replicas` by a write that produced
-    /// `written_version` (the resourceVersion the `scale` response carried). Nothing is
-    /// remembered when `snapshot` (taken after the write) already has that version or does not
-    /// have the object.
+    /// `written_version` (the resourceVersion the `scale` response carried); `before` is the
+    /// stores' state taken *before* the write was sent. Nothing is remembered when `before`
+    /// does not have the object, or already has the written version.
     pub fn record(
         &self,
         group: &NodeGroup,
         replicas: i32,
         written_version: Option<&str>,
-        snapshot: &Snapshot,
+        before: &Snapshot,
     ) {
         let mut entries = self.lock();
         entries.remove(&group.id);
-        let Some(stale) = stored_version(snapshot, group.kind, &group.namespace, &group.name)
-        else {
+        let Some(stale) = stored_version(before, group.kind, &group.namespace, &group.name) else {
             return;
         };
         if written_version == Some(stale.as_str()) {
@@ -191,6 +196,20 @@ mod tests {
         written.apply(&later, &mut fresh);
         assert_eq!(target(&fresh), 2);
         assert!(written.is_empty());
+    }
+
+    #[test]
+    fn a_write_after_capows_that_the_store_shows_first_is_not_masked() {
+        let written = WrittenSizes::default();
+        let before = snapshot(1, "10");
+        let index = Index::build(&before, None);
+        // capow wrote 3 (version 11); by the time the write returned, the store had seen it and
+        // a user's scale to 5 (version 12).
+        written.record(index.group(ID).unwrap(), 3, Some("11"), &before);
+        let now = snapshot(5, "12");
+        let mut fresh = Index::build(&now, None);
+        written.apply(&now, &mut fresh);
+        assert_eq!(target(&fresh), 5, "the user's later size, not capow's");
     }
 
     #[test]

@@ -111,6 +111,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     orphan_metrics.register(&mut registry);
     let rpc_metrics = crate::autoscaler::service::RpcMetrics::default();
     rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
+    let annotation_metrics = crate::autoscaler::report::InvalidAnnotationMetrics::default();
+    annotation_metrics.register(registry.sub_registry_with_prefix("autoscaler"));
 
     let clouds = Arc::new(Clouds::new(
         ClientOptions {
@@ -170,7 +172,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             namespace.as_deref(),
             addr,
             &autoscaler,
-            rpc_metrics,
+            (rpc_metrics, annotation_metrics),
             &shutdown,
         )
         .await
@@ -326,17 +328,21 @@ fn lease_error(namespace: &str, e: kube_lease_manager::LeaseManagerError) -> any
     }
 }
 
-/// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`) and the serving
-/// certificate's rotation; returns what the credentials publisher needs (TLS only).
+/// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`), the serving
+/// certificate's rotation and the sweeper of stray delete-machine marks; returns what the
+/// credentials publisher needs (TLS only).
 async fn start_autoscaler(
     client: &kube::Client,
     namespace: Option<&str>,
     addr: std::net::SocketAddr,
     args: &cli::AutoscalerArgs,
-    metrics: crate::autoscaler::service::RpcMetrics,
+    (metrics, annotation_metrics): (
+        crate::autoscaler::service::RpcMetrics,
+        crate::autoscaler::report::InvalidAnnotationMetrics,
+    ),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
-    use crate::autoscaler::{server, service, sources};
+    use crate::autoscaler::{marks, report, server, service, sources};
     let stores = sources::Stores::start(client, namespace, shutdown);
     tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
         .await
@@ -347,8 +353,23 @@ async fn start_autoscaler(
             gpu_label: args.gpu_label.clone(),
         },
     };
-    let svc =
-        service::CloudProviderService::new(Arc::new(stores), client.clone(), options, metrics);
+    let stores: Arc<dyn service::Snapshots> = Arc::new(stores);
+    let reporter = report::AnnotationReporter::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "capow".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+        annotation_metrics,
+    );
+    let svc = service::CloudProviderService::new(stores.clone(), client.clone(), options, metrics)
+        .with_reporter(Arc::new(reporter));
+    tokio::spawn(marks::run_sweeper(
+        client.clone(),
+        stores,
+        marks::SWEEP_INTERVAL,
+        shutdown.clone(),
+    ));
     let listener = server::bind(addr).await?;
     let port = listener.local_addr()?.port();
     let mut publish = None;
