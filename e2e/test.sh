@@ -39,6 +39,12 @@ log "e2e environment is up"
 export CAPOW_BIN="$REPO_DIR/target/debug/capow"
 # shellcheck source=dev-env.sh
 source "$E2E_DIR/dev-env.sh"
+# CI never skips the real cluster-autoscaler: where its source is beside the repository, the
+# binaries must have been built (components/build.sh cluster-autoscaler, part of env.sh up).
+if [[ -x "$REPO_DIR/../shared/upstream/build.sh" ]]; then
+  [[ -n ${CAPOW_E2E_CLUSTER_AUTOSCALER:-} && -n ${CAPOW_E2E_CLUSTER_AUTOSCALER_OLD_WIRE:-} ]] \
+    || die "../shared/upstream is present but the cluster-autoscaler binaries were not built"
+fi
 # Start from a clean cloud even if an earlier run was interrupted.
 OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 : > "$CAPOW_E2E_STATE/measurements.txt"
