@@ -33,9 +33,15 @@ const GROUPS: usize = 200;
 
 struct Fixed(Snapshot);
 
+/// UID of the benchmark's one Cluster, named by its client certificate.
+const CLUSTER_UID: &str = "0b9e2f4a-1111-4222-8333-944444444444";
+
 impl Snapshots for Fixed {
     fn snapshot(&self) -> Snapshot {
         self.0.clone()
+    }
+    fn cluster_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        (namespace == "bench" && name == "c1").then(|| CLUSTER_UID.to_owned())
     }
 }
 
@@ -115,7 +121,7 @@ async fn start(machines: usize) -> (CloudProviderClient<Channel>, CancellationTo
     ));
     let cert = ca
         .issue_client(
-            &ClusterIdentity::new("bench", "c1").unwrap(),
+            &ClusterIdentity::new("bench", "c1", CLUSTER_UID).unwrap(),
             &CertPolicy::client_default(),
             now,
         )

@@ -49,6 +49,23 @@ fi
 CA_BUNDLE=$(base64 -w0 "$PKI/webhook-ca.crt")
 
 # --- kube-controller-manager ---------------------------------------------------------------
+# The garbage collector watches the metadata of every resource through the controller manager's
+# shared informers, which use the controller manager's own user; Kubernetes 1.36's bootstrap
+# role system:kube-controller-manager no longer lists and watches every resource, so without
+# this the collector never sees custom resources go (Secrets owned by a CAPI Cluster would
+# outlive it).
+kubectl_m apply --server-side --force-conflicts --field-manager=capow-e2e -f - >/dev/null <<'RBAC'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "capow-e2e:kube-controller-manager:watch-all"}
+rules: [{apiGroups: ["*"], resources: ["*"], verbs: ["get", "list", "watch"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "capow-e2e:kube-controller-manager:watch-all"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "capow-e2e:kube-controller-manager:watch-all"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-controller-manager"}]
+RBAC
 if ! daemon_running kube-controller-manager "$CAPI_STATE"; then
   need_free_port "$KCM_PORT" kube-controller-manager
   t0=$(date +%s.%N)

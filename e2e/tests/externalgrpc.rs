@@ -177,12 +177,14 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     let ns = ns_guard.name.clone();
 
     // Clusters c1 and c2 in the same namespace: scoping is by cluster, not namespace.
+    let mut cluster_uids = std::collections::HashMap::new();
     for c in ["c1", "c2"] {
-        apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        let applied = apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
             "metadata": {"name": c, "namespace": ns},
             // Paused: the real CAPI controllers leave these objects alone, so the test sets every
             // Machine and status itself.
             "spec": {"paused": true, "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": c}}})).await.unwrap();
+        cluster_uids.insert(c, applied["metadata"]["uid"].as_str().unwrap().to_owned());
     }
     let scaling = |min: i32, max: i32| {
         json!({"cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": min.to_string(),
@@ -293,14 +295,14 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
 
     let c1 = ca
         .issue_client(
-            &ClusterIdentity::new(&ns, "c1").unwrap(),
+            &ClusterIdentity::new(&ns, "c1", &cluster_uids["c1"]).unwrap(),
             &CertPolicy::client_default(),
             SystemTime::now(),
         )
         .unwrap();
     let c2 = ca
         .issue_client(
-            &ClusterIdentity::new(&ns, "c2").unwrap(),
+            &ClusterIdentity::new(&ns, "c2", &cluster_uids["c2"]).unwrap(),
             &CertPolicy::client_default(),
             SystemTime::now(),
         )
@@ -826,7 +828,7 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     let stranger = Ca::generate(SystemTime::now()).unwrap();
     let s = stranger
         .issue_client(
-            &ClusterIdentity::new(&ns, "c1").unwrap(),
+            &ClusterIdentity::new(&ns, "c1", &cluster_uids["c1"]).unwrap(),
             &CertPolicy::client_default(),
             SystemTime::now(),
         )
@@ -875,4 +877,171 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
     support::delete_namespace(&client, ns_guard).await;
+}
+
+/// The client certificate of a Cluster's published credentials, as `(cert, key)` PEM.
+async fn published_identity(client: &kube::Client, ns: &str, cluster: &str) -> (String, String) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets
+        .get(&capow::tls::cloud_config::secret_name(cluster))
+        .await
+        .unwrap();
+    let data = secret.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    (text("tls.crt"), text("tls.key"))
+}
+
+/// Credentials are bound to one incarnation of a Cluster: a deleted Cluster's certificate stops
+/// working at once, its Secret goes with it, and a Cluster re-created under the same name gets
+/// a new identity that the old certificate does not have.
+#[tokio::test]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn credentials_are_bound_to_the_cluster_uid() {
+    let env = Env::get();
+    let client = env.client().await;
+    let ns_guard = TestNamespace::create(&client, "creds").await;
+    let ns = ns_guard.name.clone();
+    let cluster_json = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": "cb", "namespace": ns},
+        "spec": {"paused": true, "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "cb"}}});
+    apply_json(&client, &cluster_json).await.unwrap();
+    let clusters: Api<capow::capi::Cluster> = Api::namespaced(client.clone(), &ns);
+
+    let shutdown = CancellationToken::new();
+    let stores = sources::Stores::start(&client, Some(&ns), &shutdown);
+    stores.ready().await.unwrap();
+    let (ca, _) = Ca::load_or_create(&client, &ns, "capow-ca").await.unwrap();
+    let ca = Arc::new(ca);
+    let names = ServingNames::for_service(SERVICE, &ns).with_ips(["127.0.0.1".parse().unwrap()]);
+    let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = CloudProviderService::new(
+        Arc::new(stores),
+        client.clone(),
+        ServiceOptions {
+            require_identity: true,
+            template: TemplateOptions {
+                gpu_label: "cluster-api/accelerator".into(),
+            },
+        },
+        RpcMetrics::default(),
+    );
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        service,
+        Some(serving.server_config().unwrap()),
+        shutdown.clone(),
+    ));
+    let settings = PublishSettings::new(format!("127.0.0.1:{port}"));
+    let node_groups = |cert: (String, String)| {
+        let ns = ns.clone();
+        let ca_pem = ca.cert_pem().to_owned();
+        async move {
+            let channel = channel(port, &ns, &ca_pem, Some((&cert.0, &cert.1)))
+                .await
+                .unwrap();
+            CloudProviderClient::new(channel)
+                .node_groups(pb::NodeGroupsRequest {})
+                .await
+        }
+    };
+
+    // The published certificate works while its Cluster exists.
+    let first = clusters.get("cb").await.unwrap();
+    capow::tls::publish(&client, &ca, &first, &settings, SystemTime::now())
+        .await
+        .unwrap();
+    let old = published_identity(&client, &ns, "cb").await;
+    node_groups(old.clone())
+        .await
+        .expect("the Cluster's own certificate is accepted");
+
+    // Deleted: refused as soon as the watch sees the deletion, and the Secret goes with the
+    // Cluster. (The Cluster is paused, so the CAPI core never removes its finalizer: the test
+    // does, once the deletion has started, as CAPI would after cleaning up.)
+    clusters.delete("cb", &Default::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match node_groups(old.clone()).await {
+            Err(status) => break status,
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the deleted Cluster's certificate still works"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("no longer exists"),
+        "{}",
+        refused.message()
+    );
+    clusters
+        .patch(
+            "cb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while secrets
+        .get_opt(&capow::tls::cloud_config::secret_name("cb"))
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the credentials Secret outlived its Cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Re-created under the same name: a new identity; the old certificate stays refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while clusters.get_opt("cb").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "Cluster cb not gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apply_json(&client, &cluster_json).await.unwrap();
+    let second = clusters.get("cb").await.unwrap();
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let status = node_groups(old.clone()).await.unwrap_err();
+        if status.message().contains("earlier Cluster") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate was not told apart from the new Cluster: {}",
+            status.message()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    capow::tls::publish(&client, &ca, &second, &settings, SystemTime::now())
+        .await
+        .unwrap();
+    let new = published_identity(&client, &ns, "cb").await;
+    assert_ne!(new.0, old.0, "a new certificate for the new Cluster");
+    node_groups(new)
+        .await
+        .expect("the new Cluster's certificate works");
+
+    shutdown.cancel();
+    let _ = server_task.await;
+    clusters.delete("cb", &Default::default()).await.unwrap();
+    let _ = clusters
+        .patch(
+            "cb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    ns_guard.delete().await;
 }

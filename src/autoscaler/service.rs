@@ -53,6 +53,11 @@ pub trait Snapshots: Send + Sync + 'static {
     fn stale_for(&self) -> Option<Duration> {
         None
     }
+
+    /// The `metadata.uid` of the CAPI Cluster `namespace/name`, `None` when no such Cluster
+    /// exists. A client certificate is accepted only while its Cluster exists with the UID it
+    /// names.
+    fn cluster_uid(&self, namespace: &str, name: &str) -> Option<String>;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,6 +198,23 @@ impl CloudProviderService {
         let id = ClusterIdentity::from_peer_certificate(leaf.as_ref()).map_err(|e| {
             Status::permission_denied(format!("the client certificate names no cluster: {e}"))
         })?;
+        match self.sources.cluster_uid(&id.namespace, &id.name) {
+            Some(uid) if uid == id.uid => {}
+            Some(_) => {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate was issued for an earlier Cluster {}/{} (UID {}), \
+                     which was deleted and created again; use the credentials Secret capow \
+                     published for the current Cluster and restart the cluster-autoscaler",
+                    id.namespace, id.name, id.uid
+                )));
+            }
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "the client certificate was issued for Cluster {}/{}, which no longer exists",
+                    id.namespace, id.name
+                )));
+            }
+        }
         Ok(Some(ClusterKey {
             namespace: id.namespace,
             name: id.name,
@@ -709,6 +731,9 @@ mod tests {
         }
         fn stale_for(&self) -> Option<Duration> {
             *self.1.lock().unwrap()
+        }
+        fn cluster_uid(&self, _namespace: &str, _name: &str) -> Option<String> {
+            None
         }
     }
 

@@ -74,6 +74,7 @@ pub struct Stores {
     infra_machines: Store<OpenStackWorkerMachine>,
     templates: Store<OpenStackWorkerMachineTemplate>,
     infra_clusters: Store<OpenStackWorkerCluster>,
+    clusters: Store<crate::capi::Cluster>,
     health: Vec<Arc<Mutex<WatchHealth>>>,
 }
 
@@ -146,6 +147,7 @@ impl Stores {
             infra_machines: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
             templates: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
             infra_clusters: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
+            clusters: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
             health: h,
         }
     }
@@ -161,6 +163,7 @@ impl Stores {
         self.infra_machines.wait_until_ready().await?;
         self.templates.wait_until_ready().await?;
         self.infra_clusters.wait_until_ready().await?;
+        self.clusters.wait_until_ready().await?;
         Ok(())
     }
 }
@@ -175,6 +178,14 @@ impl Snapshots for Stores {
             templates: self.templates.state(),
             infra_clusters: self.infra_clusters.state(),
         }
+    }
+
+    fn cluster_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.clusters
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+            // A Cluster being deleted counts as gone: its autoscaler must stop at once.
+            .filter(|c| c.metadata.deletion_timestamp.is_none())
+            .and_then(|c| c.metadata.uid.clone())
     }
 
     fn stale_for(&self) -> Option<Duration> {

@@ -332,7 +332,7 @@ mod tests {
         // same key identifier, same key.
         let leaf = reloaded
             .issue_client(
-                &ClusterIdentity::new("ns", "a").unwrap(),
+                &ClusterIdentity::new("ns", "a", "0b9e2f4a-1111-4222-8333-944444444444").unwrap(),
                 &CertPolicy::client_default(),
                 SystemTime::now(),
             )

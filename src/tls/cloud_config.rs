@@ -206,12 +206,17 @@ pub struct Published {
     pub reissued: bool,
 }
 
-/// The identity of a CAPI Cluster read from the API server.
+/// The identity of a CAPI Cluster read from the API server (namespace, name and UID).
 ///
 /// # Errors
-/// [`Error::InvalidClusterIdentity`] if it has no namespace or invalid names.
+/// [`Error::InvalidClusterIdentity`] if it has no namespace, no `metadata.uid` (read it from
+/// the API server) or invalid names.
 pub fn cluster_identity(cluster: &Cluster) -> Result<ClusterIdentity, Error> {
-    ClusterIdentity::new(cluster.namespace().unwrap_or_default(), cluster.name_any())
+    ClusterIdentity::new(
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any(),
+        cluster.uid().unwrap_or_default(),
+    )
 }
 
 /// The per-cluster Secret for `cluster` holding `cert` (pure).
@@ -551,7 +556,8 @@ mod tests {
         client.unwrap();
         assert_eq!(
             ClusterIdentity::from_peer_certificate(&server.peer_certs[0]).unwrap(),
-            ClusterIdentity::new("tenants", "prod").unwrap()
+            ClusterIdentity::new("tenants", "prod", "0b9a4a1e-5a0c-4c39-9d55-0c1f3c1a2b3c")
+                .unwrap()
         );
         assert_eq!(server.alpn.as_deref(), Some(crate::tls::server::ALPN_H2));
     }
@@ -591,7 +597,8 @@ mod tests {
 
         let other = ca
             .issue_client(
-                &ClusterIdentity::new("tenants", "dev").unwrap(),
+                &ClusterIdentity::new("tenants", "dev", "0b9e2f4a-1111-4222-8333-944444444444")
+                    .unwrap(),
                 &policy,
                 now,
             )

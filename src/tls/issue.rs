@@ -204,13 +204,19 @@ impl ServingNames {
     }
 }
 
-/// The workload cluster a client certificate belongs to: the CAPI Cluster `namespace/name`.
+/// The workload cluster a client certificate belongs to: the CAPI Cluster `namespace/name`
+/// and its `metadata.uid`. The UID binds the certificate to one incarnation of the Cluster:
+/// the externalgrpc server accepts it only while a Cluster with that name *and* UID exists, so
+/// a deleted Cluster's certificate stops working at once and a Cluster re-created with the
+/// same name gets a new identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClusterIdentity {
     /// Namespace of the CAPI Cluster (a DNS-1123 label).
     pub namespace: String,
     /// Name of the CAPI Cluster (a DNS-1123 subdomain).
     pub name: String,
+    /// `metadata.uid` of the CAPI Cluster (a UUID as the API server assigns it).
+    pub uid: String,
 }
 
 impl fmt::Display for ClusterIdentity {
@@ -220,18 +226,22 @@ impl fmt::Display for ClusterIdentity {
 }
 
 impl ClusterIdentity {
-    /// The identity of Cluster `namespace/name`. Both names are validated as Kubernetes names.
-    /// This also keeps the URI SAN unambiguous, because neither name can contain `/`.
+    /// The identity of Cluster `namespace/name` with UID `uid`. Both names are validated as
+    /// Kubernetes names and the UID as lower-case hex digits and dashes (at most 64), which also
+    /// keeps the URI SAN unambiguous: none of the three can contain `/`.
     ///
     /// # Errors
-    /// [`Error::InvalidClusterIdentity`] for a name Kubernetes would not accept.
+    /// [`Error::InvalidClusterIdentity`] for a name Kubernetes would not accept or a malformed
+    /// UID.
     pub fn new(
         namespace: impl Into<String>,
         name: impl Into<String>,
+        uid: impl Into<String>,
     ) -> Result<ClusterIdentity, Error> {
         let id = ClusterIdentity {
             namespace: namespace.into(),
             name: name.into(),
+            uid: uid.into(),
         };
         let invalid = |reason| Error::InvalidClusterIdentity {
             value: id.to_string(),
@@ -243,12 +253,23 @@ impl ClusterIdentity {
         if !is_dns1123_subdomain(&id.name) {
             return Err(invalid("the name is not a DNS-1123 subdomain"));
         }
+        if id.uid.is_empty()
+            || id.uid.len() > 64
+            || !id
+                .uid
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-')
+        {
+            return Err(invalid(
+                "the UID is not a Kubernetes UID (lower-case hex digits and dashes)",
+            ));
+        }
         Ok(id)
     }
 
-    /// The URI SAN: `capow://cluster/<namespace>/<name>`.
+    /// The URI SAN: `capow://cluster/<namespace>/<name>/<uid>`.
     pub fn uri(&self) -> String {
-        format!("{URI_PREFIX}{}/{}", self.namespace, self.name)
+        format!("{URI_PREFIX}{}/{}/{}", self.namespace, self.name, self.uid)
     }
 
     /// The subject CN: `cluster:<namespace>/<name>`.
@@ -256,10 +277,11 @@ impl ClusterIdentity {
         format!("{CN_PREFIX}{}/{}", self.namespace, self.name)
     }
 
-    /// Parses `capow://cluster/<namespace>/<name>`.
+    /// Parses `capow://cluster/<namespace>/<name>/<uid>`.
     ///
     /// # Errors
-    /// [`Error::InvalidClusterIdentity`] for any other shape.
+    /// [`Error::InvalidClusterIdentity`] for any other shape; a URI without the UID (a
+    /// certificate issued before credentials were bound to the Cluster's UID) says so.
     pub fn from_uri(uri: &str) -> Result<ClusterIdentity, Error> {
         let invalid = |reason| Error::InvalidClusterIdentity {
             value: uri.to_owned(),
@@ -268,10 +290,17 @@ impl ClusterIdentity {
         let rest = uri
             .strip_prefix(URI_PREFIX)
             .ok_or_else(|| invalid("not a capow://cluster/ URI"))?;
-        let (namespace, name) = rest
-            .split_once('/')
-            .ok_or_else(|| invalid("expected capow://cluster/<namespace>/<name>"))?;
-        ClusterIdentity::new(namespace, name)
+        let mut parts = rest.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(namespace), Some(name), Some(uid), None) => {
+                ClusterIdentity::new(namespace, name, uid)
+            }
+            (Some(_), Some(_), None, None) => Err(invalid(
+                "the certificate names no Cluster UID: it predates cluster-bound credentials; \
+                 capow has reissued the credentials Secret, restart the cluster-autoscaler to load it",
+            )),
+            _ => Err(invalid("expected capow://cluster/<namespace>/<name>/<uid>")),
+        }
     }
 
     /// The cluster named by a peer's (leaf) certificate, from its one `capow://cluster/` URI
@@ -598,7 +627,12 @@ mod tests {
     #[test]
     fn client_certificate_names_its_cluster_and_round_trips() {
         let ca = Ca::generate(SystemTime::now()).unwrap();
-        let a = ClusterIdentity::new("tenant-1", "prod.eu").unwrap();
+        let a = ClusterIdentity::new(
+            "tenant-1",
+            "prod.eu",
+            "0b9e2f4a-1111-4222-8333-944444444444",
+        )
+        .unwrap();
         let cert = ca
             .issue_client(&a, &CertPolicy::client_default(), SystemTime::now())
             .unwrap();
@@ -613,7 +647,10 @@ mod tests {
             ClusterIdentity::from_peer_certificate(cert.cert_der()).unwrap(),
             a
         );
-        assert_eq!(a.uri(), "capow://cluster/tenant-1/prod.eu");
+        assert_eq!(
+            a.uri(),
+            "capow://cluster/tenant-1/prod.eu/0b9e2f4a-1111-4222-8333-944444444444"
+        );
     }
 
     #[test]
@@ -644,19 +681,33 @@ mod tests {
             ("ns", "a..b"),
             (&"n".repeat(64) as &str, "a"),
         ] {
-            assert!(ClusterIdentity::new(ns, name).is_err(), "{ns:?}/{name:?}");
+            assert!(
+                ClusterIdentity::new(ns, name, "0b9e2f4a").is_err(),
+                "{ns:?}/{name:?}"
+            );
+        }
+        for uid in ["", "UPPER", "0b9e/2f4a", &"a".repeat(65) as &str] {
+            assert!(ClusterIdentity::new("ns", "a", uid).is_err(), "{uid:?}");
         }
         for uri in [
             "capow://cluster/ns",
-            "capow://cluster/ns/a/b",
-            "spiffe://cluster/ns/a",
-            "capow://cluster//a",
+            "capow://cluster/ns/a/b/c",
+            "spiffe://cluster/ns/a/0b9e",
+            "capow://cluster//a/0b9e",
         ] {
             assert!(ClusterIdentity::from_uri(uri).is_err(), "{uri}");
         }
+        // A certificate from before cluster-bound credentials says what to do.
+        let legacy = ClusterIdentity::from_uri("capow://cluster/ns/a")
+            .unwrap_err()
+            .to_string();
+        assert!(legacy.contains("no Cluster UID"), "{legacy}");
         assert_eq!(
-            ClusterIdentity::from_uri("capow://cluster/ns/a.b-1").unwrap(),
-            ClusterIdentity::new("ns", "a.b-1").unwrap()
+            ClusterIdentity::from_uri(
+                "capow://cluster/ns/a.b-1/0b9e2f4a-1111-4222-8333-944444444444"
+            )
+            .unwrap(),
+            ClusterIdentity::new("ns", "a.b-1", "0b9e2f4a-1111-4222-8333-944444444444").unwrap()
         );
     }
 

@@ -441,8 +441,10 @@ mod tests {
     #[tokio::test]
     async fn each_cluster_is_known_by_its_certificate_and_h2_is_negotiated() {
         let f = Fixture::new();
-        let a = ClusterIdentity::new("tenants", "a").unwrap();
-        let b = ClusterIdentity::new("tenants", "b").unwrap();
+        let a =
+            ClusterIdentity::new("tenants", "a", "0b9e2f4a-1111-4222-8333-944444444444").unwrap();
+        let b =
+            ClusterIdentity::new("tenants", "b", "0b9e2f4a-1111-4222-8333-944444444444").unwrap();
 
         let (server, client) =
             handshake_in_memory(f.server.clone(), f.client_for(&f.ca, &a), HOST).await;
@@ -473,7 +475,8 @@ mod tests {
     async fn a_client_certificate_of_another_ca_is_refused() {
         let f = Fixture::new();
         let other = Ca::generate(SystemTime::now()).unwrap();
-        let a = ClusterIdentity::new("tenants", "a").unwrap();
+        let a =
+            ClusterIdentity::new("tenants", "a", "0b9e2f4a-1111-4222-8333-944444444444").unwrap();
         let (server, client) =
             handshake_in_memory(f.server.clone(), f.client_for(&other, &a), HOST).await;
         // Both CAs have the same subject, so webpki finds "the" issuer by name and then
@@ -506,7 +509,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_expecting_another_host_refuses_the_server() {
         let f = Fixture::new();
-        let a = ClusterIdentity::new("tenants", "a").unwrap();
+        let a =
+            ClusterIdentity::new("tenants", "a", "0b9e2f4a-1111-4222-8333-944444444444").unwrap();
         let (server, client) =
             handshake_in_memory(f.server.clone(), f.client_for(&f.ca, &a), "wrong.example").await;
         let err = client.unwrap_err();
@@ -520,7 +524,8 @@ mod tests {
     #[tokio::test]
     async fn a_swapped_certificate_serves_the_next_handshake_with_the_same_config() {
         let f = Fixture::new();
-        let a = ClusterIdentity::new("tenants", "a").unwrap();
+        let a =
+            ClusterIdentity::new("tenants", "a", "0b9e2f4a-1111-4222-8333-944444444444").unwrap();
         let (_, before) =
             handshake_in_memory(f.server.clone(), f.client_for(&f.ca, &a), HOST).await;
         let before = serial_of(&before.unwrap().server_cert);
