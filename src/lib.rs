@@ -15,6 +15,7 @@ pub mod api;
 pub mod autoscaler;
 pub mod capi;
 pub mod controllers;
+pub mod kubeapi;
 pub mod openstack;
 pub mod runtime;
 pub mod tls;

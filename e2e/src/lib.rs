@@ -16,6 +16,7 @@
 pub mod cloud;
 pub mod hcp;
 pub mod osproxy;
+pub mod stall;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

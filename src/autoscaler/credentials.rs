@@ -58,19 +58,20 @@ fn error_policy(_c: Arc<Cluster>, error: &crate::tls::Error, _ctx: Arc<Ctx>) -> 
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Runs the publisher until `shutdown` resolves.
+/// Runs the publisher until `shutdown` resolves; watches Clusters with `watch`.
 pub async fn run(
     client: Client,
     namespace: Option<&str>,
     ca: Arc<Ca>,
     settings: PublishSettings,
+    watch: watcher::Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<Cluster> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    Controller::new(api, watcher::Config::default().any_semantic())
+    Controller::new(api, watch)
         .graceful_shutdown_on(shutdown)
         .run(
             reconcile,

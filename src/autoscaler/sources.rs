@@ -90,6 +90,7 @@ where
 
 fn spawn_reflector<K>(
     api: Api<K>,
+    config: &watcher::Config,
     shutdown: CancellationToken,
     health: &mut Vec<Arc<Mutex<WatchHealth>>>,
 ) -> Store<K>
@@ -97,11 +98,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config.clone())).default_backoff();
     let slot = Arc::new(Mutex::new(WatchHealth::default()));
     health.push(slot.clone());
     tokio::spawn(drive(stream, slot, shutdown));
@@ -137,17 +134,48 @@ where
 }
 
 impl Stores {
-    /// Starts the watches (in `namespace`, or all namespaces) until `shutdown`.
+    /// Starts the watches (in `namespace`, or all namespaces) until `shutdown`, with the default
+    /// client timeouts ([`crate::kubeapi::Timeouts`]).
     pub fn start(client: &Client, namespace: Option<&str>, shutdown: &CancellationToken) -> Stores {
+        Stores::start_with(
+            client,
+            namespace,
+            shutdown,
+            &crate::kubeapi::Timeouts::default().watcher_config(),
+        )
+    }
+
+    /// [`Stores::start`] with the watcher configuration `config`.
+    pub fn start_with(
+        client: &Client,
+        namespace: Option<&str>,
+        shutdown: &CancellationToken,
+        config: &watcher::Config,
+    ) -> Stores {
         let mut h = Vec::new();
         Stores {
-            machine_deployments: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            machine_sets: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            machines: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            infra_machines: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            templates: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            infra_clusters: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
-            clusters: spawn_reflector(api(client, namespace), shutdown.clone(), &mut h),
+            machine_deployments: spawn_reflector(
+                api(client, namespace),
+                config,
+                shutdown.clone(),
+                &mut h,
+            ),
+            machine_sets: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
+            machines: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
+            infra_machines: spawn_reflector(
+                api(client, namespace),
+                config,
+                shutdown.clone(),
+                &mut h,
+            ),
+            templates: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
+            infra_clusters: spawn_reflector(
+                api(client, namespace),
+                config,
+                shutdown.clone(),
+                &mut h,
+            ),
+            clusters: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
             health: h,
         }
     }

@@ -41,6 +41,11 @@ pub struct ControllerConfig {
     /// after the attempt still finds nothing; deletion waits as long before it declares that
     /// no server exists.
     pub server_create_settle: Duration,
+    /// Upper bound of one reconcile, in seconds: a reconcile still running then is dropped
+    /// (each step is safe to interrupt, as after a crash) and retried.
+    pub reconcile_timeout: Duration,
+    /// Kubernetes client timeouts (read timeout, watch length).
+    pub kube: crate::kubeapi::Timeouts,
     /// Test-only crash point (see [`FaultInjection`]); `None` in production.
     pub fault: Option<FaultInjection>,
 }
@@ -135,6 +140,8 @@ impl Default for ControllerConfig {
             input_retry: Duration::from_secs(60),
             concurrency: 16,
             server_create_settle: Duration::from_secs(60),
+            reconcile_timeout: Duration::from_secs(300),
+            kube: crate::kubeapi::Timeouts::default(),
             fault: None,
         }
     }

@@ -185,6 +185,13 @@ pub struct ControllerArgs {
     /// only after a lookup this long after the attempt.
     #[arg(long, env = "CAPOW_SERVER_CREATE_SETTLE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub server_create_settle: Duration,
+    /// Upper bound of one reconcile; a reconcile running longer is stopped and retried.
+    #[arg(long, env = "CAPOW_RECONCILE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reconcile_timeout: Duration,
+    /// Read timeout of every Kubernetes API request (and of connecting); watches are ended by
+    /// the API server after 4/5 of it and resumed, so a half-open connection fails within it.
+    #[arg(long, env = "CAPOW_KUBE_API_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub kube_api_timeout: Duration,
     /// What the periodic orphan sweep does with OpenStack resources tagged for a machine that no
     /// longer exists: `delete` them, only `report` them (event, metric, log), or `off`.
     #[arg(long, env = "CAPOW_ORPHAN_SWEEP", value_enum, default_value_t)]

@@ -98,9 +98,10 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         "Starting capow manager"
     );
 
-    let client = kube::Client::try_default()
-        .await
-        .context("failed to build the Kubernetes client")?;
+    let kube_timeouts = crate::kubeapi::Timeouts {
+        read: controller.kube_api_timeout,
+    };
+    let client = kube_timeouts.client().await?;
 
     let mut registry = Registry::with_prefix("capow");
     let openstack_metrics = OpenStackMetrics::default();
@@ -130,6 +131,8 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         resync: controller.resync_interval,
         concurrency: controller.concurrency,
         server_create_settle: controller.server_create_settle,
+        reconcile_timeout: controller.reconcile_timeout,
+        kube: kube_timeouts,
         fault: controller
             .fault_injection
             .map(|point| controllers::FaultInjection {
@@ -173,6 +176,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             addr,
             &autoscaler,
             (rpc_metrics, annotation_metrics),
+            &kube_timeouts.watcher_config(),
             &shutdown,
         )
         .await
@@ -236,6 +240,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
                         ns,
                         ca,
                         settings,
+                        ctx.config.kube.watcher_config(),
                         token.clone().cancelled_owned(),
                     )
                     .await;
@@ -340,10 +345,11 @@ async fn start_autoscaler(
         crate::autoscaler::service::RpcMetrics,
         crate::autoscaler::report::InvalidAnnotationMetrics,
     ),
+    watch: &kube::runtime::watcher::Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
     use crate::autoscaler::{marks, report, server, service, sources};
-    let stores = sources::Stores::start(client, namespace, shutdown);
+    let stores = sources::Stores::start_with(client, namespace, shutdown, watch);
     tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
         .await
         .context("the watches of the autoscaler index did not sync within 120 s")??;

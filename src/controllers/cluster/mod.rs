@@ -59,7 +59,8 @@ async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<
     let ns = c.namespace().unwrap_or_default();
     let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let span = tracing::info_span!("reconcile", OpenStackWorkerCluster = %format!("{ns}/{}", c.name_any()));
-    finalizer(&api, FINALIZER, c, |event| async {
+    let bound = ctx.config.reconcile_timeout;
+    let run = finalizer(&api, FINALIZER, c, |event| async {
         match event {
             FinalizerEvent::Apply(c) => apply(c, &ctx).await,
             FinalizerEvent::Cleanup(c) => match cleanup(c.clone(), &ctx).await {
@@ -70,9 +71,11 @@ async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<
             },
         }
     })
-    .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .instrument(span);
+    match tokio::time::timeout(bound, run).await {
+        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::TimedOut(bound)),
+    }
 }
 
 fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -1029,30 +1032,25 @@ pub async fn run_controller(
     let filter = capi::ClusterEventFilter::default();
     // Status writes of capow's own do not trigger reconciles (see `own_changes`).
     let (store, writer) = kube::runtime::reflector::store();
-    let objects = watcher::watcher(api, watcher::Config::default().any_semantic())
+    let watch = ctx.config.kube.watcher_config();
+    let objects = watcher::watcher(api, watch.clone())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(crate::controllers::own_changes, Default::default());
     Controller::for_stream(objects, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
-        .watches(
-            clusters,
-            watcher::Config::default().any_semantic(),
-            move |cluster: Cluster| {
-                if !filter.relevant(&cluster) {
-                    return None;
-                }
-                cluster
-                    .spec
-                    .infrastructure_ref
-                    .as_ref()
-                    .filter(|r| r.kind == "OpenStackWorkerCluster" && !r.name.is_empty())
-                    .map(|r| {
-                        ObjectRef::new(&r.name).within(&cluster.namespace().unwrap_or_default())
-                    })
-            },
-        )
+        .watches(clusters, watch, move |cluster: Cluster| {
+            if !filter.relevant(&cluster) {
+                return None;
+            }
+            cluster
+                .spec
+                .infrastructure_ref
+                .as_ref()
+                .filter(|r| r.kind == "OpenStackWorkerCluster" && !r.name.is_empty())
+                .map(|r| ObjectRef::new(&r.name).within(&cluster.namespace().unwrap_or_default()))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

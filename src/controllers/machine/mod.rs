@@ -22,7 +22,7 @@ use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controlle
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -90,6 +90,10 @@ pub enum Error {
     #[error("{0}")]
     VolumeFailed(String),
 
+    /// The reconcile ran longer than its bound and was dropped.
+    #[error("the reconcile did not finish within {} s and was stopped; it is retried", .0.as_secs())]
+    TimedOut(Duration),
+
     /// Deletion is under way; keeps the finalizer until the next check (not a failure).
     #[error("waiting for OpenStack to delete the server")]
     DeletionInProgress,
@@ -122,6 +126,7 @@ impl Error {
             Error::Duplicate(_) => "Duplicate",
             Error::VolumeFailed(_) => "VolumeFailed",
             Error::DeletionInProgress => "DeletionInProgress",
+            Error::TimedOut(_) => "TimedOut",
             Error::DeletionBlocked(_) => "DeletionBlocked",
             Error::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -152,7 +157,7 @@ impl Error {
             Error::DeletionInProgress => reasons::DELETING,
             Error::DeletionBlocked(_) => reasons::INSTANCE_DELETE_FAILED,
             Error::VolumeFailed(_) => reasons::VOLUME_CREATE_FAILED,
-            Error::Kube { .. } | Error::Duplicate(_) | Error::Finalizer(_) => {
+            Error::Kube { .. } | Error::Duplicate(_) | Error::Finalizer(_) | Error::TimedOut(_) => {
                 reasons::OPENSTACK_ERROR
             }
         }
@@ -244,15 +249,18 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
     let ns = m.namespace().unwrap_or_default();
     let api: Api<OpenStackWorkerMachine> = Api::namespaced(ctx.client.clone(), &ns);
     let span = tracing::info_span!("reconcile", OpenStackWorkerMachine = %format!("{ns}/{}", m.name_any()));
-    finalizer(&api, FINALIZER, m, |event| async {
+    let bound = ctx.config.reconcile_timeout;
+    let run = finalizer(&api, FINALIZER, m, |event| async {
         match event {
             FinalizerEvent::Apply(m) => apply(m, &ctx).await,
             FinalizerEvent::Cleanup(m) => cleanup(m, &ctx).await,
         }
     })
-    .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .instrument(span);
+    match tokio::time::timeout(bound, run).await {
+        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::TimedOut(bound)),
+    }
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -876,12 +884,13 @@ pub async fn run_controller(
     // Machine status updates that mirror them) would otherwise re-run a failing create at once,
     // and every write of a reconcile would queue the next one.
     let (store, writer) = kube::runtime::reflector::store();
-    let machines = watcher(machines_api, watcher::Config::default().any_semantic())
+    let watch = ctx.config.kube.watcher_config();
+    let machines = watcher(machines_api, watch.clone())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(crate::controllers::own_changes, Default::default());
-    let capi_machines = watcher(capi_machines, watcher::Config::default().any_semantic())
+    let capi_machines = watcher(capi_machines, watch.clone())
         .default_backoff()
         .applied_objects()
         .predicate_filter(machine_changes, Default::default());
@@ -893,26 +902,22 @@ pub async fn run_controller(
             (r.kind == "OpenStackWorkerMachine" && !r.name.is_empty())
                 .then(|| ObjectRef::new(&r.name).within(&machine.namespace().unwrap_or_default()))
         })
-        .watches(
-            clusters,
-            watcher::Config::default().any_semantic(),
-            move |cluster: Cluster| {
-                if !filter.relevant(&cluster) {
-                    return Vec::new();
-                }
-                let ns = cluster.namespace().unwrap_or_default();
-                let name = cluster.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|m| {
-                        m.namespace().as_deref() == Some(ns.as_str())
-                            && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name)
-                    })
-                    .map(|m| ObjectRef::from(&*m))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches(clusters, watch, move |cluster: Cluster| {
+            if !filter.relevant(&cluster) {
+                return Vec::new();
+            }
+            let ns = cluster.namespace().unwrap_or_default();
+            let name = cluster.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.namespace().as_deref() == Some(ns.as_str())
+                        && m.labels().get(capi::CLUSTER_NAME_LABEL) == Some(&name)
+                })
+                .map(|m| ObjectRef::from(&*m))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

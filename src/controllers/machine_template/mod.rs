@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::OpenStackIdentityReference;
@@ -92,6 +91,17 @@ async fn reconcile(
     t: Arc<OpenStackWorkerMachineTemplate>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let bound = ctx.config.reconcile_timeout;
+    match tokio::time::timeout(bound, reconcile_bounded(t, ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::TimedOut(bound)),
+    }
+}
+
+async fn reconcile_bounded(
+    t: Arc<OpenStackWorkerMachineTemplate>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let before = t.status.clone().unwrap_or_default();
     let mut status = before.clone();
@@ -156,7 +166,7 @@ pub async fn run_controller(
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    Controller::new(api, watcher::Config::default().any_semantic())
+    Controller::new(api, ctx.config.kube.watcher_config())
         .with_config(ControllerRunConfig::default().concurrency(4))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
