@@ -34,6 +34,8 @@ case "${1:-}" in
     ;;
   down)
     "$E2E_DIR/workload/down.sh" --all "${2:-}" || true
+    # The move test's second management plane, in case a killed test left it running.
+    "$E2E_DIR/mgmt2/down.sh" "${2:-}" > /dev/null 2>&1 || true
     "$E2E_DIR/capi/down.sh" "${2:-}" || true
     "$E2E_DIR/kube/down.sh" "${2:-}" || true
     OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/down.sh" "${2:-}" > /dev/null 2>&1 || true
@@ -48,6 +50,11 @@ case "${1:-}" in
     }
     status_of "$KUBE_STATE" etcd kube-apiserver
     status_of "$CAPI_STATE" kube-controller-manager capi-manager
+    if [[ -d $CAPOW_E2E_STATE/mgmt2 ]]; then
+      echo "second management plane of the move test ($CAPOW_E2E_STATE/mgmt2):"
+      { status_of "$CAPOW_E2E_STATE/mgmt2/kube" etcd kube-apiserver
+        status_of "$CAPOW_E2E_STATE/mgmt2/capi" kube-controller-manager capi-manager; } | sed 's/^/  /'
+    fi
     for dir in "$WORKLOAD_STATE"/*/; do
       [[ -d $dir ]] || continue
       echo "workload cluster $(basename "$dir") (kubeconfig ${dir}admin.kubeconfig):"

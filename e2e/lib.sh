@@ -25,6 +25,15 @@ KCM_PORT="${KCM_PORT:-16457}"                    # kube-controller-manager (secu
 CAPI_HEALTH_PORT="${CAPI_HEALTH_PORT:-16940}"    # CAPI manager /healthz, /readyz
 CAPI_METRICS_PORT="${CAPI_METRICS_PORT:-16941}"  # CAPI manager /metrics (plain HTTP)
 CAPI_WEBHOOK_PORT="${CAPI_WEBHOOK_PORT:-16943}"  # CAPI manager webhooks (HTTPS, conversion + admission)
+# The second management plane of the clusterctl move test (mgmt2/up.sh): the same parts on
+# these ports, state under $CAPOW_E2E_STATE/mgmt2.
+MGMT2_ETCD_PORT="${MGMT2_ETCD_PORT:-23792}"
+MGMT2_ETCD_PEER_PORT="${MGMT2_ETCD_PEER_PORT:-23802}"
+MGMT2_APISERVER_PORT="${MGMT2_APISERVER_PORT:-16445}"
+MGMT2_KCM_PORT="${MGMT2_KCM_PORT:-16459}"
+MGMT2_CAPI_HEALTH_PORT="${MGMT2_CAPI_HEALTH_PORT:-16960}"
+MGMT2_CAPI_METRICS_PORT="${MGMT2_CAPI_METRICS_PORT:-16961}"
+MGMT2_CAPI_WEBHOOK_PORT="${MGMT2_CAPI_WEBHOOK_PORT:-16963}"
 # Workload clusters (workload/up.sh): slot n (0-9) uses WORKLOAD_PORT_BASE + 10n + offset,
 # offsets 0 kube-apiserver, 1 kube-scheduler, 2 kube-controller-manager, 3 kwok.
 WORKLOAD_PORT_BASE="${WORKLOAD_PORT_BASE:-17400}"

@@ -563,6 +563,13 @@ impl HcpCluster {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        self.release().await;
+    }
+
+    /// Tears down what [`HcpCluster::start`] made except the Cluster itself: stops the registrar
+    /// and the manager, deletes the namespace and the workload cluster. For a test that deleted
+    /// the Cluster elsewhere (after `clusterctl move`, on the target management cluster).
+    pub async fn release(self) {
         self.stop.cancel();
         let _ = self.registrar.await;
         self.manager.stop().await;
@@ -574,7 +581,9 @@ impl HcpCluster {
 /// Registers a Node for every ACTIVE server of the namespace's machines, as a kubelet would:
 /// named after the machine, with the server's providerID and the capacity its template reports
 /// (`status.capacity` of the OpenStackWorkerMachineTemplate it was cloned from, plus 110 pods).
-fn node_registrar(
+/// `mgmt` is the management cluster the machines live in (a second one after `clusterctl
+/// move`), `workload` the cluster the Nodes join; runs until `stop` is cancelled.
+pub fn node_registrar(
     mgmt: Client,
     workload: Client,
     ns: String,

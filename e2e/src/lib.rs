@@ -175,6 +175,26 @@ impl Manager {
         Manager::start_with(&kubeconfig, ns, args, &[]).await
     }
 
+    /// Like [`Manager::start`], against another management API server: `capow manager
+    /// --namespace <ns>` with `extra` flags as the user of `kubeconfig` (made by
+    /// [`manager_kubeconfig_on`] for that server); waits for `/ready`.
+    pub async fn start_on(kubeconfig: &Path, ns: &str, extra: &[&str]) -> Manager {
+        let args: Vec<String> = [
+            "manager",
+            "--namespace",
+            ns,
+            "--build-poll-interval",
+            "1s",
+            "--log",
+            "info,capow=debug",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+        Manager::start_with(kubeconfig, &format!("{ns}-target"), args, &[]).await
+    }
+
     /// Starts `capow <args>` (the first being `manager`) as the user of `kubeconfig`, with
     /// `--admin-address` on a free loopback port appended and `envs` set; waits for `/ready`.
     /// `label` names the log file.
@@ -517,61 +537,76 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
 pub async fn manager_kubeconfig() -> PathBuf {
     static KUBECONFIG: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     KUBECONFIG
-        .get_or_init(|| async {
-            use capow::runtime::manifests;
-            let env = Env::get();
-            let client = env.client().await;
-            let ns = manifests::NAMESPACE;
-            let apply = |v: Value| {
-                let client = client.clone();
-                async move {
-                    let mut v = v;
-                    if v["kind"] == "Namespace" || v["metadata"]["namespace"].is_null() {
-                        let gvk = kube::api::GroupVersionKind::gvk(
-                            v["apiVersion"]
-                                .as_str()
-                                .unwrap()
-                                .split_once('/')
-                                .map_or("", |(g, _)| g),
-                            v["apiVersion"]
-                                .as_str()
-                                .unwrap()
-                                .rsplit('/')
-                                .next()
-                                .unwrap(),
-                            v["kind"].as_str().unwrap(),
-                        );
-                        let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
-                        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
-                        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-                        api.patch(
-                            &name,
-                            &PatchParams::apply("capow-e2e").force(),
-                            &Patch::Apply(&v),
-                        )
-                        .await
-                        .unwrap();
-                    } else {
-                        v["metadata"]["namespace"] = json!(ns);
-                        apply_json(&client, &v).await.unwrap();
-                    }
-                }
-            };
-            apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
-            apply(manifests::service_account()).await;
-            apply(manifests::cluster_role()).await;
-            apply(manifests::cluster_role_binding()).await;
-            apply(manifests::leader_election_role()).await;
-            apply(manifests::leader_election_role_binding()).await;
-            service_account_kubeconfig(&client, ns, "capow-manager").await
-        })
+        .get_or_init(|| async { manager_kubeconfig_on(&Env::get().kubeconfig).await })
         .await
         .clone()
+}
+
+/// [`manager_kubeconfig`] for the API server of the admin kubeconfig `admin` (e.g. the second
+/// management plane of `e2e/mgmt2/up.sh`): applies the ServiceAccount and the RBAC of
+/// `config/rbac` there and returns a kubeconfig for the ServiceAccount.
+pub async fn manager_kubeconfig_on(admin: &Path) -> PathBuf {
+    use capow::runtime::manifests;
+    let client = client_for(admin).await;
+    let ns = manifests::NAMESPACE;
+    let apply = |v: Value| {
+        let client = client.clone();
+        async move {
+            let mut v = v;
+            if v["kind"] == "Namespace" || v["metadata"]["namespace"].is_null() {
+                let gvk = kube::api::GroupVersionKind::gvk(
+                    v["apiVersion"]
+                        .as_str()
+                        .unwrap()
+                        .split_once('/')
+                        .map_or("", |(g, _)| g),
+                    v["apiVersion"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap(),
+                    v["kind"].as_str().unwrap(),
+                );
+                let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+                let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+                let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+                api.patch(
+                    &name,
+                    &PatchParams::apply("capow-e2e").force(),
+                    &Patch::Apply(&v),
+                )
+                .await
+                .unwrap();
+            } else {
+                v["metadata"]["namespace"] = json!(ns);
+                apply_json(&client, &v).await.unwrap();
+            }
+        }
+    };
+    apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+    apply(manifests::service_account()).await;
+    apply(manifests::cluster_role()).await;
+    apply(manifests::cluster_role_binding()).await;
+    apply(manifests::leader_election_role()).await;
+    apply(manifests::leader_election_role_binding()).await;
+    service_account_kubeconfig_at(&client, admin, ns, "capow-manager").await
 }
 
 /// A kubeconfig (written under the state directory) that authenticates to the e2e API server
 /// as ServiceAccount `ns/sa`, with a token valid for 24 h.
 pub async fn service_account_kubeconfig(client: &Client, ns: &str, sa: &str) -> PathBuf {
+    service_account_kubeconfig_at(client, &Env::get().kubeconfig, ns, sa).await
+}
+
+/// [`service_account_kubeconfig`] for the API server of the admin kubeconfig `admin` (its
+/// `server` and `certificate-authority` are copied); `client` must talk to that server.
+pub async fn service_account_kubeconfig_at(
+    client: &Client,
+    admin: &Path,
+    ns: &str,
+    sa: &str,
+) -> PathBuf {
     let env = Env::get();
     let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 86400}});
     let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -580,7 +615,7 @@ pub async fn service_account_kubeconfig(client: &Client, ns: &str, sa: &str) -> 
         .await
         .expect("request a ServiceAccount token");
     let token = token["status"]["token"].as_str().expect("token").to_owned();
-    let admin = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let admin = std::fs::read_to_string(admin).unwrap();
     let server = admin
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: "))
@@ -591,9 +626,11 @@ pub async fn service_account_kubeconfig(client: &Client, ns: &str, sa: &str) -> 
         .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
         .unwrap()
         .to_owned();
-    let path = env
-        .state
-        .join(format!("sa-{ns}-{sa}-{}.kubeconfig", std::process::id()));
+    let port = server.rsplit(':').next().unwrap_or_default().to_owned();
+    let path = env.state.join(format!(
+        "sa-{ns}-{sa}-{port}-{}.kubeconfig",
+        std::process::id()
+    ));
     std::fs::write(
         &path,
         format!(

@@ -50,6 +50,10 @@ pub mod reasons {
     pub const DELETING: &str = "Deleting";
     /// Deleting OpenStack resources failed; the finalizer stays until it succeeds.
     pub const INSTANCE_DELETE_FAILED: &str = "InstanceDeleteFailed";
+    /// `spec.providerID` names a server capow did not make for this machine (it does not
+    /// exist, lacks capow's ownership marks, or belongs to another machine): it is neither
+    /// adopted nor deleted, and no other server is created.
+    pub const PROVIDER_ID_NOT_OWNED: &str = "ProviderIDNotOwned";
     /// Reconciliation is paused (Cluster `spec.paused` or `cluster.x-k8s.io/paused`).
     pub const PAUSED: &str = "Paused";
     /// Not paused.

@@ -18,6 +18,12 @@ pub const VERSION: &str = "v1beta2";
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 /// Annotation pausing reconciliation of a single object (CAPI `PausedAnnotation`).
 pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
+/// Annotation `clusterctl move` puts on each source object right before deleting it, once the
+/// target management cluster has its copy (cluster-api v1.14.2
+/// `cmd/clusterctl/api/v1alpha3/annotations.go`, `DeleteForMoveAnnotation`; set in
+/// `cmd/clusterctl/client/cluster/mover.go`, `deleteSourceObject`). Its OpenStack resources
+/// belong to the copy: the source's deletion must not touch them.
+pub const DELETE_FOR_MOVE_ANNOTATION: &str = "clusterctl.cluster.x-k8s.io/delete-for-move";
 /// Label CAPI sets on Machines of a MachineDeployment (`cluster.x-k8s.io/deployment-name`).
 pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
 /// Label CAPI sets on Machines of a MachineSet (`cluster.x-k8s.io/set-name`).

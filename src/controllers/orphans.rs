@@ -18,6 +18,16 @@
 //! namespace of a namespaced manager) are never considered, and nothing without capow's tags is
 //! ever touched.
 //!
+//! A cluster is swept only while its owner `Cluster` exists with the UID the object names and
+//! neither is paused nor being moved ([`sweepable`]), checked before the OpenStack listings and
+//! again after the machine listing: `clusterctl move` pauses the source's Cluster and then
+//! deletes the source's machines (cluster-api v1.14.2 `cmd/clusterctl/client/cluster/mover.go`,
+//! `move`), so a source whose machines vanished during a sweep sees the pause on the second
+//! check and leaves the moved servers to the target. On the target, moved resources carry the
+//! previous Cluster UID until their machine adopts them, and an adopting machine retags each
+//! resource with the new machine and Cluster UIDs in one call, so the target's sweep (which
+//! lists by the new Cluster UID) never sees one without its machine.
+//!
 //! In [`SweepMode::Delete`] orphans are deleted (servers first; a port or volume still attached
 //! waits for the next round), in [`SweepMode::Report`] only reported. Either way each orphan gets
 //! a Warning event on the `OpenStackWorkerCluster` and is counted in
@@ -167,9 +177,45 @@ pub fn orphans(
 }
 
 fn machine_uid_of_tags(tags: &[String]) -> Option<String> {
-    tags.iter()
-        .find_map(|t| t.strip_prefix(plan::MACHINE_UID_TAG_PREFIX))
-        .map(str::to_owned)
+    plan::machine_uid_of_tags(tags).map(str::to_owned)
+}
+
+/// Whether the resources of `infra` may be swept now: its owner Cluster (`cluster`, as read
+/// from the API server; `None` when it does not exist) is the one with `owner_uid`, neither it
+/// nor `infra` is paused, and `infra` is not being deleted by `clusterctl move`. A paused
+/// Cluster is CAPI's "hands off" (clusterctl move pauses before it deletes anything), and a
+/// Cluster that is gone or re-created is not the owner the tags name.
+pub fn sweepable(
+    infra: &OpenStackWorkerCluster,
+    owner_uid: &str,
+    cluster: Option<&crate::capi::Cluster>,
+) -> bool {
+    let annotations = infra.annotations();
+    cluster.is_some_and(|c| c.uid().as_deref() == Some(owner_uid) && !c.is_paused())
+        && !crate::capi::has_paused_annotation(annotations)
+        && !annotations.contains_key(crate::capi::DELETE_FOR_MOVE_ANNOTATION)
+}
+
+/// The owner Cluster of `infra` as the API server has it now, and the owner's UID the object
+/// names; `None` for an object without an owner Cluster.
+async fn owner_now(
+    ctx: &Context,
+    infra: &OpenStackWorkerCluster,
+) -> Result<Option<(Option<crate::capi::Cluster>, String)>, Error> {
+    let Some(owner) = infra
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Cluster" && o.api_version.starts_with("cluster.x-k8s.io/"))
+    else {
+        return Ok(None);
+    };
+    let clusters: Api<crate::capi::Cluster> =
+        Api::namespaced(ctx.client.clone(), &infra.namespace().unwrap_or_default());
+    let cluster = clusters
+        .get_opt(&owner.name)
+        .await
+        .map_err(Error::kube("get the Cluster"))?;
+    Ok(Some((cluster, owner.uid.clone())))
 }
 
 /// Everything tagged for the cluster with `cluster_uid` in the cloud of `session`.
@@ -274,17 +320,17 @@ pub async fn sweep_once(
         .map_err(Error::kube("list OpenStackWorkerClusters"))?;
     let mut found = Vec::new();
     for c in &clusters.items {
-        let Some(owner) = c
-            .owner_references()
-            .iter()
-            .find(|o| o.kind == "Cluster" && o.api_version.starts_with("cluster.x-k8s.io/"))
-        else {
+        let Some((cluster, owner_uid)) = owner_now(ctx, c).await? else {
             continue;
         };
+        if !sweepable(c, &owner_uid, cluster.as_ref()) {
+            tracing::debug!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), "Orphan sweep skips a paused, moving or ownerless cluster");
+            continue;
+        }
         let ns = c.namespace().unwrap_or_default();
         let listed = async {
             let session = observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
-            tagged(&session, &owner.uid).await.map(|t| (session, t))
+            tagged(&session, &owner_uid).await.map(|t| (session, t))
         }
         .await;
         match listed {
@@ -304,9 +350,22 @@ pub async fn sweep_once(
         .iter()
         .filter_map(|m| m.uid())
         .collect();
+    // Again after the machine listing: a Cluster paused (clusterctl move) or re-created since
+    // the first check may have lost its machines to another management cluster meanwhile.
+    let mut still = Vec::with_capacity(found.len());
+    for (c, session, t) in found {
+        match owner_now(ctx, c).await? {
+            Some((cluster, owner_uid)) if sweepable(c, &owner_uid, cluster.as_ref()) => {
+                still.push((c, session, t));
+            }
+            _ => {
+                tracing::info!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), "Orphan sweep drops a cluster paused or moved during the sweep");
+            }
+        }
+    }
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut all = Vec::new();
-    for (c, session, t) in found {
+    for (c, session, t) in still {
         for o in orphans(&t, &machine_uids, now, config.grace) {
             let (action, verb) = match config.mode {
                 SweepMode::Delete => match delete(&session, &o).await {
@@ -386,6 +445,46 @@ mod tests {
             id: id.into(),
             machine_uid: uid.map(Into::into),
             created: created.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn paused_moving_and_re_created_clusters_are_not_swept() {
+        let cluster = |uid: &str, paused: bool| -> crate::capi::Cluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+                "metadata": {"name": "c1", "namespace": "ns", "uid": uid},
+                "spec": {"paused": paused}
+            }))
+            .unwrap()
+        };
+        let infra = |annotations: serde_json::Value| -> OpenStackWorkerCluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+                "kind": "OpenStackWorkerCluster",
+                "metadata": {"name": "c1", "namespace": "ns", "annotations": annotations},
+                "spec": {"identityRef": {"name": "cloud", "cloudName": "c"}}
+            }))
+            .unwrap()
+        };
+        let plain = infra(serde_json::json!({}));
+        let live = cluster("u1", false);
+        assert!(sweepable(&plain, "u1", Some(&live)));
+        assert!(!sweepable(&plain, "u1", None), "the Cluster is gone");
+        assert!(
+            !sweepable(&plain, "u1", Some(&cluster("u2", false))),
+            "the Cluster was re-created"
+        );
+        assert!(
+            !sweepable(&plain, "u1", Some(&cluster("u1", true))),
+            "the Cluster is paused (clusterctl move)"
+        );
+        for annotation in [
+            crate::capi::PAUSED_ANNOTATION,
+            crate::capi::DELETE_FOR_MOVE_ANNOTATION,
+        ] {
+            let annotated = infra(serde_json::json!({ annotation: "" }));
+            assert!(!sweepable(&annotated, "u1", Some(&live)), "{annotation}");
         }
     }
 

@@ -343,6 +343,44 @@ impl Compute<'_> {
         }
     }
 
+    /// `PUT /servers/{id}/tags` (microversion ≥ 2.26): replaces every tag of the server in one
+    /// call, so a reader sees either the old tags or the new ones (compute API reference,
+    /// "Replace Tags").
+    ///
+    /// # Errors
+    /// Any [`super::Error`] (404 when the server is gone, 400 for a tag Nova refuses).
+    pub async fn set_server_tags(&self, id: &str, tags: &[String]) -> Result<()> {
+        let req = Request::new(
+            Service::Compute,
+            "server_tags_set",
+            Method::PUT,
+            format!("/servers/{id}/tags"),
+        )
+        .json(json!({ "tags": tags }));
+        self.session.send_empty(req).await
+    }
+
+    /// `POST /servers/{id}/metadata`: creates or replaces the metadata items in `items` and
+    /// leaves the server's other items alone (compute API reference, "Create or Update Metadata
+    /// Items").
+    ///
+    /// # Errors
+    /// Any [`super::Error`] (404 when the server is gone).
+    pub async fn update_server_metadata(
+        &self,
+        id: &str,
+        items: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let req = Request::new(
+            Service::Compute,
+            "server_metadata_update",
+            Method::POST,
+            format!("/servers/{id}/metadata"),
+        )
+        .json(json!({ "metadata": items }));
+        self.session.send_empty(req).await
+    }
+
     /// `GET /flavors/{id}`; `None` when Nova answers 404.
     ///
     /// # Errors

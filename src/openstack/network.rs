@@ -43,6 +43,9 @@ pub struct Subnet {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    #[serde(default)]
+    pub description: String,
 }
 
 /// A Neutron security group.
@@ -241,6 +244,18 @@ impl TaggedResource {
             TaggedResource::SecurityGroup => "security-groups",
             TaggedResource::Port => "ports",
             TaggedResource::Trunk => "trunks",
+        }
+    }
+
+    /// The resource's key in request and response bodies (`network`, `security_group`, ...).
+    fn singular(self) -> &'static str {
+        match self {
+            TaggedResource::Network => "network",
+            TaggedResource::Subnet => "subnet",
+            TaggedResource::Router => "router",
+            TaggedResource::SecurityGroup => "security_group",
+            TaggedResource::Port => "port",
+            TaggedResource::Trunk => "trunk",
         }
     }
 }
@@ -605,6 +620,28 @@ impl NetworkApi<'_> {
             format!("/{}/{id}/tags", kind.path()),
         )
         .json(json!({ "tags": tags }));
+        self.session.send_empty(req).await
+    }
+
+    /// `PUT /v2.0/<kind>/{id}` with only `description`: replaces the resource's description
+    /// (every Neutron resource capow creates has one; Networking API reference, "Update
+    /// network" and its siblings).
+    ///
+    /// # Errors
+    /// Any [`super::Error`] (404 when the resource is gone).
+    pub async fn set_description(
+        &self,
+        kind: TaggedResource,
+        id: &str,
+        description: &str,
+    ) -> Result<()> {
+        let req = Request::new(
+            Service::Network,
+            "description_set",
+            Method::PUT,
+            format!("/{}/{id}", kind.path()),
+        )
+        .json(json!({ kind.singular(): { "description": description } }));
         self.session.send_empty(req).await
     }
 

@@ -97,6 +97,27 @@ impl Session {
 }
 
 impl VolumeApi<'_> {
+    /// `POST /volumes/{id}/metadata`: creates or replaces the metadata items in `items` and
+    /// leaves the volume's other items alone (Block Storage API v3 reference, "Create metadata
+    /// for volume").
+    ///
+    /// # Errors
+    /// Any [`super::Error`] (404 when the volume is gone).
+    pub async fn update_volume_metadata(
+        &self,
+        id: &str,
+        items: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let req = Request::new(
+            Service::BlockStorage,
+            "volume_metadata_update",
+            Method::POST,
+            format!("/volumes/{id}/metadata"),
+        )
+        .json(json!({ "metadata": items }));
+        self.session.send_empty(req).await
+    }
+
     /// `POST /volumes`. Cinder answers 202 with status `creating`.
     ///
     /// # Errors

@@ -6,6 +6,11 @@
 //! Everything capow creates carries the tags `capow` and `capow-cluster-uid=<Cluster UID>`, is
 //! found again by them (never duplicated after a crash), and is deleted in reverse order on
 //! deletion, after capow has swept any server, port or volume still tagged with the cluster.
+//! The UID those tags carry is recorded on the object ([`plan::CLUSTER_UID_ANNOTATION`]), so a
+//! Cluster re-created under a new UID (`clusterctl move`, a restore) adopts what it had
+//! instead of creating it again (docs/adr/0003-adoption-after-move.md). A paused Cluster's
+//! object is neither reconciled nor deleted, and the copy `clusterctl move` deletes from the
+//! source releases its finalizer without touching OpenStack.
 
 pub mod plan;
 
@@ -188,6 +193,15 @@ async fn run(
         .map_err(Error::openstack("authenticate with Keystone"))?;
 
     let owner = Owner::new(&session, &ns, &cluster_name, &cluster_uid, &c.spec.tags).await?;
+    let annotation = c.annotations().get(plan::CLUSTER_UID_ANNOTATION);
+    match plan::recorded(annotation.map(String::as_str), &cluster_uid) {
+        plan::Recorded::Current => {}
+        plan::Recorded::Missing => record_uid(ctx, c, &cluster_uid).await?,
+        plan::Recorded::Previous(previous) => {
+            adopt(ctx, &session, c, &owner, (&ns, &cluster_name), previous).await?;
+            record_uid(ctx, c, &cluster_uid).await?;
+        }
+    }
     let base = plan::base_name(&ns, &cluster_name);
     let network = ensure_network(ctx, &session, c, &owner, &base).await?;
     status.network = Some(network.clone());
@@ -289,6 +303,160 @@ impl Owner {
     fn tagged(&self, tags: &[String]) -> bool {
         self.tags.iter().all(|t| tags.contains(t))
     }
+}
+
+/// Records `uid` in [`plan::CLUSTER_UID_ANNOTATION`] (server-side apply, capow's field
+/// manager), before anything is created under it or once what carried an earlier UID is
+/// adopted.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses the patch.
+async fn record_uid(ctx: &Context, c: &OpenStackWorkerCluster, uid: &str) -> Result<(), Error> {
+    let api: Api<OpenStackWorkerCluster> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "OpenStackWorkerCluster",
+        "metadata": {
+            "name": c.name_any(),
+            "annotations": { plan::CLUSTER_UID_ANNOTATION: uid },
+        },
+    });
+    api.patch(
+        &c.name_any(),
+        &kube::api::PatchParams::apply(crate::controllers::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("record the Cluster UID annotation"))?;
+    Ok(())
+}
+
+/// The `(id, tags, description)` of the `kind` resources `filter` selects.
+async fn described(
+    session: &Session,
+    kind: TaggedResource,
+    filter: &ListFilter,
+) -> Result<Vec<(String, Vec<String>, String)>, Error> {
+    let net = session.network();
+    let failed = Error::openstack("look up the cluster's resources");
+    Ok(match kind {
+        TaggedResource::Network => net
+            .list_networks(filter)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .map(|x| (x.id, x.tags, x.description))
+            .collect(),
+        TaggedResource::Subnet => net
+            .list_subnets(filter)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .map(|x| (x.id, x.tags, x.description))
+            .collect(),
+        TaggedResource::Router => net
+            .list_routers(filter)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .map(|x| (x.id, x.tags, x.description))
+            .collect(),
+        TaggedResource::SecurityGroup => net
+            .list_security_groups(filter)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .map(|x| (x.id, x.tags, x.description))
+            .collect(),
+        TaggedResource::Port | TaggedResource::Trunk => Vec::new(),
+    })
+}
+
+/// Moves the network, subnets, router and security group capow created for this cluster under
+/// the Cluster UID `previous` to the owner Cluster's current UID (`owner`): `clusterctl move`
+/// and restores re-create the Cluster with a new UID (cluster-api v1.14.2
+/// `cmd/clusterctl/client/cluster/mover.go`, `createTargetObject`), and capow finds and deletes
+/// these resources by the UID tag and the ownership description. A resource is adopted when it
+/// carries the previous UID tag or description *and* its description names this cluster
+/// (`<namespace>/<name>`) with the previous UID, so an annotation copied to another cluster
+/// adopts nothing. Each gets the new ownership tags (other tags kept) in one replace-all call,
+/// then the new description; the caller records the new UID only after every resource moved,
+/// so a crash makes the next reconcile adopt again. The machines' servers, ports, trunks and
+/// volumes are not touched here: each machine adopts its own, in one call per resource that
+/// names the new machine and cluster UIDs together (see
+/// [`crate::controllers::machine::execute::adopt`]), so the orphan sweep never sees a resource
+/// of the new cluster whose machine UID names no machine.
+///
+/// # Errors
+/// [`Error::OpenStack`] when a listing or an update fails.
+async fn adopt(
+    ctx: &Context,
+    session: &Session,
+    c: &OpenStackWorkerCluster,
+    owner: &Owner,
+    (ns, cluster_name): (&str, &str),
+    previous: &str,
+) -> Result<(), Error> {
+    let net = session.network();
+    let old_description = plan::ownership_description(ns, cluster_name, previous);
+    let old_tags = plan::tags(previous, &[]);
+    let mut adopted: Vec<String> = Vec::new();
+    for (kind, what) in [
+        (TaggedResource::Network, "network"),
+        (TaggedResource::Subnet, "subnet"),
+        (TaggedResource::Router, "router"),
+        (TaggedResource::SecurityGroup, "security group"),
+    ] {
+        let mut found = described(session, kind, &tag_filter(&old_tags)).await?;
+        for x in described(
+            session,
+            kind,
+            &ListFilter::attribute("description", old_description.clone()),
+        )
+        .await?
+        {
+            if !found.iter().any(|f| f.0 == x.0) {
+                found.push(x);
+            }
+        }
+        for (id, tags, description) in found {
+            if description != old_description && description != owner.description {
+                tracing::warn!(%id, what, %description, "Not adopting a resource tagged with the previous Cluster UID: its description names another cluster");
+                continue;
+            }
+            net.set_tags(
+                kind,
+                &id,
+                &crate::controllers::machine::plan::retagged(&tags, &owner.tags),
+            )
+            .await
+            .map_err(Error::openstack("retag a cluster resource"))?;
+            net.set_description(kind, &id, &owner.description)
+                .await
+                .map_err(Error::openstack("update a cluster resource's description"))?;
+            adopted.push(format!("{what} {id}"));
+        }
+    }
+    if adopted.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(previous, adopted = %adopted.join(", "), "Adopted the cluster's OpenStack resources");
+    ctx.event(
+        &c.object_ref(&()),
+        EventType::Normal,
+        "Adopted",
+        "Adopt",
+        format!(
+            "Adopted {} that capow created for Cluster {ns}/{cluster_name} under UID {previous} \
+             (the Cluster was re-created with a new UID, as clusterctl move and restores do); \
+             they now carry {}",
+            adopted.join(", "),
+            owner.tags.get(1).map(String::as_str).unwrap_or_default()
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 /// Keeps the oldest of several resources capow created for the same purpose (by Neutron's
@@ -809,10 +977,43 @@ async fn report_delete(ctx: &Context, c: &OpenStackWorkerCluster, e: Error) -> E
 
 async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
+    if c.annotations()
+        .contains_key(capi::DELETE_FOR_MOVE_ANNOTATION)
+    {
+        // clusterctl move deletes the source's copy once the target management cluster has
+        // its own; the OpenStack resources now belong to the target.
+        tracing::info!(
+            "Releasing the finalizer without touching OpenStack: clusterctl move deletes this copy of the object"
+        );
+        return Ok(Action::await_change());
+    }
+    if capi::has_paused_annotation(c.annotations()) {
+        return Err(Error::DeletionBlocked(Box::new(invalid(
+            "metadata.annotations",
+            format!(
+                "{} is set; deletion waits until it is removed",
+                capi::PAUSED_ANNOTATION
+            ),
+        ))));
+    }
     let Some((cluster_name, cluster_uid)) = owner_cluster(&c) else {
         // Never owned by a Cluster: nothing was ever created (creation waits for the owner).
         return Ok(Action::await_change());
     };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    if clusters
+        .get_opt(&cluster_name)
+        .await
+        .map_err(Error::kube("get the Cluster"))?
+        .is_some_and(|cluster| cluster.is_paused())
+    {
+        // CAPI's contract: nothing reconciles a paused Cluster's objects, their deletion
+        // included (clusterctl move pauses the source's Cluster before it deletes anything).
+        return Err(Error::DeletionBlocked(Box::new(invalid(
+            "Cluster spec.paused",
+            "is true; deletion waits until the Cluster is resumed",
+        ))));
+    }
     let status = c.status.clone().unwrap_or_default();
     // Machines first: CAPI deletes them before the infrastructure cluster, but an
     // OpenStackWorkerMachine still finishing its own cleanup must not lose its network.
@@ -841,6 +1042,17 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
         }
         Err(e) => return Err(Error::DeletionBlocked(Box::new(e))),
     };
+    // A Cluster re-created under a new UID and deleted before its resources were adopted:
+    // adopt them first, so that the deletion below finds them.
+    if let plan::Recorded::Previous(previous) = plan::recorded(
+        c.annotations()
+            .get(plan::CLUSTER_UID_ANNOTATION)
+            .map(String::as_str),
+        &cluster_uid,
+    ) {
+        let owner = Owner::new(&session, &ns, &cluster_name, &cluster_uid, &c.spec.tags).await?;
+        adopt(ctx, &session, &c, &owner, (&ns, &cluster_name), previous).await?;
+    }
     let tags = plan::tags(&cluster_uid, &[]);
     if !sweep(&session, &tags, &cluster_uid).await? {
         return Err(Error::DeletionInProgress);

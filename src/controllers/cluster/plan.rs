@@ -36,6 +36,36 @@ pub fn ownership_description(namespace: &str, cluster: &str, uid: &str) -> Strin
     )
 }
 
+/// Annotation on an `OpenStackWorkerCluster`: the UID of the Cluster whose
+/// `capow-cluster-uid=<uid>` tag (and ownership description) the cluster's network, subnets,
+/// router and security group carry. Written before capow creates anything for the cluster.
+/// `clusterctl move` and restores re-create the Cluster with a new UID but keep annotations
+/// (status is never restored: cluster-api v1.14.2
+/// `docs/book/src/developer/providers/contracts/clusterctl.md`, "Move"), so a recorded UID
+/// other than the owner Cluster's tells capow to adopt what it created under the earlier one.
+pub const CLUSTER_UID_ANNOTATION: &str = "capow.infrastructure.cluster.x-k8s.io/cluster-uid";
+
+/// What the UID recorded in [`CLUSTER_UID_ANNOTATION`] means for the Cluster with `uid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded<'a> {
+    /// Nothing recorded: record `uid` before creating anything.
+    Missing,
+    /// `uid` is recorded: the resources carry it.
+    Current,
+    /// Another UID is recorded: the Cluster was re-created (clusterctl move, a restore); adopt
+    /// what carries that UID, then record `uid`.
+    Previous(&'a str),
+}
+
+/// Compares the recorded UID (`annotation`) with the owner Cluster's `uid`.
+pub fn recorded<'a>(annotation: Option<&'a str>, uid: &str) -> Recorded<'a> {
+    match annotation.filter(|a| !a.is_empty()) {
+        None => Recorded::Missing,
+        Some(a) if a == uid => Recorded::Current,
+        Some(a) => Recorded::Previous(a),
+    }
+}
+
 /// Base name of the cluster's resources: `capow-<namespace>-<cluster>`.
 pub fn base_name(namespace: &str, cluster: &str) -> String {
     format!("capow-{namespace}-{cluster}")
@@ -353,5 +383,13 @@ mod tests {
             ["capow", "capow-cluster-uid=u1", "x"]
         );
         assert_eq!(base_name("ns", "c1"), "capow-ns-c1");
+    }
+
+    #[test]
+    fn a_recorded_uid_other_than_the_clusters_means_adoption() {
+        assert_eq!(recorded(None, "new"), Recorded::Missing);
+        assert_eq!(recorded(Some(""), "new"), Recorded::Missing);
+        assert_eq!(recorded(Some("new"), "new"), Recorded::Current);
+        assert_eq!(recorded(Some("old"), "new"), Recorded::Previous("old"));
     }
 }

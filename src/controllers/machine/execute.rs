@@ -384,8 +384,9 @@ pub async fn delete_volumes(
 /// left, `Ok(false)` while Nova is still deleting a server or a create whose answer was lost
 /// may still be in flight (call again later).
 ///
-/// Every server carrying the machine's UID tag goes, not only the one in `status.instanceID`
-/// (a repeated create can leave two). "Nothing left" is decided by a fresh listing made
+/// Every server carrying the machine's UID tag goes, not only the one `instance_id` names
+/// (`status.instanceID`, or the server `spec.providerID` names once it is this machine's; a
+/// repeated create can leave two). "Nothing left" is decided by a fresh listing made
 /// [`crate::controllers::ControllerConfig::server_create_settle`] after the last create whose
 /// answer was never seen, so a request still in flight in Nova cannot leave a server behind.
 /// Trunks are found by the UID tag, by each port and from status (a crash between create and
@@ -397,6 +398,7 @@ pub async fn delete_resources(
     ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
+    instance_id: Option<&str>,
 ) -> Result<bool, Error> {
     let compute = session.compute();
     let status = m.status.clone().unwrap_or_default();
@@ -419,7 +421,7 @@ pub async fn delete_resources(
     }
     // The batched listing first (one call per cloud and interval for all machines), then a
     // fresh listing before deciding that no server is left.
-    let mut found = observe::servers(ctx, session, m).await?;
+    let mut found = observe::servers(ctx, session, m, instance_id).await?;
     if found.is_empty() {
         found = compute
             .list_servers_by_tags(&[&uid_tag])
@@ -524,4 +526,146 @@ async fn delete_servers(
         .await;
     }
     Ok(())
+}
+
+/// Moves the server of `m` and everything capow made with it from the machine UID
+/// `previous_uid` to `owner` (the object's current UIDs): `clusterctl move` and restores
+/// re-create objects with new UIDs (cluster-api v1.14.2
+/// `cmd/clusterctl/client/cluster/mover.go`, `createTargetObject`), while capow finds and
+/// deletes what a machine owns by its UID tag. Ports and trunks carrying the previous UID tag
+/// (trunks also by their parent port, as a crash between create and tag leaves them untagged)
+/// get the new ownership tags in one replace-all call each, the other tags kept; volumes with
+/// the previous UID metadata get the new metadata; then the server its metadata and, last, its
+/// tags. Until that last call the server names `previous_uid`, so a crash anywhere makes the
+/// next reconcile adopt again, and every step is safe to repeat. Each resource changes owner
+/// in one call, and always to a machine that exists, so no orphan sweep sees it without an
+/// owner. Returns the ports, trunks and volumes that now carry the new UID, for
+/// `status.resources`, and raises an `Adopted` event.
+///
+/// # Errors
+/// [`Error::OpenStack`] when a listing or an update fails.
+pub async fn adopt(
+    ctx: &Context,
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    server: &crate::openstack::compute::Server,
+    previous_uid: &str,
+    owner: &Ownership,
+) -> Result<MachineResources, Error> {
+    let net = session.network();
+    let old_tag = plan::machine_uid_tag(previous_uid);
+    let new_tag = plan::machine_uid_tag(&owner.machine_uid);
+    let owner_tags = owner.tags(&[]);
+    let by_tag = |tag: &str| ListFilter {
+        tags: vec![tag.to_owned()],
+        ..ListFilter::default()
+    };
+    let ports = net
+        .list_ports(&by_tag(&old_tag))
+        .await
+        .map_err(Error::openstack("look up ports by tag"))?;
+    let mut trunks = net
+        .list_trunks(&by_tag(&old_tag))
+        .await
+        .map_err(Error::openstack("look up trunks"))?;
+    for p in &ports {
+        for t in net
+            .list_trunks(&ListFilter::attribute("port_id", p.id.clone()))
+            .await
+            .map_err(Error::openstack("look up trunks"))?
+        {
+            if !trunks.iter().any(|x| x.id == t.id) {
+                trunks.push(t);
+            }
+        }
+    }
+    for t in &trunks {
+        net.set_tags(
+            TaggedResource::Trunk,
+            &t.id,
+            &plan::retagged(&t.tags, &owner_tags),
+        )
+        .await
+        .map_err(Error::openstack("retag a trunk"))?;
+    }
+    for p in &ports {
+        net.set_tags(
+            TaggedResource::Port,
+            &p.id,
+            &plan::retagged(&p.tags, &owner_tags),
+        )
+        .await
+        .map_err(Error::openstack("retag a port"))?;
+    }
+    let volume_api = session.volume();
+    let volumes = volume_api
+        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, previous_uid)
+        .await
+        .map_err(Error::openstack("look up volumes"))?;
+    let owner_metadata = owner.metadata(&[]);
+    for v in &volumes {
+        volume_api
+            .update_volume_metadata(&v.id, &owner_metadata)
+            .await
+            .map_err(Error::openstack("update volume metadata"))?;
+    }
+    let compute = session.compute();
+    compute
+        .update_server_metadata(&server.id, &owner_metadata)
+        .await
+        .map_err(Error::openstack("update server metadata"))?;
+    compute
+        .set_server_tags(&server.id, &plan::retagged(&server.tags, &owner_tags))
+        .await
+        .map_err(Error::openstack("retag the server"))?;
+    compute.invalidate_server_cache().await;
+
+    // What carries the new UID now, including what an adoption interrupted by a crash
+    // retagged before.
+    let mut resources = MachineResources::default();
+    for p in net
+        .list_ports(&by_tag(&new_tag))
+        .await
+        .map_err(Error::openstack("look up ports by tag"))?
+    {
+        record(&mut resources.ports, &p.id);
+    }
+    for t in net
+        .list_trunks(&by_tag(&new_tag))
+        .await
+        .map_err(Error::openstack("look up trunks"))?
+    {
+        record(&mut resources.trunks, &t.id);
+    }
+    for v in volume_api
+        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &owner.machine_uid)
+        .await
+        .map_err(Error::openstack("look up volumes"))?
+    {
+        resources.volumes.push(VolumeStatus {
+            id: v.id.clone(),
+            name: v.metadata.get("capow-volume").cloned().unwrap_or_default(),
+        });
+    }
+    tracing::info!(server = %server.id, previous_uid, ports = resources.ports.len(), trunks = resources.trunks.len(), volumes = resources.volumes.len(), "Adopted the server named by spec.providerID");
+    ctx.event_about(
+        &m.object_ref(&()),
+        crate::controllers::openstack_ref("Server", &server.id),
+        EventType::Normal,
+        "Adopted",
+        "Adopt",
+        format!(
+            "Adopted server {} named by spec.providerID with {} port(s), {} trunk(s) and {} \
+             volume(s): capow made them for this machine under OpenStackWorkerMachine UID \
+             {previous_uid} (the object was re-created with a new UID, as clusterctl move and \
+             restores do) and now tags them with UID {}",
+            server.id,
+            resources.ports.len(),
+            resources.trunks.len(),
+            resources.volumes.len(),
+            owner.machine_uid
+        ),
+    )
+    .await;
+    Ok(resources)
 }

@@ -3,9 +3,16 @@
 //! ports before releasing the finalizer (design §4 "Machine").
 //!
 //! One reconcile runs: pause check → owner Machine and Cluster → identity → find the server
-//! (by `status.instanceID`, else by UID tag) → if none: bootstrap data, resolve the spec,
-//! ports, create → else report its state. Every outcome ends in one status write with the
-//! `Ready` condition; failures also raise an event.
+//! (by `status.instanceID`, else by `spec.providerID`, else by UID tag) → if none: bootstrap
+//! data, resolve the spec, ports, create → else report its state. Every outcome ends in one
+//! status write with the `Ready` condition; failures also raise an event.
+//!
+//! An object whose status is empty but whose `spec.providerID` is set (after `clusterctl move`,
+//! a restore from a backup, or a lost status) never gets a second server: the server the
+//! providerID names is this machine's when it carries the object's UID, is adopted (retagged
+//! with the new UIDs, see [`execute::adopt`]) when capow made it for the same machine under an
+//! earlier UID, and is otherwise reported with the `ProviderIDNotOwned` reason and left alone
+//! (docs/adr/0003-adoption-after-move.md).
 
 pub mod execute;
 pub mod observe;
@@ -449,10 +456,22 @@ async fn run(
         .map_err(Error::openstack("authenticate with Keystone"))?;
     let region = identity.and_then(|i| i.region.as_deref());
 
-    let found = observe::servers(ctx, &session, m).await?;
-    let server = remove_duplicates(ctx, &session, m, found).await?;
+    // A status that names no server, on an object whose spec.providerID names one: after
+    // clusterctl move, a restore from a backup, or a lost status. That server is looked at
+    // first; nothing is created for such an object.
+    let mut instance_id = status.instance_id.clone();
+    if instance_id.is_none()
+        && let Some(provider_id) = m.spec.provider_id.as_deref()
+    {
+        match claim_provider_id(ctx, &session, m, &owners, region, provider_id, status).await? {
+            Ok(id) => instance_id = Some(id),
+            Err(not_owned) => return Ok(not_owned),
+        }
+    }
+    let found = observe::servers(ctx, &session, m, instance_id.as_deref()).await?;
+    let server = remove_duplicates(ctx, &session, m, instance_id.as_deref(), found).await?;
     let Some(server) = server else {
-        if let Some(id) = status.instance_id.clone() {
+        if let Some(id) = instance_id {
             // The server was deleted behind capow's back. A Machine is immutable: capow never
             // makes a replacement (that is MachineHealthCheck's job) and never reuses the name.
             status.instance_state = Some("DELETED".into());
@@ -597,13 +616,7 @@ async fn create(
             .maybe_crash(crate::controllers::FaultPoint::MachineAfterResolvedWrite);
     }
 
-    let ns = m.namespace().unwrap_or_default();
-    let owner = plan::Ownership {
-        machine_uid: m.uid().unwrap_or_default(),
-        cluster_uid: owners.cluster.uid().unwrap_or_default(),
-        cluster: format!("{ns}/{}", owners.cluster.name_any()),
-        node_group: node_group(&owners.machine),
-    };
+    let owner = ownership(m, owners);
     let mut resources = status.resources.take().unwrap_or_default();
     let volumes =
         execute::ensure_volumes(ctx, session, m, &resolved.volumes, &owner, &mut resources).await;
@@ -693,10 +706,98 @@ async fn create(
     ))
 }
 
+/// Who the OpenStack resources of `m` belong to: its tags and metadata.
+fn ownership(m: &OpenStackWorkerMachine, owners: &observe::Owners) -> plan::Ownership {
+    plan::Ownership {
+        machine_uid: m.uid().unwrap_or_default(),
+        cluster_uid: owners.cluster.uid().unwrap_or_default(),
+        cluster: format!(
+            "{}/{}",
+            m.namespace().unwrap_or_default(),
+            owners.cluster.name_any()
+        ),
+        node_group: node_group(&owners.machine),
+    }
+}
+
+/// The server `provider_id` (the object's `spec.providerID`) names, for an object whose status
+/// names none. `Ok(Ok(uuid))` when it is this machine's: the status was lost, or the object was
+/// re-created under a new UID (clusterctl move, a restore) and the server is adopted first
+/// ([`execute::adopt`], which records what it retagged in `status.resources`).
+/// `Ok(Err(outcome))` when capow did not make it for this machine: the `ProviderIDNotOwned`
+/// outcome, and nothing is adopted, deleted or created.
+///
+/// # Errors
+/// [`Error::OpenStack`] when getting the server or adopting fails.
+async fn claim_provider_id(
+    ctx: &Context,
+    session: &openstack::Session,
+    m: &OpenStackWorkerMachine,
+    owners: &observe::Owners,
+    region: Option<&str>,
+    provider_id: &str,
+    status: &mut OpenStackWorkerMachineStatus,
+) -> Result<Result<String, Outcome>, Error> {
+    let not_owned = |why: String| Outcome {
+        ready: false,
+        reason: reasons::PROVIDER_ID_NOT_OWNED,
+        message: format!(
+            "spec.providerID is {provider_id}, but {why}; capow neither adopts nor deletes that \
+             server and creates no other server for this machine (delete its Machine to replace it)"
+        ),
+        requeue: Some(ctx.config.input_retry),
+        warn: true,
+    };
+    let Some(server_id) = plan::server_id_of_provider_id(provider_id, region) else {
+        return Ok(Err(not_owned(format!(
+            "that is not the form capow writes for this identity ({})",
+            plan::provider_id(region, "<server-uuid>")
+        ))));
+    };
+    let server = session
+        .compute()
+        .get_server(server_id)
+        .await
+        .map_err(Error::openstack("get the server named by spec.providerID"))?;
+    let uid = m.uid().unwrap_or_default();
+    let name = m.name_any();
+    let cluster = format!(
+        "{}/{}",
+        m.namespace().unwrap_or_default(),
+        owners.cluster.name_any()
+    );
+    let claimant = plan::Claimant {
+        machine_uid: &uid,
+        machine_name: &name,
+        cluster: &cluster,
+    };
+    match (plan::provider_id_claim(server.as_ref(), &claimant), server) {
+        (plan::ProviderIdClaim::Own, Some(server)) => {
+            tracing::info!(server = %server.id, "Found the server named by spec.providerID; the status had lost it");
+            Ok(Ok(server.id))
+        }
+        (plan::ProviderIdClaim::Adopt { previous_uid }, Some(server)) => {
+            let resources = execute::adopt(
+                ctx,
+                session,
+                m,
+                &server,
+                &previous_uid,
+                &ownership(m, owners),
+            )
+            .await?;
+            status.resources = Some(resources);
+            Ok(Ok(server.id))
+        }
+        (plan::ProviderIdClaim::NotOwned(why), _) => Ok(Err(not_owned(why))),
+        (_, None) => Ok(Err(not_owned("that server does not exist in Nova".into()))),
+    }
+}
+
 /// Keeps one server of `found` and deletes the others, with a Warning event each: two servers
 /// with one machine's UID tag exist only when a create's answer was lost and the create was
-/// sent again (Nova has no idempotency key). The server in `status.instanceID` is kept, else the
-/// oldest.
+/// sent again (Nova has no idempotency key). The server `instance_id` names (the status's, or
+/// the one `spec.providerID` names) is kept, else the oldest.
 ///
 /// # Errors
 /// [`Error::OpenStack`] when a delete fails.
@@ -704,9 +805,9 @@ async fn remove_duplicates(
     ctx: &Context,
     session: &openstack::Session,
     m: &OpenStackWorkerMachine,
+    instance_id: Option<&str>,
     found: Vec<openstack::compute::Server>,
 ) -> Result<Option<openstack::compute::Server>, Error> {
-    let instance_id = m.status.as_ref().and_then(|s| s.instance_id.as_deref());
     let (keep, extra) = plan::split_duplicates(found, instance_id);
     for dup in extra {
         let compute = session.compute();
@@ -737,8 +838,11 @@ async fn remove_duplicates(
 
 /// The node group of a Machine, from the labels CAPI sets.
 fn node_group(machine: &Machine) -> Option<String> {
-    let ns = machine.namespace().unwrap_or_default();
-    let labels = machine.labels();
+    node_group_of(&machine.namespace().unwrap_or_default(), machine.labels())
+}
+
+/// The node group named by CAPI's deployment-name or set-name label in `labels`.
+fn node_group_of(ns: &str, labels: &std::collections::BTreeMap<String, String>) -> Option<String> {
     labels
         .get(capi::DEPLOYMENT_NAME_LABEL)
         .map(|n| format!("MachineDeployment/{ns}/{n}"))
@@ -759,17 +863,38 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
             ),
         })));
     }
+    if m.annotations()
+        .contains_key(capi::DELETE_FOR_MOVE_ANNOTATION)
+    {
+        // clusterctl move deletes the source's copy once the target management cluster has
+        // its own; the OpenStack resources now belong to the target.
+        tracing::info!(
+            "Releasing the finalizer without touching OpenStack: clusterctl move deletes this copy of the object"
+        );
+        return Ok(Action::await_change());
+    }
     let before = m.status.clone().unwrap_or_default();
     let ns = m.namespace().unwrap_or_default();
-    // `status.resolved` is written before the first create call, so without it neither a
+    // `status.resolved` is written before the first create call, so without it (and without a
+    // providerID, which a moved or restored object carries with an empty status) neither a
     // server nor a port can exist: release at once without asking OpenStack (a broken identity
     // or spec must not keep the object forever).
     let created_anything = before.resolved.is_some()
         || before.instance_id.is_some()
-        || before.server_create_requested_at.is_some();
+        || before.server_create_requested_at.is_some()
+        || m.spec.provider_id.is_some();
     if !created_anything {
         tracing::info!("Releasing the finalizer: nothing was created in OpenStack");
         return Ok(Action::await_change());
+    }
+    let cluster = observe::cluster_of(ctx, &m).await?;
+    if cluster.as_ref().is_some_and(Cluster::is_paused) {
+        // CAPI's contract: nothing reconciles a paused Cluster's objects, their deletion
+        // included (clusterctl move pauses the source's Cluster before it deletes anything).
+        return Err(Error::DeletionBlocked(Box::new(Error::InvalidSpec {
+            field: "Cluster spec.paused".into(),
+            message: "is true; deletion waits until the Cluster is resumed".into(),
+        })));
     }
     let identity = match m.spec.identity_ref.clone() {
         Some(i) => Some(i),
@@ -781,7 +906,18 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
             return Err(report_delete(ctx, &m, &before, Error::DeletionBlocked(Box::new(e))).await);
         }
     };
-    match execute::delete_resources(ctx, &session, &m).await {
+    let instance_id = match (&before.instance_id, m.spec.provider_id.as_deref()) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(provider_id)) => {
+            let region = identity.as_ref().and_then(|i| i.region.as_deref());
+            match claim_for_delete(ctx, &session, &m, cluster.as_ref(), region, provider_id).await {
+                Ok(id) => id,
+                Err(e) => return Err(report_delete(ctx, &m, &before, e).await),
+            }
+        }
+        (None, None) => None,
+    };
+    match execute::delete_resources(ctx, &session, &m, instance_id.as_deref()).await {
         Ok(true) => {
             ctx.event(
                 &m.object_ref(&()),
@@ -795,6 +931,77 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
         }
         Ok(false) => Err(report_delete(ctx, &m, &before, Error::DeletionInProgress).await),
         Err(e) => Err(report_delete(ctx, &m, &before, e).await),
+    }
+}
+
+/// The server `spec.providerID` names, for deleting an object whose status names none: the
+/// UUID when it is this machine's (adopted first when it carries an earlier UID, so that the
+/// deletion finds its ports, trunks and volumes by the object's own UID), `None` when capow did
+/// not make it for this machine (it is left alone; only what carries the object's own UID is
+/// deleted).
+///
+/// # Errors
+/// [`Error::OpenStack`] when getting the server or adopting fails.
+async fn claim_for_delete(
+    ctx: &Context,
+    session: &openstack::Session,
+    m: &OpenStackWorkerMachine,
+    cluster: Option<&Cluster>,
+    region: Option<&str>,
+    provider_id: &str,
+) -> Result<Option<String>, Error> {
+    let Some(server_id) = plan::server_id_of_provider_id(provider_id, region) else {
+        return Ok(None);
+    };
+    let Some(server) = session
+        .compute()
+        .get_server(server_id)
+        .await
+        .map_err(Error::openstack("get the server named by spec.providerID"))?
+    else {
+        return Ok(None);
+    };
+    let ns = m.namespace().unwrap_or_default();
+    let cluster_name = m
+        .labels()
+        .get(capi::CLUSTER_NAME_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let uid = m.uid().unwrap_or_default();
+    let name = m.name_any();
+    let cluster_ref = format!("{ns}/{cluster_name}");
+    let claimant = plan::Claimant {
+        machine_uid: &uid,
+        machine_name: &name,
+        cluster: &cluster_ref,
+    };
+    match plan::provider_id_claim(Some(&server), &claimant) {
+        plan::ProviderIdClaim::Own => Ok(Some(server.id)),
+        plan::ProviderIdClaim::Adopt { previous_uid } => {
+            // The Cluster may be gone already; then the server keeps the Cluster UID it has.
+            let cluster_uid = cluster
+                .and_then(|c| c.uid())
+                .or_else(|| {
+                    server
+                        .tags
+                        .iter()
+                        .find_map(|t| t.strip_prefix(plan::CLUSTER_UID_TAG_PREFIX))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            let owner = plan::Ownership {
+                machine_uid: uid.clone(),
+                cluster_uid,
+                cluster: cluster_ref.clone(),
+                node_group: node_group_of(&ns, m.labels()),
+            };
+            execute::adopt(ctx, session, m, &server, &previous_uid, &owner).await?;
+            Ok(Some(server.id))
+        }
+        plan::ProviderIdClaim::NotOwned(why) => {
+            tracing::warn!(%provider_id, %why, "Deleting without touching the server spec.providerID names: capow did not make it for this machine");
+            Ok(None)
+        }
     }
 }
 

@@ -731,11 +731,33 @@ async fn resolve_port(
     })
 }
 
-/// The servers of `m`: the one in `status.instanceID` and any other server carrying the
-/// machine's UID tag, from the batched listing of the cloud's capow servers (one list call per
-/// cloud and poll interval); without an instanceID, from a fresh listing by the UID tag
-/// (adoption after a crash between create and status write). More than one means a create was
-/// repeated after its answer was lost; the caller keeps one (see `plan::split_duplicates`).
+/// The Cluster of `m`, found by the `cluster.x-k8s.io/cluster-name` label CAPI puts on
+/// infrastructure machines (the owner Machine may be gone while `m` is deleted); `None` without
+/// the label or when the Cluster does not exist.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server fails.
+pub async fn cluster_of(
+    ctx: &Context,
+    m: &OpenStackWorkerMachine,
+) -> Result<Option<Cluster>, Error> {
+    let Some(name) = m.labels().get(capi::CLUSTER_NAME_LABEL) else {
+        return Ok(None);
+    };
+    let clusters: Api<Cluster> =
+        Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    clusters
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get the Cluster"))
+}
+
+/// The servers of `m`: the one `instance_id` names (`status.instanceID`, or the server
+/// `spec.providerID` names) and any other server carrying the machine's UID tag, from the
+/// batched listing of the cloud's capow servers (one list call per cloud and poll interval);
+/// without an instance ID, from a fresh listing by the UID tag (adoption after a crash between
+/// create and status write). More than one means a create was repeated after its answer was
+/// lost; the caller keeps one (see `plan::split_duplicates`).
 ///
 /// # Errors
 /// [`Error::OpenStack`] when listing or getting fails.
@@ -743,11 +765,12 @@ pub async fn servers(
     ctx: &Context,
     session: &Session,
     m: &OpenStackWorkerMachine,
+    instance_id: Option<&str>,
 ) -> Result<Vec<Server>, Error> {
     let compute = session.compute();
     let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
     let poll = ctx.config.build_poll;
-    if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_deref()) {
+    if let Some(id) = instance_id {
         let mut found: Vec<Server> = compute
             .cached_server(id, plan::MANAGED_TAG, poll)
             .await

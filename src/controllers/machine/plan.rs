@@ -389,6 +389,103 @@ pub fn provider_id(region: Option<&str>, server_id: &str) -> String {
     format!("openstack://{}/{server_id}", region.unwrap_or(""))
 }
 
+/// The server UUID in `provider_id` when it has the form capow writes for an identity with
+/// `region` ([`provider_id`]: `openstack:///<uuid>`, or `openstack://<region>/<uuid>`); `None`
+/// for any other form.
+pub fn server_id_of_provider_id<'a>(provider_id: &'a str, region: Option<&str>) -> Option<&'a str> {
+    let (in_region, id) = provider_id.strip_prefix("openstack://")?.split_once('/')?;
+    (in_region == region.unwrap_or("") && !id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The machine UID in capow's `capow-machine-uid=<uid>` tag among `tags`, if any.
+pub fn machine_uid_of_tags(tags: &[String]) -> Option<&str> {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(MACHINE_UID_TAG_PREFIX))
+}
+
+/// The machine whose `spec.providerID` names a server, as [`provider_id_claim`] compares it.
+#[derive(Clone, Copy, Debug)]
+pub struct Claimant<'a> {
+    /// The `OpenStackWorkerMachine`'s UID.
+    pub machine_uid: &'a str,
+    /// Its name (capow names the server after it).
+    pub machine_name: &'a str,
+    /// Its Cluster as `<namespace>/<name>` (the server's `capow-cluster` metadata).
+    pub cluster: &'a str,
+}
+
+/// What a server named by `spec.providerID` is to a machine whose status does not name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderIdClaim {
+    /// The server carries this object's UID: only the status was lost.
+    Own,
+    /// capow made the server for this machine under an earlier UID: the object was re-created
+    /// with the same name (clusterctl move, a restore from a backup). The server and what
+    /// capow made with it are retagged with the new UIDs.
+    Adopt {
+        /// The machine UID the server and its ports, trunks and volumes carry.
+        previous_uid: String,
+    },
+    /// Not a server capow made for this machine: why, as a clause ("server X does not exist
+    /// in Nova"). Never adopted, never deleted, and no other server is made.
+    NotOwned(String),
+}
+
+/// Decides what `server` (the one `spec.providerID` names, `None` when Nova does not know it)
+/// is to `claimant`. capow's marks are the tag `capow` and a machine UID (the
+/// `capow-machine-uid=` tag, else the metadata key of that name). A server with another machine UID is adopted
+/// only when it is the same machine re-created: its `capow-cluster` metadata names the same
+/// `<namespace>/<cluster>` and its name is the object's name (object names are unique in a
+/// namespace, so a providerID copied from another machine never matches).
+pub fn provider_id_claim(server: Option<&Server>, claimant: &Claimant<'_>) -> ProviderIdClaim {
+    let Some(server) = server else {
+        return ProviderIdClaim::NotOwned("that server does not exist in Nova".into());
+    };
+    let tagged_uid = machine_uid_of_tags(&server.tags);
+    let metadata_uid = server
+        .metadata
+        .get(METADATA_MACHINE_UID)
+        .map(String::as_str);
+    let managed = server.tags.iter().any(|t| t == MANAGED_TAG);
+    let Some(uid) = tagged_uid.or(metadata_uid).filter(|_| managed) else {
+        return ProviderIdClaim::NotOwned(format!(
+            "server {} ({}) does not carry capow's ownership marks (the tag {MANAGED_TAG} and a \
+             {MACHINE_UID_TAG_PREFIX}<uid> tag), so capow did not create it",
+            server.id, server.name
+        ));
+    };
+    // The tag decides over the metadata: adoption retags the server last, so a server whose
+    // tag still names the earlier UID has not been adopted completely.
+    if uid == claimant.machine_uid {
+        return ProviderIdClaim::Own;
+    }
+    let cluster = server.metadata.get(METADATA_CLUSTER).map(String::as_str);
+    if cluster == Some(claimant.cluster) && server.name == claimant.machine_name {
+        return ProviderIdClaim::Adopt {
+            previous_uid: uid.to_owned(),
+        };
+    }
+    ProviderIdClaim::NotOwned(format!(
+        "server {} ({}) was created by capow for another machine (Cluster {}, \
+         OpenStackWorkerMachine UID {uid})",
+        server.id,
+        server.name,
+        cluster.unwrap_or("unknown")
+    ))
+}
+
+/// `tags` with capow's ownership tags replaced by `owner_tags` (which come first); the other
+/// tags are kept in their order. Used to move a resource to a new owner UID in one tag call.
+pub fn retagged(tags: &[String], owner_tags: &[String]) -> Vec<String> {
+    let mut out = owner_tags.to_vec();
+    for t in tags {
+        if !is_reserved_tag(t) && !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
+}
+
 /// Server addresses as `NodeAddress`es: fixed IPs are `InternalIP`, floating IPs
 /// `ExternalIP`; IPv4 before IPv6, then by network name, without duplicates.
 pub fn addresses(server: &Server) -> Vec<MachineAddress> {
@@ -1005,6 +1102,138 @@ mod tests {
         assert_eq!(keep.map(|s| s.id), Some("a".into()));
         assert!(extra.is_empty());
         assert_eq!(split_duplicates(Vec::new(), Some("x")).0, None);
+    }
+
+    #[test]
+    fn provider_ids_parse_only_in_capows_form() {
+        assert_eq!(
+            server_id_of_provider_id("openstack:///abc", None),
+            Some("abc")
+        );
+        assert_eq!(
+            server_id_of_provider_id("openstack://RegionOne/abc", Some("RegionOne")),
+            Some("abc")
+        );
+        for (pid, region) in [
+            ("openstack://RegionOne/abc", None),
+            ("openstack:///abc", Some("RegionOne")),
+            ("openstack:///", None),
+            ("openstack:///a/b", None),
+            ("aws:///us-east-1a/i-123", None),
+            ("abc", None),
+        ] {
+            assert_eq!(
+                server_id_of_provider_id(pid, region),
+                None,
+                "{pid} {region:?}"
+            );
+        }
+    }
+
+    fn marked(uid: &str, cluster: &str, name: &str) -> Server {
+        let mut s = Server {
+            id: "s1".into(),
+            name: name.into(),
+            status: "ACTIVE".into(),
+            tags: vec![
+                MANAGED_TAG.into(),
+                machine_uid_tag(uid),
+                format!("{CLUSTER_UID_TAG_PREFIX}c-old"),
+                "team-a".into(),
+            ],
+            ..Server::default()
+        };
+        s.metadata.insert(METADATA_MACHINE_UID.into(), uid.into());
+        s.metadata.insert(METADATA_CLUSTER.into(), cluster.into());
+        s
+    }
+
+    #[test]
+    fn a_provider_id_server_is_own_adopted_or_not_owned() {
+        let me = Claimant {
+            machine_uid: "new",
+            machine_name: "md-0-abc",
+            cluster: "ns/c1",
+        };
+        let own = marked("new", "ns/c1", "md-0-abc");
+        let moved = marked("old", "ns/c1", "md-0-abc");
+        let other_machine = marked("old", "ns/c1", "md-0-xyz");
+        let other_cluster = marked("old", "other/c1", "md-0-abc");
+        let mut unmarked = moved.clone();
+        unmarked.tags.retain(|t| t != MANAGED_TAG);
+        let mut no_uid = moved.clone();
+        no_uid
+            .tags
+            .retain(|t| !t.starts_with(MACHINE_UID_TAG_PREFIX));
+        no_uid.metadata.remove(METADATA_MACHINE_UID);
+        let mut half_adopted = moved.clone();
+        half_adopted
+            .metadata
+            .insert(METADATA_MACHINE_UID.into(), "new".into());
+        let mut metadata_only = moved.clone();
+        metadata_only
+            .tags
+            .retain(|t| !t.starts_with(MACHINE_UID_TAG_PREFIX));
+        let user_server = Server {
+            id: "s1".into(),
+            name: "md-0-abc".into(),
+            ..Server::default()
+        };
+        let cases: [(Option<&Server>, &str); 10] = [
+            (Some(&own), "own"),
+            (Some(&moved), "adopt old"),
+            (Some(&half_adopted), "adopt old"),
+            (Some(&metadata_only), "adopt old"),
+            (Some(&other_machine), "not owned: another machine"),
+            (Some(&other_cluster), "not owned: another machine"),
+            (Some(&unmarked), "not owned: no marks"),
+            (Some(&no_uid), "not owned: no marks"),
+            (Some(&user_server), "not owned: no marks"),
+            (None, "not owned: missing"),
+        ];
+        for (server, want) in cases {
+            let got = provider_id_claim(server, &me);
+            let summary = match &got {
+                ProviderIdClaim::Own => "own".to_owned(),
+                ProviderIdClaim::Adopt { previous_uid } => format!("adopt {previous_uid}"),
+                ProviderIdClaim::NotOwned(why) if why.contains("does not exist") => {
+                    "not owned: missing".to_owned()
+                }
+                ProviderIdClaim::NotOwned(why) if why.contains("another machine") => {
+                    "not owned: another machine".to_owned()
+                }
+                ProviderIdClaim::NotOwned(why) if why.contains("ownership marks") => {
+                    "not owned: no marks".to_owned()
+                }
+                ProviderIdClaim::NotOwned(why) => why.clone(),
+            };
+            assert_eq!(summary, want, "{server:?}");
+        }
+        let ProviderIdClaim::NotOwned(why) = provider_id_claim(Some(&other_cluster), &me) else {
+            unreachable!()
+        };
+        assert_eq!(
+            why,
+            "server s1 (md-0-abc) was created by capow for another machine (Cluster other/c1, \
+             OpenStackWorkerMachine UID old)"
+        );
+    }
+
+    #[test]
+    fn retagging_replaces_only_capows_tags() {
+        let new = owner().tags(&[]);
+        let old = marked("old", "ns/c1", "m").tags;
+        assert_eq!(
+            retagged(&old, &new),
+            [
+                "capow",
+                "capow-machine-uid=11111111-2222-3333-4444-555555555555",
+                "capow-cluster-uid=aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+                "team-a"
+            ]
+        );
+        assert_eq!(retagged(&new, &new), new, "retagging twice changes nothing");
+        assert_eq!(retagged(&[], &new), new);
     }
 
     #[test]
