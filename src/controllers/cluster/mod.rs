@@ -8,7 +8,7 @@
 //! deletion, after capow has swept any server, port or volume still tagged with the cluster.
 //! The UID those tags carry is recorded on the object ([`plan::CLUSTER_UID_ANNOTATION`]), so a
 //! Cluster re-created under a new UID (`clusterctl move`, a restore) adopts what it had
-//! instead of creating it again (docs/adr/0003-adoption-after-move.md). A paused Cluster's
+//! instead of creating it again (docs/adr/0004-adoption-after-move.md). A paused Cluster's
 //! object is neither reconciled nor deleted, and the copy `clusterctl move` deletes from the
 //! source releases its finalizer without touching OpenStack.
 

@@ -12,7 +12,7 @@
 //! providerID names is this machine's when it carries the object's UID, is adopted (retagged
 //! with the new UIDs, see [`execute::adopt`]) when capow made it for the same machine under an
 //! earlier UID, and is otherwise reported with the `ProviderIDNotOwned` reason and left alone
-//! (docs/adr/0003-adoption-after-move.md).
+//! (docs/adr/0004-adoption-after-move.md).
 
 pub mod execute;
 pub mod observe;
