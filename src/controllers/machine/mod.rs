@@ -432,6 +432,17 @@ async fn run(
             None,
         ));
     }
+    if owners.machine.meta().deletion_timestamp.is_some() && status.instance_id.is_none() {
+        // CAPI is deleting the Machine: a server made now would only be deleted again.
+        return Ok(Outcome::waiting(
+            reasons::DELETING,
+            format!(
+                "Machine {} is being deleted; no server is created for it",
+                owners.machine.name_any()
+            ),
+            None,
+        ));
+    }
     if !owners.cluster.infrastructure_provisioned() {
         return Ok(Outcome::waiting(
             reasons::WAITING_FOR_CLUSTER_INFRASTRUCTURE,
@@ -678,8 +689,16 @@ async fn create(
                 && !source.is_outcome_unknown()
                 && source.status().is_some_and(|s| s.is_client_error())
             {
-                // Nova answered 4xx: it made nothing.
+                // Nova answered 4xx: it made nothing. Say so at once and without the
+                // resourceVersion precondition: a deletion that started meanwhile (the
+                // autoscaler removing a refused instance) must not find the intent and wait
+                // out the settle time for a server that cannot exist.
                 status.server_create_requested_at = None;
+                if let Err(write) =
+                    status::write_at(ctx, m, None, &written.status, status).await
+                {
+                    tracing::warn!(error = %write, "Failed to clear the create intent after Nova refused");
+                }
             }
             // Nova refused for good (bad input or quota): give the volumes back instead of
             // holding quota for a server that will not come; retries create them again.
