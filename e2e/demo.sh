@@ -9,7 +9,7 @@
 # down again. Then it deletes the Cluster and shows that nothing is left in OpenStack.
 #
 # The cluster-autoscaler binary is the one e2e/components/build.sh builds from the upstream
-# source beside the repository (../shared/upstream), or CAPOW_E2E_CLUSTER_AUTOSCALER. Without
+# source kept beside the repository, or CAPOW_E2E_CLUSTER_AUTOSCALER. Without
 # either, the demo says so and makes the autoscaler's calls itself with `xgrpc`
 # (e2e/src/bin/xgrpc.rs, also a debugging tool): IncreaseSize, NodeGroupNodes, DeleteNodes over
 # the same mTLS credentials.
