@@ -15,9 +15,10 @@ CAPOW_E2E_KUBECTL="$(bin_dir kubernetes "$K8S_VERSION")/kubectl"
 CAPOW_E2E_CLUSTERCTL="$(bin_dir cluster-api "$CAPI_VERSION")/clusterctl"
 CAPOW_E2E_HELM="$(bin_dir helm "$HELM_VERSION")/helm"
 export CAPOW_E2E_KUBECTL CAPOW_E2E_CLUSTERCTL CAPOW_E2E_HELM
-# The real cluster-autoscaler (components/build.sh cluster-autoscaler builds it from
-# ../shared/upstream); an already set CAPOW_E2E_CLUSTER_AUTOSCALER (1.36.1, new wire) or
-# CAPOW_E2E_CLUSTER_AUTOSCALER_OLD_WIRE (1.34.1) wins, e.g. in a clone without ../shared.
+# The real cluster-autoscaler (components/build.sh cluster-autoscaler builds it from the
+# upstream source kept beside the repository); an already set CAPOW_E2E_CLUSTER_AUTOSCALER
+# (1.36.1, new wire) or CAPOW_E2E_CLUSTER_AUTOSCALER_OLD_WIRE (1.34.1) wins, e.g. in a clone
+# without that source.
 for _v in $CA_VERSIONS; do
   _bin="$(bin_dir cluster-autoscaler "$_v")/cluster-autoscaler"
   [[ -x $_bin ]] || continue

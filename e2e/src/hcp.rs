@@ -6,10 +6,12 @@
 //! control plane does), a capow manager with its externalgrpc server on loopback, and a node
 //! registrar standing in for the kubelets (design §7).
 //!
-//! Used by `tests/capi.rs` (scaling through CAPI) and `tests/autoscaling.rs` (the
-//! cluster-autoscaler's loop).
+//! Used by `tests/capi.rs` (scaling through CAPI), `tests/cluster_autoscaler.rs` (the real
+//! cluster-autoscaler, see [`crate::autoscaler`]), `tests/faults.rs` and `tests/ha.rs`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -121,12 +123,16 @@ pub struct HcpCluster {
     pub manager: Manager,
     /// The OpenStackWorkerCluster as first provisioned.
     pub infra: Value,
+    /// Admin kubeconfig of the workload cluster (what a cluster-autoscaler of this cluster
+    /// uses; the same file is in the `<cluster>-kubeconfig` Secret).
+    pub workload_kubeconfig: PathBuf,
     guard: TestNamespace,
     workload_name: String,
     mount: PathBuf,
     manager_args: Vec<String>,
     stop: CancellationToken,
     registrar: tokio::task::JoinHandle<()>,
+    registrar_paused: Arc<AtomicBool>,
 }
 
 impl HcpCluster {
@@ -281,7 +287,14 @@ impl HcpCluster {
         )
         .await;
         let stop = CancellationToken::new();
-        let registrar = node_registrar(client.clone(), workload.clone(), ns.clone(), stop.clone());
+        let registrar_paused = Arc::new(AtomicBool::new(false));
+        let registrar = node_registrar(
+            client.clone(),
+            workload.clone(),
+            ns.clone(),
+            stop.clone(),
+            registrar_paused.clone(),
+        );
 
         // The cluster's infrastructure comes up and CAPI sees it.
         let clusters = dynamic(&client, &ns, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
@@ -310,13 +323,26 @@ impl HcpCluster {
             cluster_uid,
             manager,
             infra,
+            workload_kubeconfig,
             guard,
             workload_name,
             mount,
             manager_args,
             stop,
             registrar,
+            registrar_paused,
         }
+    }
+
+    /// Stops registering Nodes for new ACTIVE servers (kubelets that have not joined yet), until
+    /// [`HcpCluster::resume_node_registrar`]. Nodes already registered stay.
+    pub fn pause_node_registrar(&self) {
+        self.registrar_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Registers Nodes again (see [`HcpCluster::pause_node_registrar`]).
+    pub fn resume_node_registrar(&self) {
+        self.registrar_paused.store(false, Ordering::SeqCst);
     }
 
     /// Creates an OpenStackWorkerMachineTemplate `<name>` with the given flavor (by name) and a
@@ -582,12 +608,14 @@ impl HcpCluster {
 /// named after the machine, with the server's providerID and the capacity its template reports
 /// (`status.capacity` of the OpenStackWorkerMachineTemplate it was cloned from, plus 110 pods).
 /// `mgmt` is the management cluster the machines live in (a second one after `clusterctl
-/// move`), `workload` the cluster the Nodes join; runs until `stop` is cancelled.
+/// move`), `workload` the cluster the Nodes join; runs until `stop` is cancelled. While
+/// `paused` is set it registers nothing.
 pub fn node_registrar(
     mgmt: Client,
     workload: Client,
     ns: String,
     stop: CancellationToken,
+    paused: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let machines = dynamic(
@@ -608,6 +636,10 @@ pub fn node_registrar(
         .await;
         let nodes: Api<Node> = Api::all(workload);
         while !stop.is_cancelled() {
+            if paused.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             if let Ok(list) = machines.list(&ListParams::default()).await {
                 for m in list.items {
                     let v = serde_json::to_value(&m).unwrap();

@@ -13,10 +13,12 @@
     reason = "test harness: a failed step must fail the test at once"
 )]
 
+pub mod autoscaler;
 pub mod cloud;
 pub mod hcp;
 pub mod osproxy;
 pub mod stall;
+pub mod workload;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -268,7 +268,13 @@ async fn a_moved_cluster_keeps_its_servers_and_is_scaled_and_deleted_on_the_targ
     let target_kubeconfig = manager_kubeconfig_on(&target.kubeconfig).await;
     let target_manager = Manager::start_on(&target_kubeconfig, &ns, &SWEEP).await;
     let stop = CancellationToken::new();
-    let registrar = hcp::node_registrar(to.clone(), hcp.workload.clone(), ns.clone(), stop.clone());
+    let registrar = hcp::node_registrar(
+        to.clone(),
+        hcp.workload.clone(),
+        ns.clone(),
+        stop.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     // The user's part of a move (CAPO documents the same for its identity Secret): Secrets no
     // object owns move only with the clusterctl move label.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(hcp.client.clone(), &ns);

@@ -694,9 +694,7 @@ async fn create(
                 // autoscaler removing a refused instance) must not find the intent and wait
                 // out the settle time for a server that cannot exist.
                 status.server_create_requested_at = None;
-                if let Err(write) =
-                    status::write_at(ctx, m, None, &written.status, status).await
-                {
+                if let Err(write) = status::write_at(ctx, m, None, &written.status, status).await {
                     tracing::warn!(error = %write, "Failed to clear the create intent after Nova refused");
                 }
             }
