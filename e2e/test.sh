@@ -29,6 +29,8 @@ log "build: capow and the test binaries"
 cargo build --locked --workspace --all-targets
 log "unit tests"
 cargo test --locked --workspace --lib --bins
+log "image: the static release binary packed by crane (e2e/image.sh; e2e/tests/image.rs checks it)"
+"$E2E_DIR/image.sh"
 
 if ! wait "$env_pid"; then
   tail -40 "$CAPOW_E2E_STATE/env-up.log"

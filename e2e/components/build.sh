@@ -2,8 +2,8 @@
 # Builds the real upstream components the e2e harness runs, from their published Go modules,
 # with this machine's Go toolchain. Binaries are cached under $CAPOW_CACHE/bin/<name>-<version>
 # together with a .recipe file saying how they were built; a cached build with the same recipe
-# is reused. Usage: build.sh kubernetes | cluster-api | kwok | grpcprobe | helm | cluster-autoscaler | all |
-# cluster-api-dir | kwok-dir
+# is reused. Usage: build.sh kubernetes | cluster-api | kwok | grpcprobe | helm | crane | cluster-autoscaler | all |
+# cluster-api-dir | kwok-dir   (`all` builds what the environment runs; crane is built by e2e/image.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 LOG_TAG=build
@@ -140,6 +140,25 @@ build_helm() {
   log "helm $HELM_VERSION: built into $out"
 }
 
+# crane, which packs the static capow binary into an OCI image without a container engine
+# (e2e/image.sh). Version-stamped as its release build does
+# (github.com/google/go-containerregistry/cmd/crane/cmd.Version), so `crane version` reports it.
+build_crane() {
+  local out recipe="crane; version-stamped"
+  out=$(bin_dir crane "$CRANE_VERSION")
+  if cached "$out" "$recipe" crane; then log "crane $CRANE_VERSION: cached in $out"; return; fi
+  module_dir crane github.com/google/go-containerregistry "$CRANE_VERSION" > /dev/null
+  log "crane $CRANE_VERSION: building crane"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$E2E_DIR/components/crane"; measured "crane $CRANE_VERSION" "${GOBUILD[@]}" \
+      -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" \
+      -o "$out.tmp/" github.com/google/go-containerregistry/cmd/crane)
+  [[ "$("$out.tmp/crane" version)" == "$CRANE_VERSION" ]] || die "crane does not report $CRANE_VERSION"
+  echo "$recipe" > "$out.tmp/.recipe"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "crane $CRANE_VERSION: built into $out"
+}
+
 # The real cluster-autoscaler, both externalgrpc wire generations, from the source kept beside the
 # repository in ../shared/upstream (the Go module proxy refuses its module), with that folder's
 # build.sh (-tags externalgrpc). Cached by version and the upstream commit. Without the folder
@@ -173,9 +192,10 @@ case "${1:-}" in
   kwok) build_kwok ;;
   grpcprobe) build_grpcprobe ;;
   helm) build_helm ;;
+  crane) build_crane ;;
   all) build_kubernetes; build_cluster_api; build_kwok; build_grpcprobe; build_helm; build_cluster_autoscaler ;;
   # Source trees of the published modules (CRDs, webhook manifests, kwok stages).
   cluster-api-dir) module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION" ;;
   kwok-dir) module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" ;;
-  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|cluster-autoscaler|all|cluster-api-dir|kwok-dir" ;;
+  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|crane|cluster-autoscaler|all|cluster-api-dir|kwok-dir" ;;
 esac

@@ -22,12 +22,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller manager.
     Manager(Box<ManagerArgs>),
-    /// Write every generated install file (config/ and templates/ components and metadata)
-    /// below a directory (`capow manifests --output-dir .`).
+    /// Write every generated install file (config/ and templates/ components and metadata,
+    /// the generated parts of charts/capow and clusterstack/) below a directory
+    /// (`capow manifests --output-dir .`).
     Manifests {
         /// Repository root to write into.
         #[arg(long, default_value = ".")]
         output_dir: std::path::PathBuf,
+        /// The manager's container image, `repository[:tag]` (tag default `v<version>`), as
+        /// config/manager, templates/infrastructure-components.yaml (default of the clusterctl
+        /// variable `CAPOW_IMAGE`) and charts/capow/values.yaml name it.
+        #[arg(long, default_value_t = crate::runtime::manifests::Image::default())]
+        image: crate::runtime::manifests::Image,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a
     /// directory (`capow crd --output-dir config/crd/bases`).

@@ -5,8 +5,16 @@
 //! one Namespace, every object labelled `cluster.x-k8s.io/provider`, the controller container
 //! named `manager`, `${VAR}` substitution), and the generated parts of the Helm chart
 //! `charts/capow` (`Chart.yaml`, the CRDs, the manager's RBAC rules; the rest of the chart is
-//! hand-written templates). `capow manifests --output-dir .` writes them; a test fails when the
-//! committed files differ.
+//! hand-written templates; `values.yaml` is hand-written except its `image.repository` and
+//! `image.tag`). `capow manifests --output-dir .` writes them; a test fails when the committed
+//! files differ.
+//!
+//! The manager's container image is named in one place, [`Image`] (default
+//! [`IMAGE_REPOSITORY`]`:v<Cargo.toml version>`, or `capow manifests --image`): the Deployment
+//! in `config/manager` and `templates/infrastructure-components.yaml` (as the default of the
+//! clusterctl variable `CAPOW_IMAGE`) and the chart's `values.yaml` and `Chart.yaml` take it
+//! from there. The image itself is built by the repository's `Dockerfile` or, without a
+//! container engine, by `e2e/image.sh` (docs/release.md).
 //!
 //! The RBAC rules are the least the manager needs; each rule names the code that needs it.
 
@@ -18,8 +26,122 @@ use crate::api::PROVIDER_LABEL;
 pub const NAMESPACE: &str = "capow-system";
 /// Name prefix of capow's objects.
 pub const NAME: &str = "capow";
-/// The manager's container image, a clusterctl variable with a default.
-pub const IMAGE: &str = "${CAPOW_IMAGE:=capow:v0.1.0}";
+/// capow's version, from `Cargo.toml` (`version` of the workspace package): the chart's
+/// `version` and `appVersion`, the default image tag (`v<VERSION>`), the image's
+/// `org.opencontainers.image.version` label and what `capow --version` prints.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// capow's source repository, from `Cargo.toml` (`repository`): the image's
+/// `org.opencontainers.image.source` label.
+pub const SOURCE: &str = env!("CARGO_PKG_REPOSITORY");
+/// capow's license (SPDX), from `Cargo.toml` (`license`): the image's
+/// `org.opencontainers.image.licenses` label.
+pub const LICENSE: &str = env!("CARGO_PKG_LICENSE");
+/// Repository a release publishes capow's image to (docs/release.md), without a registry host:
+/// the container runtime resolves it with its default registry, and operators who mirror the
+/// image name their registry with `capow manifests --image`, the clusterctl variable
+/// `CAPOW_IMAGE` or the chart's `image.repository`.
+pub const IMAGE_REPOSITORY: &str = "capow-dev/capow";
+
+/// The manager's container image as the manifests name it: `repository:tag`, no digest.
+///
+/// A simplified check of the distribution reference grammar (`name[:tag]`,
+/// <https://github.com/distribution/reference/blob/v0.6.0/reference.go>) that keeps out what a
+/// clusterctl variable default or a Helm value cannot carry: path components of lowercase
+/// `[a-z0-9._-]` starting and ending alphanumeric (the grammar's rules for repeated separators
+/// are not checked), an optional `host[:port]` first component, and a tag of `[A-Za-z0-9_.-]`
+/// (at most 128 characters, not starting with `.` or `-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Repository, e.g. `capow-dev/capow`.
+    pub repository: String,
+    /// Tag, e.g. `v0.1.0`.
+    pub tag: String,
+}
+
+impl Default for Image {
+    /// [`IMAGE_REPOSITORY`]`:v`[`VERSION`].
+    fn default() -> Self {
+        Self {
+            repository: IMAGE_REPOSITORY.to_owned(),
+            tag: format!("v{VERSION}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.repository, self.tag)
+    }
+}
+
+impl std::str::FromStr for Image {
+    type Err = String;
+
+    /// Parses `repository[:tag]`; without a tag, the tag is `v`[`VERSION`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('@') {
+            return Err(format!(
+                "{s:?}: digests are not supported here; give repository:tag"
+            ));
+        }
+        let last = s.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match s[last..].rfind(':') {
+            Some(i) => (&s[..last + i], Some(&s[last + i + 1..])),
+            None => (s, None),
+        };
+        let mut parts = repository.split('/').peekable();
+        let mut first = true;
+        while let Some(part) = parts.next() {
+            // A first component followed by more is a registry host and may carry a port.
+            let host = first && parts.peek().is_some();
+            first = false;
+            let (name, port) = match part.split_once(':') {
+                Some((n, p)) if host => (n, Some(p)),
+                _ => (part, None),
+            };
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && name
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && name
+                    .bytes()
+                    .last()
+                    .is_some_and(|b| b.is_ascii_alphanumeric());
+            let port_ok =
+                port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if !name_ok || !port_ok {
+                return Err(format!(
+                    "{s:?}: {part:?} is not a valid repository path component (lowercase letters, digits, '.', '_', '-'; a registry host may have a :port)"
+                ));
+            }
+        }
+        let tag = match tag {
+            None => format!("v{VERSION}"),
+            Some(t) => {
+                let ok = (1..=128).contains(&t.len())
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                    && t.bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(format!(
+                        "{s:?}: tag {t:?} is not valid (1 to 128 of letters, digits, '_', '.', '-', not starting with '.' or '-')"
+                    ));
+                }
+                t.to_owned()
+            }
+        };
+        Ok(Self {
+            repository: repository.to_owned(),
+            tag,
+        })
+    }
+}
 
 /// One ClusterRole rule with the reason it exists.
 struct Rule {
@@ -166,7 +288,7 @@ pub fn leader_election_role_binding() -> Value {
     })
 }
 
-fn deployment() -> Value {
+fn deployment(image: &Image) -> Value {
     let env = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -182,7 +304,7 @@ fn deployment() -> Value {
                     "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
                     "containers": [{
                         "name": "manager",
-                        "image": IMAGE,
+                        "image": format!("${{CAPOW_IMAGE:={image}}}"),
                         "args": [
                             "manager",
                             "--leader-elect",
@@ -251,11 +373,21 @@ pub fn metadata() -> anyhow::Result<String> {
     }))?)
 }
 
-/// Every generated file, as `(path relative to the repository, content)`.
+/// Every generated file, naming the default [`Image`], as `(path relative to the repository,
+/// content)`: what is committed.
 ///
 /// # Errors
 /// When serialization fails.
 pub fn files() -> anyhow::Result<Vec<(String, String)>> {
+    files_for(&Image::default())
+}
+
+/// Every generated file, naming `image` as the manager's container image, as `(path relative to
+/// the repository, content)`.
+///
+/// # Errors
+/// When serialization fails.
+pub fn files_for(image: &Image) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut crd_names = Vec::new();
     let mut crds = Vec::new();
@@ -291,7 +423,10 @@ pub fn files() -> anyhow::Result<Vec<(String, String)>> {
         "config/rbac/kustomization.yaml".into(),
         kustomization(&rbac_files, json!({}))?,
     ));
-    out.push(("config/manager/manager.yaml".into(), yaml(&[deployment()])?));
+    out.push((
+        "config/manager/manager.yaml".into(),
+        yaml(&[deployment(image)])?,
+    ));
     out.push(("config/manager/service.yaml".into(), yaml(&[service()])?));
     out.push((
         "config/manager/kustomization.yaml".into(),
@@ -321,14 +456,14 @@ pub fn files() -> anyhow::Result<Vec<(String, String)>> {
         leader_election_role(),
         leader_election_role_binding(),
         service(),
-        deployment(),
+        deployment(image),
     ])?);
     out.push((
         "templates/infrastructure-components.yaml".into(),
         components,
     ));
     out.push(("templates/metadata.yaml".into(), metadata()?));
-    out.extend(chart_files()?);
+    out.extend(chart_files(image)?);
     out.extend(cluster_stack_files()?);
     Ok(out)
 }
@@ -432,15 +567,53 @@ pub const CHART_DIR: &str = "charts/capow";
 
 const GENERATED: &str = "{{- /* Generated by `capow manifests` from src/; do not edit. */ -}}\n";
 
-/// The generated files of the Helm chart: `Chart.yaml` (version = the crate's), the CRDs in
+/// The chart's hand-written `values.yaml`, whose `image.repository` and `image.tag` lines
+/// [`values_yaml`] rewrites.
+const VALUES: &str = include_str!("../../charts/capow/values.yaml");
+
+/// `values.yaml` of the chart with `image.repository` and `image.tag` set to `image`; every other
+/// line (and comment) as written by hand.
+///
+/// # Errors
+/// When the top-level `image:` block no longer has exactly one `repository:` and one `tag:` line.
+pub fn values_yaml(image: &Image) -> anyhow::Result<String> {
+    let scalar =
+        |s: &str| -> anyhow::Result<String> { Ok(serde_yaml::to_string(s)?.trim_end().to_owned()) };
+    let (repository, tag) = (scalar(&image.repository)?, scalar(&image.tag)?);
+    let mut out = String::with_capacity(VALUES.len() + 64);
+    let (mut in_image, mut repos, mut tags) = (false, 0, 0);
+    for line in VALUES.lines() {
+        if !line.starts_with([' ', '#']) && !line.is_empty() {
+            in_image = line == "image:";
+        }
+        if in_image && line.starts_with("  repository:") {
+            out.push_str(&format!("  repository: {repository}\n"));
+            repos += 1;
+        } else if in_image && line.starts_with("  tag:") {
+            out.push_str(&format!("  tag: {tag}\n"));
+            tags += 1;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    anyhow::ensure!(
+        repos == 1 && tags == 1,
+        "charts/capow/values.yaml: the top-level image: block must have one `  repository:` and one `  tag:` line (found {repos} and {tags})"
+    );
+    Ok(out)
+}
+
+/// The generated files of the Helm chart: `Chart.yaml` (`version` and `appVersion` =
+/// [`VERSION`]), `values.yaml` with `image` (see [`values_yaml`]), the CRDs in
 /// `templates/crds.yaml` (installed when `crds.install`, annotated
 /// `helm.sh/resource-policy: keep` so that `helm uninstall` never deletes them and with them
 /// every machine), and the ClusterRole rules as the named template `capow.managerRules`.
 ///
 /// # Errors
 /// When serialization fails.
-pub fn chart_files() -> anyhow::Result<Vec<(String, String)>> {
-    let version = env!("CARGO_PKG_VERSION");
+pub fn chart_files(image: &Image) -> anyhow::Result<Vec<(String, String)>> {
+    let version = VERSION;
     let chart = json!({
         "apiVersion": "v2",
         "name": NAME,
@@ -469,6 +642,7 @@ pub fn chart_files() -> anyhow::Result<Vec<(String, String)>> {
             format!("{CHART_DIR}/Chart.yaml"),
             serde_yaml::to_string(&chart)?,
         ),
+        (format!("{CHART_DIR}/values.yaml"), values_yaml(image)?),
         (format!("{CHART_DIR}/templates/crds.yaml"), crds),
         (format!("{CHART_DIR}/templates/_manager_rules.tpl"), rules),
     ])
@@ -519,11 +693,107 @@ mod tests {
                 .count()
                 >= 4
         );
-        let deployment = deployment();
+        let deployment = deployment(&Image::default());
         assert_eq!(
             deployment["spec"]["template"]["spec"]["containers"][0]["name"],
             "manager"
         );
+    }
+
+    #[test]
+    fn image_references_parse_as_repository_and_tag() {
+        let ok = [
+            ("capow", "capow", format!("v{VERSION}")),
+            ("capow:dev", "capow", "dev".to_owned()),
+            (
+                "capow-dev/capow:v1.2.3",
+                "capow-dev/capow",
+                "v1.2.3".to_owned(),
+            ),
+            (
+                "localhost:5000/capow",
+                "localhost:5000/capow",
+                format!("v{VERSION}"),
+            ),
+            (
+                "localhost:5000/a/b_c:1.0-rc.1",
+                "localhost:5000/a/b_c",
+                "1.0-rc.1".to_owned(),
+            ),
+        ];
+        for (input, repository, tag) in ok {
+            let image: Image = input.parse().unwrap();
+            assert_eq!(
+                image,
+                Image {
+                    repository: repository.to_owned(),
+                    tag
+                },
+                "{input}"
+            );
+            assert_eq!(image.to_string().parse::<Image>().unwrap(), image);
+        }
+        for bad in [
+            "",
+            "Capow:v1",
+            "capow:",
+            "capow:-x",
+            "capow:.x",
+            "/capow",
+            "capow/",
+            "a//b",
+            "capow@sha256:0123",
+            "host:port/capow",
+            "capow:${X}",
+            "capow}",
+        ] {
+            assert!(bad.parse::<Image>().is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(
+            Image::default().to_string(),
+            format!("{IMAGE_REPOSITORY}:v{VERSION}")
+        );
+    }
+
+    #[test]
+    fn one_image_reaches_the_deployment_and_the_chart_values() {
+        let image: Image = "registry.example:5000/team/capow:v9.9.9-test"
+            .parse()
+            .unwrap();
+        let files = files_for(&image).unwrap();
+        let get = |path: &str| &files.iter().find(|(p, _)| p == path).unwrap().1;
+        let want = "${CAPOW_IMAGE:=registry.example:5000/team/capow:v9.9.9-test}";
+        for path in [
+            "config/manager/manager.yaml",
+            "templates/infrastructure-components.yaml",
+        ] {
+            let deployments: Vec<Value> = get(path)
+                .split("---\n")
+                .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+                .filter(|d| d["kind"] == "Deployment")
+                .collect();
+            assert_eq!(deployments.len(), 1, "{path}");
+            assert_eq!(
+                deployments[0]["spec"]["template"]["spec"]["containers"][0]["image"], want,
+                "{path}"
+            );
+        }
+        let values: Value = serde_yaml::from_str(get("charts/capow/values.yaml")).unwrap();
+        assert_eq!(
+            values["image"]["repository"],
+            "registry.example:5000/team/capow"
+        );
+        assert_eq!(values["image"]["tag"], "v9.9.9-test");
+        // Everything else of values.yaml is the hand-written file.
+        let hand: Value = serde_yaml::from_str(VALUES).unwrap();
+        let (mut a, mut b) = (values.clone(), hand);
+        a["image"]["repository"] = Value::Null;
+        a["image"]["tag"] = Value::Null;
+        b["image"]["repository"] = Value::Null;
+        b["image"]["tag"] = Value::Null;
+        assert_eq!(a, b);
+        let chart: Value = serde_yaml::from_str(get("charts/capow/Chart.yaml")).unwrap();
+        assert_eq!(chart["appVersion"], VERSION);
     }
 
     #[test]

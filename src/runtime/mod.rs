@@ -23,8 +23,8 @@ use cli::{Cli, Command, ManagerArgs};
 /// Whatever the subcommand fails with.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Manifests { output_dir } => {
-            for (path, content) in manifests::files()? {
+        Command::Manifests { output_dir, image } => {
+            for (path, content) in manifests::files_for(&image)? {
                 let path = output_dir.join(path);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)
