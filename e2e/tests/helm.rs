@@ -171,6 +171,29 @@ fn the_chart_lints_and_renders_what_the_code_generates() {
     );
     let pdb = kind(&docs, "PodDisruptionBudget")[0];
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
+    // A rollout and a drain both finish (e2e/tests/ha.rs shows that every replica is Ready,
+    // not only the Lease holder): the new pod starts before an old one stops, and the budget
+    // lets one replica go whatever replicaCount is.
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "{deployment}"
+    );
+    assert!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+            .as_i64()
+            .is_some_and(|s| s >= 1),
+        "{deployment}"
+    );
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{pdb}");
+    assert!(pdb["spec"]["minAvailable"].is_null(), "{pdb}");
+    let spread = &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+    assert!(selects(&spread["labelSelector"]["matchLabels"], pod_labels));
+    let one = render("capow-system", &["replicaCount=1"]);
+    assert_eq!(
+        kind(&one, "PodDisruptionBudget")[0]["spec"]["maxUnavailable"],
+        1,
+        "one replica can still be drained"
+    );
     assert!(kind(&docs, "NetworkPolicy").is_empty(), "off by default");
 
     // Switches: no CRDs, no autoscaler, a NetworkPolicy selecting the pods.

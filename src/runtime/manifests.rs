@@ -295,6 +295,11 @@ fn deployment(image: &Image) -> Value {
         "metadata": meta(&format!("{NAME}-controller-manager"), true),
         "spec": {
             "replicas": 1,
+            // A rolling update starts the new pod first and stops the old one once the new one
+            // is Ready (caches synced; readiness does not wait for the Lease), so a rollout
+            // never leaves the externalgrpc Service without an endpoint. No PDB here: with
+            // clusterctl's one replica a PDB would either block drains or allow everything.
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
             "selector": { "matchLabels": { "control-plane": format!("{NAME}-controller-manager") } },
             "template": {
                 "metadata": { "labels": { "control-plane": format!("{NAME}-controller-manager"), PROVIDER_LABEL.0: PROVIDER_LABEL.1 } },
@@ -698,6 +703,10 @@ mod tests {
             deployment["spec"]["template"]["spec"]["containers"][0]["name"],
             "manager"
         );
+        // A rollout finishes with one replica: the new pod comes up before the old one goes.
+        let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
+        assert_eq!(rolling["maxUnavailable"], 0, "{deployment}");
+        assert_eq!(rolling["maxSurge"], 1, "{deployment}");
     }
 
     #[test]
