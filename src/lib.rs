@@ -1,15 +1,21 @@
 //! capow: a Cluster API infrastructure provider for the OpenStack worker machines of
 //! hosted-control-plane clusters, with a built-in cluster-autoscaler `externalgrpc` cloud
-//! provider (the latter arrives with the autoscaler module).
+//! provider.
 //!
-//! Module map (design §3):
-//! - [`api`]: CRD types, no I/O;
-//! - [`capi`]: read-only views of the CAPI kinds capow reads;
-//! - [`openstack`]: the OpenStack client seam (Keystone, Nova, Neutron, Glance), no Kubernetes;
-//! - [`controllers`]: reconcilers (observe → plan → execute → status);
+//! Module map (each module's `//!` header says what it owns; README.md, "Layout"):
+//! - [`api`]: CRD types of the capow kinds, no I/O;
+//! - [`capi`]: read-only views of the CAPI v1beta2 kinds capow reads;
+//! - [`kubeapi`]: the Kubernetes client timeouts every request and watch shares;
+//! - [`openstack`]: the OpenStack client seam (Keystone v3, the service catalog, Nova, Neutron,
+//!   Glance, Cinder), no Kubernetes;
+//! - [`controllers`]: the reconcilers of the machine, cluster and machine template kinds
+//!   (observe → plan → execute → status) and the orphan sweep;
+//! - [`autoscaler`]: the externalgrpc cloud provider: the node-group index, template nodes,
+//!   options, pricing, the tonic service and its mTLS transport;
 //! - [`tls`]: capow's CA in a Secret, serving and per-cluster client certificates, rotation,
 //!   and the rustls configs of the externalgrpc server;
-//! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown).
+//! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown) and
+//!   the generated install manifests.
 
 pub mod api;
 pub mod autoscaler;

@@ -1,10 +1,19 @@
 //! OpenStack client seam: Keystone v3 auth, the service catalog, and typed calls to Nova,
-//! Neutron and Glance. No Kubernetes types live here.
+//! Neutron, Glance and Cinder. No Kubernetes types live here.
+//!
+//! - [`clouds`]: one named cloud of a `clouds.yaml` ([`CloudConfig`]);
+//! - [`session`]: token issue and renewal, the catalog, and the request path every call takes
+//!   (rate limit, in-flight bound, `Retry-After`, retries of idempotent requests, the lookup
+//!   cache);
+//! - [`compute`] (Nova: servers, flavors, server groups, availability zones, keypairs, the
+//!   batched server cache), [`network`] (Neutron: networks, subnets, routers, security groups
+//!   and their rules, ports, trunks, tags), [`image`] (Glance), [`volume`] (Cinder);
+//! - [`error`]: the errors every call returns; [`metrics`]: request counts and durations.
 //!
 //! [`Clouds`] hands out one [`Session`] per identity (clouds.yaml cloud + CA bundle), so the
-//! token, the rate limit and the server listing cache are shared by every object that uses the
-//! same credentials. Why this client is hand-written rather than `openstack_sdk`:
-//! `docs/adr/0001-openstack-client.md`.
+//! token, the rate limit, the lookup cache and the server listing cache are shared by every
+//! object that uses the same credentials. Why this client is hand-written rather than
+//! `openstack_sdk`: `docs/adr/0001-openstack-client.md`.
 
 pub mod clouds;
 pub mod compute;

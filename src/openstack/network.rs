@@ -1,4 +1,5 @@
-//! Neutron (network v2.0): networks, subnets, security groups and ports, by ID or by filter.
+//! Neutron (network v2.0): networks, subnets, routers, security groups and their rules, ports
+//! and trunks, by ID or by filter, and the tags and descriptions capow marks them with.
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
