@@ -2,12 +2,16 @@
 //! the workers' network, subnets, router and security groups, and the failure domains (Nova
 //! availability zones). There is no API load balancer and no floating IP for the API server:
 //! the control plane runs in the management cluster and its provider writes
-//! `spec.controlPlaneEndpoint` here (teutonet HostedControlPlane, mission-anchors §4.4).
+//! `spec.controlPlaneEndpoint` here (teutonet HostedControlPlane:
+//! teutonet/cluster-api-provider-hosted-control-plane
+//! `pkg/reconcilers/infrastructure_cluster/reconciler.go`, `SyncControlPlaneEndpoint`, patches
+//! it onto whatever infrastructure cluster the Cluster references).
 //!
 //! Fulfils the CAPI v1beta2 InfraCluster contract (cluster-api
 //! `docs/book/src/developer/providers/contracts/infra-cluster.md`): `spec.controlPlaneEndpoint`,
 //! `status.initialization.provisioned`, `status.failureDomains` (list) and conditions. Network
-//! field names and shapes follow CAPO v1beta2 `OpenStackClusterSpec` (mission-anchors §3.5).
+//! field names and shapes follow CAPO v1beta2 `OpenStackClusterSpec`
+//! (cluster-api-provider-openstack v0.15.0-beta.0 `api/v1beta2/openstackcluster_types.go`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};

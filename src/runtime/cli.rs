@@ -90,7 +90,7 @@ pub struct ManagerArgs {
     pub autoscaler: AutoscalerArgs,
 }
 
-/// The externalgrpc cloud provider (design §4 "Autoscaler", "Identity and TLS").
+/// The externalgrpc cloud provider (`src/autoscaler/`) and its mTLS (`src/tls/`).
 #[derive(Debug, Args)]
 pub struct AutoscalerArgs {
     /// Address of the externalgrpc server; unset disables it.
@@ -154,7 +154,8 @@ pub struct LeaderArgs {
     pub leader_lease_seconds: u64,
 }
 
-/// OpenStack client protection (design §5 "OpenStack is protected").
+/// OpenStack client protection (`src/openstack/session.rs`; docs/operations.md, "When OpenStack
+/// misbehaves").
 #[derive(Debug, Args)]
 pub struct OpenStackArgs {
     /// Sustained OpenStack API requests per second per identity.

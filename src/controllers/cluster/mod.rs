@@ -1,7 +1,8 @@
 //! The `OpenStackWorkerCluster` controller: the workers' network, subnets, router and managed
-//! security group, and the failure domains (design §4 "Cluster"). No load balancer and no
-//! floating IP: the control plane is hosted and its provider writes
-//! `spec.controlPlaneEndpoint`.
+//! security group, and the failure domains (the CAPI v1beta2 InfraCluster contract, cluster-api
+//! v1.14.2 `docs/book/src/developer/providers/contracts/infra-cluster.md`). No load balancer and
+//! no floating IP: the control plane is hosted and its provider writes
+//! `spec.controlPlaneEndpoint` (see [`crate::api::cluster`]).
 //!
 //! Everything capow creates carries the tags `capow` and `capow-cluster-uid=<Cluster UID>`, is
 //! found again by them (never duplicated after a crash), and is deleted in reverse order on

@@ -1,6 +1,7 @@
 //! The `OpenStackWorkerMachine` controller: turns each object into one Nova server booted with
 //! its Machine's bootstrap data, reports the server in status, and deletes the server and its
-//! ports before releasing the finalizer (design §4 "Machine").
+//! ports before releasing the finalizer (the CAPI v1beta2 InfraMachine contract, cluster-api
+//! v1.14.2 `docs/book/src/developer/providers/contracts/infra-machine.md`).
 //!
 //! One reconcile runs: pause check → owner Machine and Cluster → identity → find the server
 //! (by `status.instanceID`, else by `spec.providerID`, else by UID tag) → if none: bootstrap

@@ -1,5 +1,7 @@
 //! The `OpenStackWorkerMachineTemplate` controller: fills `status.capacity` and
-//! `status.nodeInfo` from the flavor and image (design §4 "Machine template"), so both capow's
+//! `status.nodeInfo` from the flavor and image (the CAPI opt-in "InfraMachineTemplate: support
+//! cluster autoscaling from zero" contract, cluster-api v1.14.2
+//! `docs/book/src/developer/providers/contracts/infra-machine.md`), so both capow's
 //! externalgrpc server and cluster-autoscaler's clusterapi provider can scale a node group from
 //! zero without hand-written capacity annotations. Refreshed on every change and every resync
 //! interval (a flavor's extra specs can change under the same name).
