@@ -3,12 +3,18 @@
 //! OpenStackWorkerClusters, it answers every read RPC without calling the API server or
 //! OpenStack.
 //!
-//! Semantics follow the in-tree cluster-autoscaler clusterapi provider (mission-anchors §2):
-//! a node group is a MachineDeployment (or a MachineSet no MachineDeployment owns) whose
-//! infrastructure template is an `OpenStackWorkerMachineTemplate` and whose max-size
-//! annotation is > 0; its id is `<Kind>/<namespace>/<name>`; instance ids are providerIDs.
-//! Unlike the in-tree provider, capow reads the server's state, so Nova ERROR, quota and
-//! NoValidHost failures reach CA as `instanceCreating` with an error class at once (§2.5).
+//! Semantics follow the in-tree cluster-autoscaler clusterapi provider (cluster-autoscaler-1.36.1
+//! `cloudprovider/clusterapi/`: `README.md`, `clusterapi_controller.go`,
+//! `clusterapi_nodegroup.go`, `clusterapi_unstructured.go`): a node group is a
+//! MachineDeployment (or a MachineSet no MachineDeployment owns) whose infrastructure template
+//! is an `OpenStackWorkerMachineTemplate` and whose max-size annotation is > 0; its id is
+//! `<Kind>/<namespace>/<name>` (`unstructuredScalableResource.ID`); instance ids are
+//! providerIDs. Unlike the in-tree provider, capow reads the server's state, so Nova ERROR,
+//! quota and NoValidHost failures reach CA as `instanceCreating` with an error class at once.
+//! The in-tree provider sees a failed Machine only through a top-level `status.failureMessage`
+//! (`findScalableResourceProviderIDs`), which a CAPI v1beta2 Machine keeps only under
+//! `status.deprecated.v1beta1` (cluster-api v1.14.2 `api/core/v1beta2/machine_types.go`), so
+//! there such a Machine counts as pending until CA's `--max-node-provision-time` runs out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -716,8 +722,9 @@ impl Index {
     }
 
     /// The node group of the instance with providerID (or placeholder id) `id`. providerIDs
-    /// match exactly; as CA normalises OpenStack IDs to the last path segment (§2.4), a bare
-    /// server UUID also matches.
+    /// match exactly; as CA's clusterapi provider normalises providerIDs to their last path
+    /// segment (cluster-autoscaler-1.36.1 `cloudprovider/clusterapi/clusterapi_utils.go`,
+    /// `normalizedProviderString`), a bare server UUID also matches.
     pub fn group_of_instance(&self, id: &str) -> Option<&NodeGroup> {
         if id.is_empty() {
             return None;

@@ -1,8 +1,11 @@
-//! The template `v1.Node` of a node group, for scale-from-zero (`NodeGroupTemplateNodeInfo`,
-//! mission-anchors §1.4): capacity from the `OpenStackWorkerMachineTemplate`'s status (flavor
-//! and image), overridden by the in-tree provider's `capacity.cluster-autoscaler.kubernetes.io/*`
-//! annotations; allocatable after kube/system reservations and the kubelet's hard eviction
-//! thresholds; the labels and taints the group's nodes will carry; `Ready=True`.
+//! The template `v1.Node` of a node group, for scale-from-zero (`NodeGroupTemplateNodeInfo`; how
+//! CA uses it: cluster-autoscaler-1.36.1
+//! `processors/nodeinfosprovider/mixed_nodeinfos_processor.go` and
+//! `simulator/node_info_utils.go`): capacity from the `OpenStackWorkerMachineTemplate`'s status
+//! (flavor and image), overridden by the in-tree provider's
+//! `capacity.cluster-autoscaler.kubernetes.io/*` annotations; allocatable after kube/system
+//! reservations and the kubelet's hard eviction thresholds; the labels and taints the group's
+//! nodes will carry; `Ready=True`.
 
 use std::collections::BTreeMap;
 

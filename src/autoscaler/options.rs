@@ -1,10 +1,13 @@
 //! `NodeGroupGetOptions`: per node group autoscaling options from the in-tree provider's
-//! `cluster.x-k8s.io/autoscaling-options-*` annotations (mission-anchors §2.1, §1.5).
+//! `cluster.x-k8s.io/autoscaling-options-*` annotations (cluster-autoscaler-1.36.1
+//! `cloudprovider/clusterapi/README.md`, "Per-NodeGroup autoscaling options").
 //!
 //! Rules from CA's client: whatever the server returns replaces CA's defaults field by field,
 //! zero values included (kubernetes/autoscaler#5936, #5998), so every field the group does not
 //! override echoes the default CA sent; CA ≤ 1.34.1 dereferences the old duration fields 3/4/5
-//! and CA ≥ 1.35 reads only 8/9/10, so both are filled (§1.9); and because
+//! and CA ≥ 1.35 reads only 8/9/10, so both are filled (`GetOptions` in
+//! `cloudprovider/externalgrpc/externalgrpc_node_group.go` of cluster-autoscaler-1.34.1 and
+//! -1.36.1; `proto/externalgrpc.proto`); and because
 //! `MaxNodeStartupTime` has no proto field (kubernetes/autoscaler#10245), a group without
 //! option annotations gets `Unimplemented`, which makes CA keep all its defaults.
 //!

@@ -2,9 +2,10 @@
 //! cluster (from its client certificate), and the three writes (IncreaseSize, DeleteNodes,
 //! DecreaseTargetSize) done on the MachineDeployment/MachineSet `scale` subresource and the
 //! Machines' `cluster.x-k8s.io/delete-machine` annotation, as the in-tree clusterapi provider
-//! does (mission-anchors §2.3). Reads never call the API server or OpenStack. Writes run as
-//! their own tasks with preconditions ([`super::scale`]), so a cancelled call neither stops
-//! halfway nor overwrites a concurrent change.
+//! does (cluster-autoscaler-1.36.1 `cloudprovider/clusterapi/clusterapi_nodegroup.go`:
+//! `IncreaseSize`, `DeleteNodes`, `DecreaseTargetSize`). Reads never call the API server or
+//! OpenStack. Writes run as their own tasks with preconditions ([`super::scale`]), so a
+//! cancelled call neither stops halfway nor overwrites a concurrent change.
 //!
 //! Status codes (CA's client passes them on as errors, except `Unimplemented` on the optional
 //! RPCs, which it treats as "not provided"): `NotFound` for unknown groups, `InvalidArgument`
@@ -349,7 +350,10 @@ impl CloudProvider for CloudProviderService {
                 .map(|n| n.provider_id.as_str())
                 .unwrap_or("");
             // An empty id tells CA the node is not managed here; empty providerIDs (nodes the
-            // cloud controller manager has not initialised) included (§1.9).
+            // cloud controller manager has not initialised) included: CA asks about every node,
+            // also those whose providerID is still empty, and hands an error on to its caller
+            // instead of skipping the node (cluster-autoscaler-1.36.1
+            // `cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`, `NodeGroupForNode`).
             let group = index
                 .group_of_instance(provider_id)
                 .map(to_pb_group)
@@ -626,7 +630,8 @@ impl CloudProvider for CloudProviderService {
             let g = Self::group(&index, &r.id)?;
             Self::writable(g)?;
             // Only requests not fulfilled yet may be cancelled: never below the instances that
-            // already have a server (in-tree provider rule, §2.3).
+            // already have a server (the in-tree provider's rule, cluster-autoscaler-1.36.1
+            // `cloudprovider/clusterapi/clusterapi_nodegroup.go`, `DecreaseTargetSize`).
             let real = g.instances.iter().filter(|i| i.has_server && i.state != InstanceState::Deleting).count();
             let real = i32::try_from(real).unwrap_or(i32::MAX);
             let (writer, group, delta) = (self.writer.clone(), g.clone(), r.delta);
@@ -677,7 +682,8 @@ impl CloudProvider for CloudProviderService {
             let g = Self::group(&index, &request.get_ref().id)?;
             let node = template_node(g, &self.options.template)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
-            // Both generations of the field (§1.3): CA ≤ 1.34.1 reads field 1, ≥ 1.35 field 2.
+            // Both generations of the field (`proto/externalgrpc.proto`): CA ≤ 1.34.1 reads
+            // field 1, ≥ 1.35 field 2.
             let bytes = node.encode_to_vec();
             Ok(pb::NodeGroupTemplateNodeInfoResponse {
                 node_info: Some(node),

@@ -7,10 +7,12 @@
 //! garbage collector deletes it with the Cluster. Mount it at [`DEFAULT_MOUNT_DIR`] and pass
 //! `--cloud-provider=externalgrpc --cloud-config=/etc/capow-autoscaler/cloud-config`.
 //!
-//! The cloud-config format is CA's (mission-anchors §1.7; `externalgrpc_cloud_provider.go`
-//! `cloudConfig`). `address` is `host:port`, and CA checks the server certificate against
-//! `host`. `cert`, `key` and `cacert` are file paths. `grpc_timeout` must be a Go duration
-//! string: a bare number makes CA exit (§1.9).
+//! The cloud-config format is CA's (cluster-autoscaler-1.36.1
+//! `cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`, `cloudConfig` and
+//! `newExternalGrpcCloudProviderClient`). `address` is `host:port`, and CA checks the server
+//! certificate against `host`. `cert`, `key` and `cacert` are file paths. `grpc_timeout` must be
+//! a Go duration string: it is a `metav1.Duration`, which parses only strings, and a file CA
+//! cannot parse makes `BuildExternalGrpc` exit the process.
 //!
 //! CA reads these files once, at start. When [`publish`] re-issues the certificate
 //! ([`Published::reissued`]), the cluster-autoscaler must be restarted to use it. The old
@@ -43,8 +45,9 @@ pub const DEFAULT_MOUNT_DIR: &str = "/etc/capow-autoscaler";
 pub const CLOUD_CONFIG_KEY: &str = "cloud-config";
 /// Suffix of the Secret's name after the Cluster's name.
 pub const SECRET_NAME_SUFFIX: &str = "-capow-autoscaler";
-/// The `grpc_timeout` written into every cloud-config: CA's per-RPC deadline
-/// (mission-anchors §1.6; also CA's default).
+/// The `grpc_timeout` written into every cloud-config: CA's per-RPC deadline (CA's default too,
+/// `defaultGRPCTimeout` in cluster-autoscaler-1.36.1
+/// `cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`).
 pub const GRPC_TIMEOUT: &str = "5s";
 
 /// Name of the Secret of Cluster `cluster_name`: `<cluster>-capow-autoscaler`.
@@ -460,7 +463,7 @@ mod tests {
         let map = doc.as_mapping().unwrap();
         let keys: Vec<&str> = map.keys().map(|k| k.as_str().unwrap()).collect();
         assert_eq!(keys, ["address", "cert", "key", "cacert", "grpc_timeout"]);
-        // A duration string, never a number (a number makes CA exit; mission-anchors §1.9).
+        // A duration string, never a number (a number makes CA exit; see the module docs).
         assert_eq!(doc["grpc_timeout"], serde_yaml::Value::String("5s".into()));
         assert_eq!(doc["address"].as_str(), Some(ADDRESS));
         for (field, key) in [("cert", TLS_CRT), ("key", TLS_KEY), ("cacert", CA_CRT)] {

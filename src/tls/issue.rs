@@ -3,13 +3,16 @@
 //!
 //! Rules and where they come from:
 //! - A serving certificate names its hosts in SANs; the CN is informational only. CA's grpc-go
-//!   client verifies the host part of its `address` and refuses a CN-only certificate
-//!   (mission-anchors §1.7 and §1.9).
+//!   client verifies the host part of its `address` (`ServerName` in
+//!   `newExternalGrpcCloudProviderClient`, cluster-autoscaler-1.36.1
+//!   `cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`), and Go's `crypto/x509` has
+//!   refused a CN-only certificate for a host name since Go 1.15
+//!   (<https://go.dev/doc/go1.15#commonname>).
 //! - A client certificate carries CN `cluster:<namespace>/<name>` for people reading it, and
 //!   the URI SAN `capow://cluster/<namespace>/<name>`. The server trusts only the URI SAN
 //!   ([`ClusterIdentity::from_peer_certificate`]), because a SAN is a structured field while
 //!   a CN is free text. It is the identity that limits a cluster-autoscaler to its own
-//!   cluster's node groups (design §4).
+//!   cluster's node groups ([`crate::autoscaler::service`]).
 //! - Every leaf gets a fresh P-256 key. rcgen derives the serial number from that key (SHA-256),
 //!   so serial numbers are unique. `notBefore` is backdated by [`BACKDATE`] for clock skew, and
 //!   `notAfter` never passes the CA's.

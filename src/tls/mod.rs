@@ -1,4 +1,4 @@
-//! capow's own PKI for the externalgrpc server (design §4 "Identity and TLS"; no cert-manager).
+//! capow's own PKI for the externalgrpc server (no cert-manager).
 //!
 //! What this module owns:
 //! - [`ca`]: capow's CA (ECDSA P-256, [`ca::CA_LIFETIME_DAYS`] days), kept in a Secret in capow's
@@ -51,7 +51,8 @@ pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 /// Secret key of the PEM CA certificate that clients use to verify capow's server.
 pub const CA_CRT: &str = "ca.crt";
-/// Field manager of everything this module writes with server-side apply (design §5).
+/// Field manager of everything this module writes with server-side apply
+/// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management>).
 pub const FIELD_MANAGER: &str = "capow";
 
 /// An error of capow's TLS module.

@@ -2,12 +2,15 @@
 //! certificates signed by capow's CA and negotiates ALPN `h2`, and a serving certificate that
 //! rotates in place.
 //!
-//! - **ALPN `h2`.** grpc-go 1.72 and later (CA 1.34 and later) refuse a TLS server that does
-//!   not select `h2` (mission-anchors §1.9).
+//! - **ALPN `h2`.** grpc-go refuses a TLS server that does not select `h2` since v1.67
+//!   (grpc/grpc-go#7535); CA 1.34.1 is built with grpc-go 1.72.1 and CA 1.36.1 with 1.81.1
+//!   (their `go.mod`).
 //! - **Client certificates are required.** CA always presents one once `cert` is set in its
-//!   cloud-config (mission-anchors §1.7), and the certificate is how the server knows which
-//!   cluster is calling (design §4). rustls' `WebPkiClientVerifier` checks the chain to
-//!   capow's CA, the validity window, and the `clientAuth` EKU.
+//!   cloud-config (cluster-autoscaler-1.36.1
+//!   `cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`,
+//!   `newExternalGrpcCloudProviderClient`), and the certificate is how the server knows which
+//!   cluster is calling ([`super::ClusterIdentity`]). rustls' `WebPkiClientVerifier` checks the
+//!   chain to capow's CA, the validity window, and the `clientAuth` EKU.
 //! - **Rotation.** [`CertResolver`] keeps the current certificate in an `ArcSwap`. A handshake
 //!   loads the current certificate without a lock, and a new one applies from the next
 //!   handshake with the same `ServerConfig`. [`ServingCert::run`] checks the wall clock at a
