@@ -4,7 +4,8 @@
 //! worker security group), a workload cluster of its own (kube-apiserver, kube-scheduler,
 //! kube-controller-manager, kwok; published as the `<cluster>-kubeconfig` Secret, as a hosted
 //! control plane does), a capow manager with its externalgrpc server on loopback, and a node
-//! registrar standing in for the kubelets (design §7).
+//! registrar standing in for the kubelets (why these two stand-ins: README.md, "Honest limits of
+//! the demo and the tests").
 //!
 //! Used by `tests/capi.rs` (scaling through CAPI), `tests/cluster_autoscaler.rs` (the real
 //! cluster-autoscaler, see [`crate::autoscaler`]), `tests/faults.rs` and `tests/ha.rs`.

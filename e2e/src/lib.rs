@@ -451,9 +451,9 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// API group of the control-plane stand-in: teutonet's HostedControlPlane group (design §7
-/// allows a stand-in because the hosted control plane's apiserver pods need a container
-/// runtime, and the module is not served here).
+/// API group of the control-plane stand-in: teutonet's HostedControlPlane group (a stand-in
+/// because the hosted control plane's apiserver pods need a container runtime, and the module
+/// is not served here; README.md, "Honest limits of the demo and the tests").
 pub const STANDIN_GROUP: &str = "controlplane.cluster.x-k8s.io";
 
 /// Installs the stand-in CRDs of `e2e/manifests/hostedcontrolplane-standin.yaml`

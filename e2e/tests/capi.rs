@@ -6,10 +6,11 @@
 //! through capow's externalgrpc API (grpc-go, as cluster-autoscaler dials it) works the same;
 //! deleting the Cluster leaves nothing tagged with it in OpenStack.
 //!
-//! Stand-ins (design §7, `capow_e2e::hcp`): a `HostedControlPlane` CRD without its controller,
-//! whose status and endpoint the test writes; and a node registrar that registers a Node with
-//! the server's providerID in the workload cluster once Nova reports the server ACTIVE, as a
-//! joining kubelet would. kwok keeps those Nodes Ready.
+//! Stand-ins (`capow_e2e::hcp`; why: README.md, "Honest limits of the demo and the tests"): a
+//! `HostedControlPlane` CRD without its controller, whose status and endpoint the test writes;
+//! and a node registrar that registers a Node with the server's providerID in the workload
+//! cluster once Nova reports the server ACTIVE, as a joining kubelet would. kwok keeps those
+//! Nodes Ready.
 
 #![allow(
     clippy::unwrap_used,
