@@ -1,10 +1,14 @@
 //! One full cluster-autoscaler loop against capow's externalgrpc server over real mTLS on
 //! loopback: Refresh, NodeGroups, NodeGroupNodes for every group and NodeGroupTemplateNodeInfo
 //! for every group (CA asks for templates only where it needs them; every group is the upper
-//! bound), at 1,000 and 10,000 machines in 200 node groups, next to a single trivial RPC
-//! (GPULabel) over the same channel as the floor. Results: docs/benchmarks.md.
+//! bound), at 1,000, 10,000 and 50,000 machines in 200 node groups, next to the floor on the same
+//! channel: one empty RPC (GPULabel, which checks the caller's certificate like every RPC), and a
+//! loop of as many empty RPCs as the real loop makes (401). Each loop and each RPC is timed on
+//! its own; the program prints p50 and p99 (and JSON lines, `ca_loop: {...}`). Results:
+//! docs/benchmarks.md.
 //!
-//! Run: `cargo bench --bench ca_loop` (2-core machine: about 2 minutes).
+//! Run: `cargo bench --bench ca_loop [-- 1000,10000,50000]` (2-core machine: about 3 minutes).
+//! Bounded: a fixed number of loops per size (30, 30, 10) and of empty RPCs (2,000).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +19,7 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use capow::autoscaler::index::Snapshot;
 use capow::autoscaler::node::TemplateOptions;
@@ -24,7 +28,6 @@ use capow::autoscaler::proto::externalgrpc::cloud_provider_client::CloudProvider
 use capow::autoscaler::server;
 use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions, Snapshots};
 use capow::tls::{Ca, CertPolicy, ClusterIdentity, ServingCert, ServingNames};
-use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -170,48 +173,96 @@ async fn ca_loop(client: &mut CloudProviderClient<Channel>) -> usize {
     instances
 }
 
-fn bench(c: &mut Criterion) {
+/// The floor of a loop: as many empty RPCs as [`ca_loop`] makes.
+async fn empty_loop(client: &mut CloudProviderClient<Channel>) {
+    for _ in 0..(2 + 2 * GROUPS) {
+        client.gpu_label(pb::GpuLabelRequest {}).await.unwrap();
+    }
+}
+
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(|a| a.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 50_000]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group("externalgrpc");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(15))
-        .warm_up_time(Duration::from_secs(2));
-    for machines in [1_000usize, 10_000] {
+    println!(
+        "| machines | loop p50 | loop p99 | Refresh p50 | empty RPC p50 | empty RPC p99 | 401 empty RPCs p50 | loop / empty loop |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for machines in sizes {
         let (mut client, shutdown) = rt.block_on(start(machines));
-        assert_eq!(rt.block_on(ca_loop(&mut client)), machines);
-        group.bench_function(
-            format!("ca_loop_{machines}_machines_{GROUPS}_groups"),
-            |b| {
-                b.to_async(&rt).iter(|| {
-                    let mut c = client.clone();
-                    async move { ca_loop(&mut c).await }
-                })
-            },
-        );
-        if machines == 1_000 {
-            group.bench_function("empty_rpc_gpulabel", |b| {
-                b.to_async(&rt).iter(|| {
-                    let mut c = client.clone();
-                    async move { c.gpu_label(pb::GpuLabelRequest {}).await.unwrap() }
-                })
-            });
-        }
+        let loops = if machines > 20_000 { 10 } else { 30 };
+        let (loop_ms, refresh_ms, empty_ms, empty_loop_ms) = rt.block_on(async {
+            for _ in 0..3 {
+                assert_eq!(ca_loop(&mut client).await, machines);
+            }
+            let mut loop_ms = Vec::with_capacity(loops);
+            let mut refresh_ms = Vec::with_capacity(loops);
+            for _ in 0..loops {
+                let t = Instant::now();
+                ca_loop(&mut client).await;
+                loop_ms.push(ms(t.elapsed()));
+                let t = Instant::now();
+                client.refresh(pb::RefreshRequest {}).await.unwrap();
+                refresh_ms.push(ms(t.elapsed()));
+            }
+            let mut empty_ms = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let t = Instant::now();
+                client.gpu_label(pb::GpuLabelRequest {}).await.unwrap();
+                empty_ms.push(ms(t.elapsed()));
+            }
+            let mut empty_loop_ms = Vec::with_capacity(loops);
+            for _ in 0..loops {
+                let t = Instant::now();
+                empty_loop(&mut client).await;
+                empty_loop_ms.push(ms(t.elapsed()));
+            }
+            (loop_ms, refresh_ms, empty_ms, empty_loop_ms)
+        });
         shutdown.cancel();
+        let p = |v: &[f64], q| quantile(v, q);
+        println!(
+            "| {machines} | {:.1} ms | {:.1} ms | {:.2} ms | {:.0} µs | {:.0} µs | {:.1} ms | {:.2}× |",
+            p(&loop_ms, 0.5),
+            p(&loop_ms, 0.99),
+            p(&refresh_ms, 0.5),
+            p(&empty_ms, 0.5) * 1000.0,
+            p(&empty_ms, 0.99) * 1000.0,
+            p(&empty_loop_ms, 0.5),
+            p(&loop_ms, 0.5) / p(&empty_loop_ms, 0.5)
+        );
+        println!(
+            "ca_loop: {}",
+            json!({"machines": machines, "groups": GROUPS, "loops": loops,
+                   "loop_p50_ms": p(&loop_ms, 0.5), "loop_p99_ms": p(&loop_ms, 0.99),
+                   "refresh_p50_ms": p(&refresh_ms, 0.5), "refresh_p99_ms": p(&refresh_ms, 0.99),
+                   "empty_rpc_p50_ms": p(&empty_ms, 0.5), "empty_rpc_p99_ms": p(&empty_ms, 0.99),
+                   "empty_loop_p50_ms": p(&empty_loop_ms, 0.5), "empty_loop_p99_ms": p(&empty_loop_ms, 0.99)})
+        );
     }
-    group.finish();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM")) {
         println!(
-            "peak RSS of the benchmark process (server and client): {}",
+            "peak RSS of the benchmark process (server, client, snapshots): {}",
             hwm.trim_start_matches("VmHWM:").trim()
         );
     }
 }
-
-criterion_group!(benches, bench);
-criterion_main!(benches);

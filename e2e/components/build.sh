@@ -185,9 +185,41 @@ build_cluster_autoscaler() {
   done
 }
 
+# CAPO (cluster-api-provider-openstack), the provider the benchmark (e2e/bench.sh) measures capow
+# against, from the source kept beside the repository in ../shared/upstream (the Go module proxy
+# refuses its module). Like the CAPI core, CAPO v0.15 has no flag for its webhook server's host
+# (main.go builds webhook.Options with a port only) and controller-runtime then listens on every
+# interface; the harness runs loopback listeners only, so the manager is built from a scratch copy
+# of the tree in which main.go sets Host to 127.0.0.1 (the one change; checked below). Metrics
+# (--diagnostics-address) and health (--health-addr) take a host by flag. Cached by version and
+# the upstream commit; not part of `all` (only the benchmark needs it).
+build_capo() {
+  local out src recipe work
+  src="$UPSTREAM_DIR/cluster-api-provider-openstack-$CAPO_VERSION"
+  [[ -f $src/go.mod ]] || die "CAPO $CAPO_VERSION: $src not found (the benchmark needs ../shared/upstream)"
+  out=$(bin_dir capo "$CAPO_VERSION")
+  recipe="manager (webhook server host 127.0.0.1); $(cat "$src/SOURCE.txt" 2>/dev/null)"
+  if cached "$out" "$recipe" manager; then log "capo $CAPO_VERSION: cached in $out"; return; fi
+  work="$out.tmp"
+  log "capo $CAPO_VERSION: building the manager from $src (about 2 minutes on 2 cores with warm Go caches)"
+  rm -rf "$work" && mkdir -p "$work/bin"
+  cp -r "$src" "$work/src" && chmod -R u+w "$work/src"
+  local main="$work/src/main.go"
+  [[ $(grep -c $'^\t*webhook\\.Options{$' "$main") == 1 ]] || die "CAPO main.go: webhook.Options{ not found exactly once"
+  grep -q 'Host:' "$main" && die "CAPO main.go already sets a Host; revisit the loopback patch"
+  sed -i $'s/^\\(\t*\\)webhook\\.Options{$/&\\n\\1\tHost:    "127.0.0.1",/' "$main"
+  [[ $(grep -c $'^\t*Host:    "127.0.0.1",$' "$main") == 1 ]] || die "CAPO main.go: the loopback patch did not apply"
+  (cd "$work/src"; measured "capo $CAPO_VERSION" "${GOBUILD[@]}" -mod=readonly \
+      -ldflags "-s -w -X sigs.k8s.io/cluster-api-provider-openstack/version.gitVersion=$CAPO_VERSION" -o "$work/bin/manager" .)
+  echo "$recipe" > "$work/bin/.recipe"
+  rm -rf "$out" && mv "$work/bin" "$out" && rm -rf "$work"
+  log "capo $CAPO_VERSION: built into $out"
+}
+
 case "${1:-}" in
   kubernetes) build_kubernetes ;;
   cluster-autoscaler) build_cluster_autoscaler ;;
+  capo) build_capo ;;
   cluster-api) build_cluster_api ;;
   kwok) build_kwok ;;
   grpcprobe) build_grpcprobe ;;
@@ -197,5 +229,7 @@ case "${1:-}" in
   # Source trees of the published modules (CRDs, webhook manifests, kwok stages).
   cluster-api-dir) module_dir cluster-api sigs.k8s.io/cluster-api "$CAPI_VERSION" ;;
   kwok-dir) module_dir kwok sigs.k8s.io/kwok "$KWOK_VERSION" ;;
-  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|crane|cluster-autoscaler|all|cluster-api-dir|kwok-dir" ;;
+  orc-dir) module_dir orc github.com/k-orc/openstack-resource-controller/v2 "$ORC_VERSION" ;;
+  capo-dir) echo "$UPSTREAM_DIR/cluster-api-provider-openstack-$CAPO_VERSION" ;;
+  *) die "usage: build.sh kubernetes|cluster-api|kwok|grpcprobe|helm|crane|cluster-autoscaler|capo|all|cluster-api-dir|kwok-dir|orc-dir|capo-dir" ;;
 esac

@@ -605,12 +605,32 @@ impl HcpCluster {
     }
 }
 
-/// Registers a Node for every ACTIVE server of the namespace's machines, as a kubelet would:
-/// named after the machine, with the server's providerID and the capacity its template reports
-/// (`status.capacity` of the OpenStackWorkerMachineTemplate it was cloned from, plus 110 pods).
-/// `mgmt` is the management cluster the machines live in (a second one after `clusterctl
-/// move`), `workload` the cluster the Nodes join; runs until `stop` is cancelled. While
-/// `paused` is set it registers nothing.
+/// The infrastructure machine kind the node registrar reads: group, version, kind, and the
+/// kind of its templates (for the capacity of the Node).
+#[derive(Clone, Copy, Debug)]
+pub struct InfraKinds {
+    /// API group, e.g. `infrastructure.cluster.x-k8s.io`.
+    pub group: &'static str,
+    /// Version, e.g. `v1alpha1`.
+    pub version: &'static str,
+    /// Machine kind, e.g. `OpenStackWorkerMachine`.
+    pub machine: &'static str,
+    /// Template kind, e.g. `OpenStackWorkerMachineTemplate`.
+    pub template: &'static str,
+}
+
+/// capow's kinds.
+pub const CAPOW_KINDS: InfraKinds = InfraKinds {
+    group: INFRA_GROUP,
+    version: "v1alpha1",
+    machine: "OpenStackWorkerMachine",
+    template: "OpenStackWorkerMachineTemplate",
+};
+
+/// Registers a Node for every ACTIVE server of the namespace's capow machines (see
+/// [`node_registrar_for`]). `mgmt` is the management cluster the machines live in (a second one
+/// after `clusterctl move`), `workload` the cluster the Nodes join; runs until `stop` is
+/// cancelled. While `paused` is set it registers nothing.
 pub fn node_registrar(
     mgmt: Client,
     workload: Client,
@@ -618,29 +638,44 @@ pub fn node_registrar(
     stop: CancellationToken,
     paused: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
+    node_registrar_for(mgmt, workload, ns, CAPOW_KINDS, stop, paused)
+}
+
+/// Registers a Node for every ACTIVE server of the namespace's machines of `kinds`, as a
+/// kubelet would: named after the machine, with the machine's `spec.providerID` (set with
+/// `status.instanceState` `ACTIVE`, as both capow and CAPO do) and the capacity its template
+/// reports (`status.capacity` of the template it was cloned from, plus 110 pods). Looks every
+/// 500 ms; one list of machines and one of Nodes per look. While `paused` is set it registers
+/// nothing.
+pub fn node_registrar_for(
+    mgmt: Client,
+    workload: Client,
+    ns: String,
+    kinds: InfraKinds,
+    stop: CancellationToken,
+    paused: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let machines = dynamic(
-            &mgmt,
-            &ns,
-            INFRA_GROUP,
-            "v1alpha1",
-            "OpenStackWorkerMachine",
-        )
-        .await;
-        let templates = dynamic(
-            &mgmt,
-            &ns,
-            INFRA_GROUP,
-            "v1alpha1",
-            "OpenStackWorkerMachineTemplate",
-        )
-        .await;
+        let machines = dynamic(&mgmt, &ns, kinds.group, kinds.version, kinds.machine).await;
+        let templates = dynamic(&mgmt, &ns, kinds.group, kinds.version, kinds.template).await;
         let nodes: Api<Node> = Api::all(workload);
         while !stop.is_cancelled() {
             if paused.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
+            let existing: std::collections::BTreeSet<String> =
+                match nodes.list_metadata(&ListParams::default()).await {
+                    Ok(l) => l
+                        .items
+                        .into_iter()
+                        .filter_map(|n| n.metadata.name)
+                        .collect(),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
             if let Ok(list) = machines.list(&ListParams::default()).await {
                 for m in list.items {
                     let v = serde_json::to_value(&m).unwrap();
@@ -654,7 +689,7 @@ pub fn node_registrar(
                         continue;
                     }
                     let name = m.metadata.name.clone().unwrap();
-                    if nodes.get_opt(&name).await.ok().flatten().is_some() {
+                    if existing.contains(&name) {
                         continue;
                     }
                     let mut capacity = json!({"pods": "110"});

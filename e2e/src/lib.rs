@@ -14,6 +14,7 @@
 )]
 
 pub mod autoscaler;
+pub mod bench;
 pub mod cloud;
 pub mod hcp;
 pub mod osproxy;
@@ -197,6 +198,16 @@ impl Manager {
         Manager::start_with(kubeconfig, &format!("{ns}-target"), args, &[]).await
     }
 
+    /// Starts `capow manager --namespace <ns>` with `extra` flags and nothing else of the test
+    /// defaults (no faster build poll, info logging): the manager as an operator runs it, for
+    /// benchmarks. Waits for `/ready`.
+    pub async fn start_plain(ns: &str, extra: &[&str]) -> Manager {
+        let kubeconfig = manager_kubeconfig().await;
+        let mut args: Vec<String> = vec!["manager".into(), "--namespace".into(), ns.into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Manager::start_with(&kubeconfig, ns, args, &[]).await
+    }
+
     /// Starts `capow <args>` (the first being `manager`) as the user of `kubeconfig`, with
     /// `--admin-address` on a free loopback port appended and `envs` set; waits for `/ready`.
     /// `label` names the log file.
@@ -264,6 +275,11 @@ impl Manager {
             .unwrap_or(0)
     }
 
+    /// Resident set size, peak resident set size and CPU time of the process now.
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::of(self.pid())
+    }
+
     /// Waits for the process to exit by itself (fault injection), up to `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         tokio::time::timeout(timeout, self.child.wait())
@@ -290,6 +306,42 @@ impl Manager {
             .is_err()
         {
             let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// What `/proc` says about a process: memory and CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcStats {
+    /// Resident set size (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+    /// User plus system CPU time, seconds (`utime + stime` of `/proc/<pid>/stat`).
+    pub cpu_seconds: f64,
+}
+
+impl ProcStats {
+    /// The stats of process `pid`; zeros when it does not exist.
+    pub fn of(pid: u32) -> ProcStats {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may hold spaces) in parentheses; utime and stime are
+        // fields 14 and 15 (proc(5)), counted in clock ticks (100 per second on Linux).
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+        ProcStats {
+            rss_kib: kib("VmRSS:"),
+            hwm_kib: kib("VmHWM:"),
+            cpu_seconds: (ticks(11) + ticks(12)) / 100.0,
         }
     }
 }

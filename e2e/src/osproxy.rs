@@ -135,6 +135,8 @@ const MAX_DELAY_MS: u64 = 600_000;
 const MAX_OPERATIONS: usize = 2000;
 /// Distinct catalog endpoints remembered.
 const MAX_ENDPOINTS: usize = 4096;
+/// Arrivals remembered for [`Proxy::arrivals_since`] (the oldest are dropped first).
+const MAX_ARRIVALS: usize = 16_384;
 
 /// Collections whose next path segment is an ID or a name (counted as `{id}` unless it is
 /// `detail`): Nova, Neutron, Glance, Cinder, Placement and Keystone resources capow or the CLI
@@ -460,9 +462,21 @@ struct Faults {
     windows: Vec<(usize, Option<usize>, String, Instant)>,
 }
 
+/// One counted request, when it arrived (for latency measurements: [`Proxy::arrivals_since`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    /// When the proxy received it.
+    pub at: Instant,
+    /// Service, as counted (e.g. `compute`).
+    pub service: String,
+    /// Normalized operation, as counted (e.g. `POST /servers`).
+    pub operation: String,
+}
+
 struct State {
     endpoints: Vec<Endpoint>,
     total: u64,
+    arrivals: std::collections::VecDeque<Arrival>,
     services: BTreeMap<String, ServiceCounts>,
     faults: Faults,
 }
@@ -538,6 +552,7 @@ impl Shared {
         let mut state = self.lock();
         state.total = 0;
         state.services.clear();
+        state.arrivals.clear();
     }
 
     fn install(&self, set: &FaultSet) -> Result<()> {
@@ -578,6 +593,14 @@ impl Shared {
             "other".to_owned()
         };
         *counts.operations.entry(key).or_default() += 1;
+        if state.arrivals.len() >= MAX_ARRIVALS {
+            state.arrivals.pop_front();
+        }
+        state.arrivals.push_back(Arrival {
+            at: now,
+            service: service.to_owned(),
+            operation: op.clone(),
+        });
 
         let faults = &mut state.faults;
         faults.windows.retain(|(_, _, _, end)| *end > now);
@@ -875,6 +898,7 @@ impl Proxy {
             state: Mutex::new(State {
                 endpoints: Vec::new(),
                 total: 0,
+                arrivals: std::collections::VecDeque::new(),
                 services: BTreeMap::new(),
                 faults: Faults {
                     seed: 0,
@@ -919,6 +943,18 @@ impl Proxy {
     /// Zeroes the request counts (`POST /_control/counts/reset`).
     pub fn reset_counts(&self) {
         self.shared.reset_counts();
+    }
+
+    /// The requests that arrived at or after `since`, oldest first (the last 16,384 requests
+    /// are remembered; reset with the counts).
+    pub fn arrivals_since(&self, since: Instant) -> Vec<Arrival> {
+        self.shared
+            .lock()
+            .arrivals
+            .iter()
+            .filter(|a| a.at >= since)
+            .cloned()
+            .collect()
     }
 
     /// Installs `set` (`PUT /_control/faults`).
