@@ -19,10 +19,18 @@ cd "$REPO_DIR"
 
 # What the e2e tests read (kubeconfig, clouds.yaml, state) and the built capow.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}
-log "building capow (release) and the bench program"
-cargo build --locked --release --bin capow -p capow
-cargo build --locked --release -p capow-e2e --bin bench
-export CAPOW_BIN="$CARGO_TARGET_DIR/release/capow"
+# CAPOW_BENCH_PROFILE=debug uses debug builds (quicker to build; capow's CPU figures are then
+# those of an unoptimized binary, which docs/benchmarks.md says where it applies).
+profile=${CAPOW_BENCH_PROFILE:-release}
+case $profile in
+  release) profile_flag=(--release) ;;
+  debug) profile_flag=() ;;
+  *) die "CAPOW_BENCH_PROFILE must be release or debug" ;;
+esac
+log "building capow ($profile) and the bench program"
+cargo build --locked "${profile_flag[@]}" --bin capow -p capow
+cargo build --locked "${profile_flag[@]}" -p capow-e2e --bin bench
+export CAPOW_BIN="$CARGO_TARGET_DIR/$profile/capow"
 # shellcheck source=dev-env.sh
 source "$E2E_DIR/dev-env.sh"
 curl -sf "http://127.0.0.1:5000/v3" >/dev/null || die "the e2e OpenStack is not up (e2e/env.sh up)"
@@ -52,7 +60,7 @@ need_capi() {
   export CAPOW_BENCH_CAPI_DIR
 }
 
-bench() { "$CARGO_TARGET_DIR/release/bench" "$@"; }
+bench() { "$CARGO_TARGET_DIR/$profile/bench" "$@"; }
 
 log "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "versions: capow $(git rev-parse --short HEAD), CAPO $CAPO_VERSION, CAPI $CAPI_VERSION, Kubernetes $K8S_VERSION, $(rustc --version)"
