@@ -617,6 +617,10 @@ pub struct InfraKinds {
     pub machine: &'static str,
     /// Template kind, e.g. `OpenStackWorkerMachineTemplate`.
     pub template: &'static str,
+    /// Whether the kind reports the server's state as `status.instanceState` (capow; CAPO's
+    /// v1beta1) or only `status.initialization.provisioned` (CAPO's v1beta2, set once the server
+    /// is ACTIVE: `controllers/openstackmachine_controller.go` of CAPO v0.15).
+    pub instance_state: bool,
 }
 
 /// capow's kinds.
@@ -625,6 +629,7 @@ pub const CAPOW_KINDS: InfraKinds = InfraKinds {
     version: "v1alpha1",
     machine: "OpenStackWorkerMachine",
     template: "OpenStackWorkerMachineTemplate",
+    instance_state: true,
 };
 
 /// Registers a Node for every ACTIVE server of the namespace's capow machines (see
@@ -642,8 +647,8 @@ pub fn node_registrar(
 }
 
 /// Registers a Node for every ACTIVE server of the namespace's machines of `kinds`, as a
-/// kubelet would: named after the machine, with the machine's `spec.providerID` (set with
-/// `status.instanceState` `ACTIVE`, as both capow and CAPO do) and the capacity its template
+/// kubelet would: named after the machine, with the machine's `spec.providerID` once its
+/// server is ACTIVE (see [`InfraKinds::instance_state`]) and the capacity its template
 /// reports (`status.capacity` of the template it was cloned from, plus 110 pods). Looks every
 /// 500 ms; one list of machines and one of Nodes per look. While `paused` is set it registers
 /// nothing.
@@ -679,10 +684,12 @@ pub fn node_registrar_for(
             if let Ok(list) = machines.list(&ListParams::default()).await {
                 for m in list.items {
                     let v = serde_json::to_value(&m).unwrap();
-                    let (Some(pid), Some("ACTIVE")) = (
-                        v["spec"]["providerID"].as_str(),
-                        v["status"]["instanceState"].as_str(),
-                    ) else {
+                    let active = if kinds.instance_state {
+                        v["status"]["instanceState"].as_str() == Some("ACTIVE")
+                    } else {
+                        v["status"]["initialization"]["provisioned"].as_bool() == Some(true)
+                    };
+                    let (Some(pid), true) = (v["spec"]["providerID"].as_str(), active) else {
                         continue;
                     };
                     if v["metadata"]["deletionTimestamp"].is_string() {

@@ -192,6 +192,15 @@ impl CapoInstall {
         .await?;
         for mut role in yaml_docs(&paths.tree.join("config/rbac/role.yaml"))? {
             role["metadata"]["name"] = json!("capo-bench-manager-role");
+            // CAPO v0.15.0-beta.0's manager records events through events.k8s.io, but its
+            // config/rbac grants only core `events`: every event is refused (403) and logged.
+            // The rule lets its events land as capow's do.
+            if let Some(rules) = role["rules"].as_array_mut() {
+                rules.push(
+                    json!({"apiGroups": ["events.k8s.io"], "resources": ["events"],
+                                  "verbs": ["create", "patch", "update"]}),
+                );
+            }
             apply_cluster_scoped(client, &role).await?;
         }
         apply_cluster_scoped(

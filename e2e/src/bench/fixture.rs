@@ -39,6 +39,7 @@ pub const CAPO_KINDS: InfraKinds = InfraKinds {
     version: "v1beta2",
     machine: "OpenStackMachine",
     template: "OpenStackMachineTemplate",
+    instance_state: false,
 };
 
 /// The system under test.

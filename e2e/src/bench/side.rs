@@ -392,6 +392,7 @@ async fn up(
             break;
         }
         if Instant::now() > deadline {
+            record_up(c, started, n, run);
             bail!(
                 "timed out: {} of {n} servers ({} ACTIVE), machines {:?}",
                 servers.len(),
@@ -401,6 +402,12 @@ async fn up(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    record_up(c, started, n, run);
+    Ok(())
+}
+
+/// The scale-up's calls and POST times, recorded also when the scale-up timed out.
+fn record_up(c: &ProviderCluster, started: Instant, n: usize, run: &mut Run) {
     run.up_calls = flatten(&c.proxy.counts());
     let posts: Vec<Instant> = c
         .proxy
@@ -413,7 +420,6 @@ async fn up(
     run.last_post = posts
         .get(n.saturating_sub(1))
         .map(|t| secs(t.duration_since(started)));
-    Ok(())
 }
 
 async fn down(
