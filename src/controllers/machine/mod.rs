@@ -197,6 +197,9 @@ impl Error {
         if self.is_conflict() {
             return Duration::from_millis(200);
         }
+        if self.is_stale_finalizer_add() {
+            return Duration::from_secs(1);
+        }
         if inner.needs_input_change() {
             return config.input_retry;
         }
@@ -212,6 +215,18 @@ impl Error {
     /// (409 Conflict): the reconcile started from a stale cache and a fresh one follows.
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(self.unwrap_finalizer(), Error::Kube { source, .. } if crate::controllers::is_conflict(source))
+    }
+
+    /// True when adding the finalizer was refused with 422 Invalid: kube-runtime's `finalizer`
+    /// (kube-runtime 5.0.0, `src/finalizer.rs`) sends a JSON patch whose `test` operation
+    /// checks `/metadata/finalizers` as this reconcile read it, and the API server answers 422
+    /// when the object changed since (another writer added a finalizer, the cache was behind).
+    /// Like a 409 it heals on the next read; retried after 1 s (not the 10 s of other errors,
+    /// which delayed the first POST of every new machine that hit it), and not at once, so a
+    /// 422 for another reason cannot spin.
+    pub(crate) fn is_stale_finalizer_add(&self) -> bool {
+        matches!(self, Error::Finalizer(e) if matches!(&**e,
+            kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(s)) if s.code == 422))
     }
 
     /// True for errors that only a change of input fixes (retried slowly, not with backoff).
@@ -272,7 +287,7 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_conflict() {
+    if error.is_conflict() || error.is_stale_finalizer_add() {
         tracing::debug!(error = %error, "Reconcile started from a stale object; retrying");
     } else if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
         ctx.metrics.failure(CONTROLLER, error.category());
@@ -1176,5 +1191,22 @@ mod tests {
             config.input_retry,
             "the error inside the finalizer decides"
         );
+        let api = |code: u16, reason: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure("the server rejected our request", reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let stale = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(
+            api(422, "Invalid"),
+        )));
+        assert!(stale.is_stale_finalizer_add());
+        assert_eq!(stale.retry_after(&config), Duration::from_secs(1));
+        let forbidden = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(
+            api(403, "Forbidden"),
+        )));
+        assert!(!forbidden.is_stale_finalizer_add());
+        assert_eq!(forbidden.retry_after(&config), Duration::from_secs(10));
     }
 }
