@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark of docs/benchmarks.md ("capow beside CAPO and the Nova floor"), all of it, on an
 # e2e environment that is already up (e2e/env.sh up, or CAPOW_E2E_KEEP=1 e2e/test.sh). It builds
-# what it needs (capow in release mode, the bench program, CAPO from ../shared/upstream), then runs:
+# what it needs (capow in release mode, the bench program, CAPO from the upstream source folder
+# $CAPOW_UPSTREAM_DIR), then runs:
 #   side      floor, capow and CAPO, MachineDeployment 0 -> N -> 0 for N = 10, 30, 50, alternating
 #             order, OpenStack calls counted per system at a proxy, a steady window at N = 50
 #   increase  capow's NodeGroupIncreaseSize -> first POST /servers, 100 scale-ups
