@@ -1,6 +1,6 @@
 //! `OpenStackWorkerCluster.spec.autoscaler`: the cluster-autoscaler (CA) capow runs for the
 //! workload cluster, as a Deployment next to the hosted control plane in the management cluster
-//! (design §4 "Cluster"; `docs/adr/0004-managed-cluster-autoscaler.md`).
+//! (`docs/adr/0006-managed-cluster-autoscaler.md`).
 //!
 //! The fields map onto CA's command-line flags as CA 1.36 defines them
 //! (kubernetes/autoscaler, tag `cluster-autoscaler-1.36.1`,
