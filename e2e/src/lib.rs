@@ -543,6 +543,40 @@ pub async fn ensure_control_plane_standin(client: &Client) {
     }
 }
 
+/// Applies capow's CRDs as this checkout's code defines them (`capow::api::crds()`) and waits
+/// until the API server serves them. The environment installs the CRDs of the checkout that
+/// started it; a test of a field added since then calls this first (adding a field changes
+/// nothing for objects without it).
+pub async fn ensure_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in capow::api::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        let mut crd = serde_json::to_value(&crd).expect("CRD JSON");
+        crd["apiVersion"] = json!("apiextensions.k8s.io/v1");
+        crd["kind"] = json!("CustomResourceDefinition");
+        api.patch(
+            &name,
+            &PatchParams::apply("capow-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply the CRD {name}: {e}"));
+        wait_until(
+            "the CRD to be established",
+            Duration::from_secs(30),
+            || async {
+                let c = api.get(&name).await?;
+                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                }))
+            },
+        )
+        .await;
+    }
+}
+
 /// Starts (or reuses) workload cluster `name` with `e2e/workload/up.sh`; returns its admin
 /// kubeconfig path.
 pub fn workload_up(name: &str) -> PathBuf {

@@ -2,7 +2,9 @@
 //! `sigs.k8s.io/cluster-api`) and applied to the e2e API server with the real CAPI core
 //! running: `cluster-template.yaml` applies cleanly; the ClusterClass is accepted by CAPI
 //! (variables ready) and a topology Cluster of it makes CAPI create capow's
-//! `OpenStackWorkerCluster` and the autoscaled MachineDeployments from the class's templates.
+//! `OpenStackWorkerCluster` and the autoscaled MachineDeployments from the class's templates;
+//! the managed cluster-autoscaler's variables set the `OpenStackWorkerCluster`'s
+//! `spec.autoscaler`.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use capow_e2e::hcp::dynamic;
 use capow_e2e::{
-    Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
+    Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin, ensure_crds,
 };
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -133,6 +135,8 @@ where
 async fn cluster_templates_render_with_clusterctl_and_apply() {
     let client = Env::get().client().await;
     ensure_control_plane_standin(&client).await;
+    // The class patches spec.autoscaler, which the environment's CRDs may predate.
+    ensure_crds(&client).await;
 
     // Plain template: renders with every variable substituted and applies as it is.
     let ns = TestNamespace::create(&client, "tmpl").await;
@@ -280,6 +284,11 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "identityRef patched from the variable"
     );
     assert_eq!(infra["spec"]["managedSubnets"][0]["cidr"], "10.8.0.0/20");
+    assert!(
+        infra["spec"]["autoscaler"].is_null(),
+        "autoscalerEnabled defaults to false: {}",
+        infra["spec"]
+    );
     let mds2 = dynamic(
         &client,
         &ns2.name,
@@ -352,6 +361,64 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     })
     .await;
     assert_eq!(index.as_array().map(Vec::len), Some(2));
+
+    // The managed cluster-autoscaler's variables reach the OpenStackWorkerCluster.
+    let cluster = serde_json::to_value(clusters.get("c2").await.unwrap()).unwrap();
+    let mut variables: Vec<Value> = cluster["spec"]["topology"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| {
+            !v["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("autoscaler")
+        })
+        .cloned()
+        .collect();
+    variables.extend([
+        json!({"name": "autoscalerEnabled", "value": true}),
+        json!({"name": "autoscalerExpander", "value": "price,random"}),
+        json!({"name": "autoscalerScaleDownUnneededTime", "value": "5m"}),
+    ]);
+    clusters
+        .patch(
+            "c2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topology": {"variables": variables}}})),
+        )
+        .await
+        .unwrap();
+    let infra_name = infra["metadata"]["name"].as_str().unwrap().to_owned();
+    let autoscaler = eventually("spec.autoscaler patched from the variables", || async {
+        let o = serde_json::to_value(oswc2.get(&infra_name).await.ok()?).ok()?;
+        let a = o["spec"]["autoscaler"].clone();
+        (!a.is_null()).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        autoscaler,
+        json!({"enabled": true, "expander": "price,random", "scaleDown": {"unneededTime": "5m"}})
+    );
+    // A value the variable's schema refuses never reaches the object.
+    let mut bad = variables.clone();
+    for v in &mut bad {
+        if v["name"] == "autoscalerExpander" {
+            v["value"] = json!("priority");
+        }
+    }
+    let refused = clusters
+        .patch(
+            "c2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topology": {"variables": bad}}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 422),
+        "{refused}"
+    );
     ns.delete().await;
     ns2.delete().await;
 }

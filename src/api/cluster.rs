@@ -101,6 +101,12 @@ pub struct OpenStackWorkerClusterSpec {
     /// capow never allocates a load balancer or floating IP for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane_endpoint: Option<ApiEndpoint>,
+
+    /// A cluster-autoscaler for this cluster, run by capow in the management cluster next to
+    /// the hosted control plane. Absent: capow runs none (run your own against capow's
+    /// externalgrpc server with the `<cluster>-capow-autoscaler` Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<super::autoscaler::ManagedAutoscaler>,
 }
 
 /// A subnet capow creates (CAPO `SubnetSpec`).

@@ -14,6 +14,31 @@ pub const READY: &str = "Ready";
 /// True while the object or its Cluster is paused (CAPI v1beta2 contract).
 pub const PAUSED: &str = "Paused";
 
+/// Whether the cluster-autoscaler capow runs for the cluster (`spec.autoscaler`) is deployed
+/// and available; present only while capow runs one or is removing one.
+pub const AUTOSCALER_READY: &str = "AutoscalerReady";
+
+/// Reasons of the [`AUTOSCALER_READY`] condition.
+pub mod autoscaler_reasons {
+    /// The Deployment is available (True).
+    pub const AVAILABLE: &str = "AutoscalerAvailable";
+    /// The Deployment is applied and not available yet.
+    pub const DEPLOYED: &str = "AutoscalerDeployed";
+    /// No image: neither `spec.autoscaler.image` nor the manager's
+    /// `--autoscaler-image-repository` with a known Kubernetes version gives one.
+    pub const IMAGE_MISSING: &str = "AutoscalerImageMissing";
+    /// `spec.autoscaler` breaks a rule (stored before the CRD's rule existed); nothing changed.
+    pub const INVALID: &str = "AutoscalerInvalid";
+    /// The credentials Secret for the cluster-autoscaler is not published (yet).
+    pub const CREDENTIALS_MISSING: &str = "AutoscalerCredentialsMissing";
+    /// The workload cluster's kubeconfig Secret is missing or its API server cannot be used.
+    pub const WORKLOAD_CLUSTER_UNREACHABLE: &str = "WorkloadClusterUnreachable";
+    /// Writing the Deployment or its kubeconfig Secret in the management cluster failed.
+    pub const DEPLOY_FAILED: &str = "AutoscalerDeployFailed";
+    /// `spec.autoscaler` was removed or disabled and capow is removing what it made.
+    pub const REMOVING: &str = "AutoscalerRemoving";
+}
+
 /// Reasons of the `Ready` condition of an `OpenStackWorkerMachine`.
 pub mod reasons {
     /// Everything is in place.

@@ -4,6 +4,7 @@
 //! `cluster.x-k8s.io/v1beta2: v1alpha1` that CAPI uses to find the served version
 //! (cluster-api `docs/book/src/developer/providers/contracts/overview.md`).
 
+pub mod autoscaler;
 pub mod cluster;
 pub mod common;
 pub mod conditions;

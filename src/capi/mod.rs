@@ -62,6 +62,22 @@ pub struct ClusterSpec {
     /// The cluster's infrastructure object (an `OpenStackWorkerCluster` for capow clusters).
     #[serde(default)]
     pub infrastructure_ref: Option<ContractVersionedObjectReference>,
+    /// The cluster's control-plane object (e.g. a `HostedControlPlane`); capow reads its
+    /// `spec.version` when the Cluster has no topology.
+    #[serde(default)]
+    pub control_plane_ref: Option<ContractVersionedObjectReference>,
+    /// The ClusterClass topology, when the Cluster has one.
+    #[serde(default)]
+    pub topology: Option<Topology>,
+}
+
+/// `Cluster.spec.topology` (fields capow reads).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    /// The Kubernetes version of the cluster, e.g. `v1.36.3`.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// `Cluster.status` (fields capow reads).
@@ -325,7 +341,7 @@ mod tests {
             "c1",
             ClusterSpec {
                 paused: Some(paused),
-                infrastructure_ref: None,
+                ..ClusterSpec::default()
             },
         );
         c.metadata.uid = Some(uid.into());

@@ -46,8 +46,37 @@ pub struct ControllerConfig {
     pub reconcile_timeout: Duration,
     /// Kubernetes client timeouts (read timeout, watch length).
     pub kube: crate::kubeapi::Timeouts,
+    /// The cluster-autoscalers capow runs for clusters with `spec.autoscaler`.
+    pub managed_autoscaler: ManagedAutoscalerConfig,
     /// Test-only crash point (see [`FaultInjection`]); `None` in production.
     pub fault: Option<FaultInjection>,
+}
+
+/// Settings of the cluster-autoscalers capow runs (`OpenStackWorkerCluster.spec.autoscaler`,
+/// [`cluster::autoscaler`]).
+#[derive(Clone, Debug)]
+pub struct ManagedAutoscalerConfig {
+    /// Repository of the default cluster-autoscaler image, without tag or digest (the manager's
+    /// `--autoscaler-image-repository`); capow adds the tag of the Cluster's Kubernetes minor.
+    /// `None`: every `spec.autoscaler` must name its `image`.
+    pub image_repository: Option<String>,
+    /// Where a cluster-autoscaler pod mounts the credentials Secret: the directory the published
+    /// cloud-config's file paths point into (the manager's `--autoscaler-mount-dir`).
+    pub credentials_mount_dir: String,
+    /// Whether this manager publishes the per-cluster credentials Secrets (it runs the
+    /// externalgrpc server, `--autoscaler-address`). Without them no cluster-autoscaler can
+    /// reach capow, and capow runs none.
+    pub credentials_published: bool,
+}
+
+impl Default for ManagedAutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            image_repository: None,
+            credentials_mount_dir: crate::tls::cloud_config::DEFAULT_MOUNT_DIR.to_owned(),
+            credentials_published: false,
+        }
+    }
 }
 
 /// Points where the manager can be made to exit on purpose (exit code 75, like a `kill -9`:
@@ -142,6 +171,7 @@ impl Default for ControllerConfig {
             server_create_settle: Duration::from_secs(60),
             reconcile_timeout: Duration::from_secs(300),
             kube: crate::kubeapi::Timeouts::default(),
+            managed_autoscaler: ManagedAutoscalerConfig::default(),
             fault: None,
         }
     }

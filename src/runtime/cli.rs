@@ -124,6 +124,19 @@ pub struct AutoscalerArgs {
     /// Name of the Secret holding capow's CA.
     #[arg(long, env = "CAPOW_CA_SECRET", default_value = crate::tls::ca::DEFAULT_SECRET_NAME)]
     pub ca_secret: String,
+    /// Repository (without tag) of the cluster-autoscaler image capow runs for clusters with
+    /// `spec.autoscaler` but no `spec.autoscaler.image`; capow adds the tag of the Cluster's
+    /// Kubernetes minor (docs/managed-autoscaler.md). The default names no registry host, so
+    /// the container runtime resolves it by its own configuration: operators set the
+    /// repository of their registry or mirror of the upstream image. Empty: such clusters
+    /// must name their image, and their `AutoscalerReady` condition says so.
+    #[arg(
+        long,
+        env = "CAPOW_AUTOSCALER_IMAGE_REPOSITORY",
+        default_value = DEFAULT_AUTOSCALER_IMAGE_REPOSITORY,
+        value_parser = image_repository
+    )]
+    pub autoscaler_image_repository: String,
     /// Node label that names a GPU node's GPU type (the GPULabel RPC).
     #[arg(
         long,
@@ -131,6 +144,26 @@ pub struct AutoscalerArgs {
         default_value = "cluster-api/accelerator"
     )]
     pub gpu_label: String,
+}
+
+/// Default of `--autoscaler-image-repository`: the upstream image's name without a registry
+/// host (kubernetes/autoscaler `cluster-autoscaler/README.md` names where the project publishes
+/// it; operators prefix their registry or mirror).
+pub const DEFAULT_AUTOSCALER_IMAGE_REPOSITORY: &str = "cluster-autoscaler";
+
+/// Parses `--autoscaler-image-repository`: a repository without tag or digest (an empty value
+/// means none, as clusterctl renders an unset variable).
+fn image_repository(value: &str) -> Result<String, String> {
+    let last = value.rsplit('/').next().unwrap_or_default();
+    if value.contains('@') || last.contains(':') {
+        return Err(format!(
+            "{value:?} has a tag or digest; give the repository only (capow adds the tag of each Cluster's Kubernetes minor)"
+        ));
+    }
+    if value.chars().any(char::is_whitespace) || value.ends_with('/') {
+        return Err(format!("{value:?} is not an image repository"));
+    }
+    Ok(value.to_owned())
 }
 
 /// Leader election (a `coordination.k8s.io/v1` Lease).
@@ -236,5 +269,32 @@ mod tests {
         assert!(args.admin_address.ip().is_loopback());
         assert_eq!(args.controller.build_poll_interval, Duration::from_secs(2));
         assert!(!args.leader.leader_elect);
+        assert_eq!(
+            args.autoscaler.autoscaler_image_repository,
+            DEFAULT_AUTOSCALER_IMAGE_REPOSITORY
+        );
+    }
+
+    #[test]
+    fn the_image_repository_has_no_tag() {
+        let parse = |v: &str| {
+            Cli::try_parse_from([
+                "capow",
+                "manager",
+                &format!("--autoscaler-image-repository={v}"),
+            ])
+            .map(|cli| match cli.command {
+                Command::Manager(a) => Some(a.autoscaler.autoscaler_image_repository),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            parse("mirror.example:5000/autoscaling/cluster-autoscaler").unwrap(),
+            Some("mirror.example:5000/autoscaling/cluster-autoscaler".to_owned())
+        );
+        assert_eq!(parse("").unwrap(), Some(String::new()));
+        for bad in ["r/cluster-autoscaler:v1.36.1", "r/ca@sha256:00", "r/ca/"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -211,7 +211,24 @@ const RULES: &[Rule] = &[
         groups: &[""],
         resources: &["secrets"],
         verbs: &["get", "create", "patch"],
-        why: "identityRef and bootstrap data (get); capow's CA (create); per-cluster credentials (apply)",
+        why: "identityRef and bootstrap data (get); capow's CA (create); per-cluster credentials and the managed cluster-autoscaler's kubeconfig (apply); the workload kubeconfig <cluster>-kubeconfig (get)",
+    },
+    Rule {
+        groups: &["apps"],
+        resources: &["deployments"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        why: "controllers::cluster::autoscaler: the managed cluster-autoscaler's Deployment (apply; watched by label to report availability; deleted when spec.autoscaler is unset or disabled)",
+    },
+    Rule {
+        groups: &["controlplane.cluster.x-k8s.io"],
+        resources: &[
+            "hostedcontrolplanes",
+            "kamajicontrolplanes",
+            "k0smotroncontrolplanes",
+            "kubeadmcontrolplanes",
+        ],
+        verbs: &["get"],
+        why: "controllers::cluster::autoscaler: the Kubernetes version of a Cluster without topology (spec.version of its control plane) picks the default cluster-autoscaler image",
     },
     Rule {
         groups: &["events.k8s.io"],
@@ -316,6 +333,7 @@ fn deployment(image: &Image) -> Value {
                             "--admin-address=0.0.0.0:8080",
                             "--autoscaler-address=0.0.0.0:8086",
                             "--namespace=${CAPOW_WATCH_NAMESPACE:=}",
+                            "--autoscaler-image-repository=${CAPOW_AUTOSCALER_IMAGE_REPOSITORY:=cluster-autoscaler}",
                         ],
                         "env": [env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace")],
                         "ports": [
@@ -829,9 +847,13 @@ mod tests {
                     })
             })
             .collect();
+        // capow deletes only the cluster-autoscaler Deployments it made (their kubeconfig
+        // Secrets go with them through the garbage collector), never anything else.
         assert!(
             !all.iter()
-                .any(|r| r.ends_with(":delete") || r.ends_with(":*") || r.starts_with('*')),
+                .any(|r| (r.ends_with(":delete") && r != "deployments:delete")
+                    || r.ends_with(":*")
+                    || r.starts_with('*')),
             "{all:?}"
         );
         assert!(
@@ -839,5 +861,70 @@ mod tests {
                 .any(|r| r.starts_with("secrets:list") || r.starts_with("secrets:watch")),
             "capow never lists Secrets"
         );
+    }
+    #[test]
+    fn the_cluster_class_sets_the_managed_autoscaler_from_its_variables() {
+        use serde::Deserialize;
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(CLUSTER_CLASS)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let class = docs.iter().find(|d| d["kind"] == "ClusterClass").unwrap();
+        let variable = |name: &str| {
+            class["spec"]["variables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("no variable {name}"))["schema"]["openAPIV3Schema"]
+                .clone()
+        };
+        assert_eq!(variable("autoscalerEnabled")["default"], false);
+        let expander = variable("autoscalerExpander");
+        assert_eq!(
+            expander["default"],
+            crate::api::autoscaler::DEFAULT_EXPANDER
+        );
+        // Every expander the variable admits is one the CRD admits; priority needs
+        // priorities, which the variables do not carry.
+        let pattern = regex::Regex::new(expander["pattern"].as_str().unwrap()).unwrap();
+        for e in crate::api::autoscaler::EXPANDERS {
+            assert_eq!(pattern.is_match(e), *e != "priority", "{e}");
+        }
+        assert!(pattern.is_match("price,least-waste,random"));
+        assert!(!pattern.is_match("cheapest"));
+        let unneeded = variable("autoscalerScaleDownUnneededTime");
+        let duration = regex::Regex::new(unneeded["pattern"].as_str().unwrap()).unwrap();
+        let crd = regex::Regex::new(crate::api::autoscaler::DURATION_PATTERN).unwrap();
+        for d in ["10m", "90s", "1h30m", "1.5h", "10", "m", "-1m"] {
+            assert_eq!(duration.is_match(d), crd.is_match(d), "{d}");
+        }
+        assert!(duration.is_match(unneeded["default"].as_str().unwrap()));
+        // The patch: only when enabled, onto the infrastructure cluster's template.
+        let patch = class["spec"]["patches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "managed-autoscaler")
+            .unwrap();
+        assert_eq!(patch["enabledIf"], "{{ .autoscalerEnabled }}");
+        let definition = &patch["definitions"][0];
+        assert_eq!(
+            definition["selector"]["kind"],
+            "OpenStackWorkerClusterTemplate"
+        );
+        assert_eq!(
+            definition["selector"]["matchResources"]["infrastructureCluster"],
+            true
+        );
+        let json_patch = &definition["jsonPatches"][0];
+        assert_eq!(json_patch["path"], "/spec/template/spec/autoscaler");
+        let template = json_patch["valueFrom"]["template"].as_str().unwrap();
+        for needle in [
+            "enabled: true",
+            "expander: {{ .autoscalerExpander | quote }}",
+            "unneededTime: {{ .autoscalerScaleDownUnneededTime | quote }}",
+        ] {
+            assert!(template.contains(needle), "{needle} in {template}");
+        }
     }
 }

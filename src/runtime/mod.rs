@@ -133,6 +133,12 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         server_create_settle: controller.server_create_settle,
         reconcile_timeout: controller.reconcile_timeout,
         kube: kube_timeouts,
+        managed_autoscaler: controllers::ManagedAutoscalerConfig {
+            image_repository: Some(autoscaler.autoscaler_image_repository.clone())
+                .filter(|r| !r.is_empty()),
+            credentials_mount_dir: autoscaler.autoscaler_mount_dir.clone(),
+            credentials_published: autoscaler.autoscaler_address.is_some(),
+        },
         fault: controller
             .fault_injection
             .map(|point| controllers::FaultInjection {

@@ -79,6 +79,26 @@
   - create
   - patch
 - apiGroups:
+  - apps
+  resources:
+  - deployments
+  verbs:
+  - get
+  - list
+  - watch
+  - create
+  - patch
+  - delete
+- apiGroups:
+  - controlplane.cluster.x-k8s.io
+  resources:
+  - hostedcontrolplanes
+  - kamajicontrolplanes
+  - k0smotroncontrolplanes
+  - kubeadmcontrolplanes
+  verbs:
+  - get
+- apiGroups:
   - events.k8s.io
   resources:
   - events

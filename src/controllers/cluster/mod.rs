@@ -13,6 +13,7 @@
 //! object is neither reconciled nor deleted, and the copy `clusterctl move` deletes from the
 //! source releases its finalizer without touching OpenStack.
 
+pub mod autoscaler;
 pub mod plan;
 
 use std::sync::Arc;
@@ -96,6 +97,7 @@ async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, 
     let before = c.status.clone().unwrap_or_default();
     let mut status = before.clone();
     let result = run(&c, ctx, &mut status).await;
+    let autoscaler_requeue = autoscaler::reconcile(&c, ctx, &mut status).await;
     let generation = c.meta().generation;
     let (ready, reason, message) = match &result {
         Ok(o) => (o.ready, o.reason, o.message.clone()),
@@ -149,7 +151,13 @@ async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, 
         ctx.event(&c.object_ref(&()), type_, reason, "Reconcile", note)
             .await;
     }
-    result.map(|o| o.requeue.map_or_else(Action::await_change, Action::requeue))
+    result.map(|o| {
+        let requeue = match (o.requeue, autoscaler_requeue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        requeue.map_or_else(Action::await_change, Action::requeue)
+    })
 }
 
 async fn run(
@@ -1015,6 +1023,8 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
             "is true; deletion waits until the Cluster is resumed",
         ))));
     }
+    // The cluster-autoscaler first, so that it stops scaling while the cluster goes.
+    autoscaler::cleanup(&c, ctx).await?;
     let status = c.status.clone().unwrap_or_default();
     // Machines first: CAPI deletes them before the infrastructure cluster, but an
     // OpenStackWorkerMachine still finishing its own cleanup must not lose its network.
@@ -1238,9 +1248,13 @@ pub async fn run_controller(
     let (api, clusters): (Api<OpenStackWorkerCluster>, Api<Cluster>) = match namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
+            Api::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     };
     let filter = capi::ClusterEventFilter::default();
     // Status writes of capow's own do not trigger reconciles (see `own_changes`).
@@ -1253,6 +1267,7 @@ pub async fn run_controller(
         .predicate_filter(crate::controllers::own_changes, Default::default());
     Controller::for_stream(objects, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
+        .owns(deployments, autoscaler::owned_watch(watch.clone()))
         .watches(clusters, watch, move |cluster: Cluster| {
             if !filter.relevant(&cluster) {
                 return None;
