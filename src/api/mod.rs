@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod common;
 pub mod conditions;
+pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 

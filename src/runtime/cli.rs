@@ -88,6 +88,26 @@ pub struct ManagerArgs {
     /// The cluster-autoscaler externalgrpc server.
     #[command(flatten)]
     pub autoscaler: AutoscalerArgs,
+
+    /// Node lifecycle (max node age, startup taint, headroom, image warm-up).
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// Node lifecycle (`crate::controllers::lifecycle`, ADR 0005).
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Image of the headroom placeholder pods and of the image warm-up pods in workload
+    /// clusters: one that runs and does nothing, such as a pause image, from a registry the
+    /// workload clusters can pull from. No default: `spec.nodeLifecycle.headroom` and
+    /// `imageWarmup` report the condition reason `PlaceholderImageUnset` until it is set.
+    #[arg(long, env = "CAPOW_PLACEHOLDER_IMAGE")]
+    pub placeholder_image: Option<String>,
+    /// Smallest max node age accepted from the MachineDeployment annotation
+    /// `capow.infrastructure.cluster.x-k8s.io/max-node-age` (the CRD field's own minimum is
+    /// 1h). For tests only: a short age replaces every node soon after it is ready.
+    #[arg(long, hide = true, env = "CAPOW_MAX_NODE_AGE_FLOOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_node_age_floor: Duration,
 }
 
 /// The externalgrpc cloud provider (`src/autoscaler/`) and its mTLS (`src/tls/`).

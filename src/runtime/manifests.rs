@@ -192,14 +192,14 @@ const RULES: &[Rule] = &[
     Rule {
         groups: &["cluster.x-k8s.io"],
         resources: &["machines"],
-        verbs: &["get", "list", "watch", "patch"],
-        why: "owner Machines; NodeGroupDeleteNodes sets cluster.x-k8s.io/delete-machine",
+        verbs: &["get", "list", "watch", "patch", "delete"],
+        why: "owner Machines; NodeGroupDeleteNodes sets cluster.x-k8s.io/delete-machine; controllers::lifecycle marks and deletes Machines over their max node age",
     },
     Rule {
         groups: &["cluster.x-k8s.io"],
         resources: &["machinedeployments"],
         verbs: &["get", "list", "watch"],
-        why: "the autoscaler index",
+        why: "the autoscaler index; controllers::lifecycle (max node age)",
     },
     Rule {
         groups: &["cluster.x-k8s.io"],
@@ -211,7 +211,7 @@ const RULES: &[Rule] = &[
         groups: &[""],
         resources: &["secrets"],
         verbs: &["get", "create", "patch"],
-        why: "identityRef and bootstrap data (get); capow's CA (create); per-cluster credentials (apply)",
+        why: "identityRef, bootstrap data and the <cluster>-kubeconfig of workload clusters (get); capow's CA (create); per-cluster credentials (apply)",
     },
     Rule {
         groups: &["events.k8s.io"],
