@@ -1,6 +1,6 @@
 //! `OpenStackWorkerCluster.spec.nodeLifecycle`: node lifecycle features ported from the
-//! "Autoscaler for K3s on OpenStack" (CSCfi pebbles-deploy `container-src/k3s-autoscaler/`,
-//! mission-anchors §5.3), done the Cluster API way (ADR `0005-node-lifecycle.md`). Every
+//! "Autoscaler for K3s on OpenStack" (CSCfi pebbles-deploy `container-src/k3s-autoscaler/`),
+//! done the Cluster API way (ADR `docs/adr/0007-node-lifecycle.md`). Every
 //! feature is off until its field is set:
 //!
 //! - `maxNodeAge`: Machines older than this are replaced one at a time through CAPI;

@@ -604,7 +604,7 @@ impl Index {
                 .and_then(Option::as_ref);
             let startup_taint =
                 crate::controllers::lifecycle::settings::startup_taint(lifecycle, &annotations)
-                    .unwrap_or_else(|(_, fallback)| fallback);
+                    .unwrap_or_else(|e| e.1);
             groups.insert(
                 id.clone(),
                 NodeGroup {

@@ -94,7 +94,7 @@ pub struct ManagerArgs {
     pub lifecycle: LifecycleArgs,
 }
 
-/// Node lifecycle (`crate::controllers::lifecycle`, ADR 0005).
+/// Node lifecycle (`crate::controllers::lifecycle`, ADR 0007).
 #[derive(Debug, Args)]
 pub struct LifecycleArgs {
     /// Image of the headroom placeholder pods and of the image warm-up pods in workload

@@ -1,4 +1,4 @@
-//! The node lifecycle controller (ADR `0005-node-lifecycle.md`): for each
+//! The node lifecycle controller (ADR `docs/adr/0007-node-lifecycle.md`): for each
 //! `OpenStackWorkerCluster` whose Cluster is not paused, it
 //!
 //! 1. replaces Machines older than their MachineDeployment's max node age through CAPI

@@ -178,7 +178,7 @@ fn age(now: Timestamp, created: Timestamp) -> Duration {
 
 /// Decides the max-age replacements of one MachineDeployment at `now`.
 ///
-/// Order of the checks (ADR 0005): a lost delete of a capow replacement is resumed first; then
+/// Order of the checks (ADR 0007): a lost delete of a capow replacement is resumed first; then
 /// nothing happens while the MachineDeployment is paused, its spec is not observed, a Machine
 /// is being deleted or marked for deletion (a replacement or a scale-down in flight), a
 /// rollout runs, or not every Machine is available; then at most `budget` of the oldest

@@ -103,6 +103,9 @@ const CLUSTER_TAINT: &str = "capow uses the cluster's spec.nodeLifecycle.startup
 /// # Errors
 /// A sentence part saying what is wrong.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim().is_empty() {
+        return Err("it must not be empty".into());
+    }
     let d = kube::core::Duration::from_str(s.trim())
         .map_err(|e| format!("it must be a Go duration such as 168h or 90m ({e})"))?;
     if d.is_negative() {
@@ -117,9 +120,9 @@ pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() != 0 || s == 0 {
         return format!("{}ms", d.as_millis());
     }
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -156,7 +159,7 @@ pub struct GroupSettings {
 pub fn startup_taint(
     cluster: Option<&NodeLifecycle>,
     annotations: &BTreeMap<String, String>,
-) -> Result<Option<Taint>, (Problem, Option<Taint>)> {
+) -> Result<Option<Taint>, Box<(Problem, Option<Taint>)>> {
     let default = cluster.and_then(|l| l.startup_taint.as_ref()).map(taint_of);
     let Some(raw) = annotations.get(STARTUP_TAINT_ANNOTATION) else {
         return Ok(default);
@@ -167,7 +170,7 @@ pub fn startup_taint(
     }
     match parse_taint(v) {
         Ok(t) => Ok(Some(t)),
-        Err(rule) => Err((
+        Err(rule) => Err(Box::new((
             Problem {
                 annotation: STARTUP_TAINT_ANNOTATION.to_owned(),
                 value: raw.clone(),
@@ -175,7 +178,7 @@ pub fn startup_taint(
                 consequence: CLUSTER_TAINT,
             },
             default,
-        )),
+        ))),
     }
 }
 
@@ -309,7 +312,8 @@ pub fn group_settings(
     };
     let startup_taint = match startup_taint(cluster, annotations) {
         Ok(t) => t,
-        Err((p, fallback)) => {
+        Err(e) => {
+            let (p, fallback) = *e;
             problems.push(p);
             fallback
         }
