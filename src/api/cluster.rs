@@ -103,8 +103,8 @@ pub struct OpenStackWorkerClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane_endpoint: Option<ApiEndpoint>,
 
-    /// Node lifecycle: maximum node age, startup taint, headroom and image warm-up (all off
-    /// by default; `crate::api::lifecycle`).
+    /// Node lifecycle: maximum node age and startup taint (all off by default;
+    /// `crate::api::lifecycle`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_lifecycle: Option<NodeLifecycle>,
 }

@@ -89,7 +89,7 @@ pub struct ManagerArgs {
     #[command(flatten)]
     pub autoscaler: AutoscalerArgs,
 
-    /// Node lifecycle (max node age, startup taint, headroom, image warm-up).
+    /// Node lifecycle (max node age, startup taint).
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
 }
@@ -97,12 +97,6 @@ pub struct ManagerArgs {
 /// Node lifecycle (`crate::controllers::lifecycle`, ADR 0007).
 #[derive(Debug, Args)]
 pub struct LifecycleArgs {
-    /// Image of the headroom placeholder pods and of the image warm-up pods in workload
-    /// clusters: one that runs and does nothing, such as a pause image, from a registry the
-    /// workload clusters can pull from. No default: `spec.nodeLifecycle.headroom` and
-    /// `imageWarmup` report the condition reason `PlaceholderImageUnset` until it is set.
-    #[arg(long, env = "CAPOW_PLACEHOLDER_IMAGE")]
-    pub placeholder_image: Option<String>,
     /// Smallest max node age accepted from the MachineDeployment annotation
     /// `capow.infrastructure.cluster.x-k8s.io/max-node-age` (the CRD field's own minimum is
     /// 1h). For tests only: a short age replaces every node soon after it is ready.

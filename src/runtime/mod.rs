@@ -118,7 +118,6 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let lifecycle_metrics = controllers::lifecycle::LifecycleMetrics::default();
     lifecycle_metrics.register(registry.sub_registry_with_prefix("lifecycle"));
     let lifecycle_config = controllers::lifecycle::LifecycleConfig {
-        placeholder_image: lifecycle.placeholder_image.filter(|i| !i.is_empty()),
         max_node_age_floor: lifecycle.max_node_age_floor,
     };
 

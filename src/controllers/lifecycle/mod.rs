@@ -4,9 +4,8 @@
 //! 1. replaces Machines older than their MachineDeployment's max node age through CAPI
 //!    ([`plan::max_age`]: mark `cluster.x-k8s.io/delete-machine`, delete the Machine; CAPI
 //!    drains the Node and the MachineSet creates the successor);
-//! 2. keeps the image warm-up DaemonSet and 3. the headroom placeholders in the workload
-//!    cluster (reached through the `<cluster>-kubeconfig` Secret, [`workload`]);
-//! 4. removes the startup taint from Nodes that are Ready (and warmed up);
+//! 2. removes the startup taint from Nodes of the workload cluster (reached through the
+//!    `<cluster>-kubeconfig` Secret, [`workload`]) once they are Ready;
 //!
 //! and reports each configured feature as a condition in `status.nodeLifecycle`, written
 //! with its own field manager [`FIELD_MANAGER`]. Steps: observe (reflector stores and the
@@ -14,7 +13,7 @@
 //!
 //! It runs on the leader only, next to the other controllers, and is woken by changes of the
 //! OpenStackWorkerCluster, its Cluster, MachineDeployments and Machines, and of the workload
-//! cluster's Nodes and warm-up pods; otherwise every `--resync-interval`.
+//! cluster's Nodes; otherwise every `--resync-interval`.
 
 pub mod plan;
 pub mod settings;
@@ -26,9 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
-use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -46,20 +43,16 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use self::plan::{
-    AgeDecision, DeploymentView, GroupCapacity, Hold, MachineView, NodeView, Release,
-};
+use self::plan::{AgeDecision, DeploymentView, Hold, MachineView, NodeView, Release};
 use self::settings::{GroupSettings, Taint};
 use self::workload::{Workload, Workloads};
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::conditions;
 use crate::api::lifecycle::{
-    AUTOSCALER_STARTUP_TAINT_PREFIXES, DEFAULT_HEADROOM_PRIORITY, DEFAULT_WARMUP_COMMAND,
-    DEFAULT_WARMUP_TIMEOUT, HeadroomStatus, NodeLifecycle, NodeLifecycleStatus, WarmupMethod,
+    AUTOSCALER_STARTUP_TAINT_PREFIXES, NodeLifecycle, NodeLifecycleStatus,
 };
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
 use crate::autoscaler::index::{SizeLimits, effective_annotations, size_limits};
-use crate::autoscaler::quantity;
 use crate::capi::{self, Cluster, Machine, MachineDeployment, MachineSet};
 use crate::controllers::{Context, describe_kube_error};
 
@@ -74,10 +67,6 @@ pub mod condition_types {
     pub const MAX_NODE_AGE: &str = "MaxNodeAge";
     /// A startup taint is in force.
     pub const STARTUP_TAINT: &str = "StartupTaint";
-    /// `spec.nodeLifecycle.headroom` is set.
-    pub const HEADROOM: &str = "Headroom";
-    /// `spec.nodeLifecycle.imageWarmup` is set.
-    pub const IMAGE_WARMUP: &str = "ImageWarmup";
 }
 
 /// Reasons of the lifecycle conditions.
@@ -98,14 +87,6 @@ pub mod reasons {
     pub const AUTOSCALER_FLAG_NEEDED: &str = "AutoscalerFlagNeeded";
     /// The workload cluster cannot be reached (message says why).
     pub const WORKLOAD_CLUSTER_UNREACHABLE: &str = "WorkloadClusterUnreachable";
-    /// The manager flag `--placeholder-image` is not set.
-    pub const PLACEHOLDER_IMAGE_UNSET: &str = "PlaceholderImageUnset";
-    /// The headroom is more than the node groups hold at their max size.
-    pub const EXCEEDS_MAXIMUM: &str = "ExceedsMaximum";
-    /// No autoscaled node group with a known capacity.
-    pub const NO_NODE_GROUP: &str = "NoNodeGroup";
-    /// Every listed image is ignored.
-    pub const NO_IMAGES: &str = "NoImages";
 }
 
 /// Reasons of the events of this controller.
@@ -118,9 +99,6 @@ pub mod event_reasons {
     pub const INVALID_ANNOTATION: &str = "InvalidLifecycleAnnotation";
     /// Normal, on the OpenStackWorkerCluster (related: the Node): the startup taint was removed.
     pub const STARTUP_TAINT_REMOVED: &str = "StartupTaintRemoved";
-    /// Warning, on the OpenStackWorkerCluster (related: the Node): removed after the warm-up
-    /// timeout.
-    pub const WARMUP_TIMED_OUT: &str = "ImageWarmupTimedOut";
     /// Warning, on the OpenStackWorkerCluster: a feature cannot work (message says why).
     pub const LIFECYCLE_PROBLEM: &str = "NodeLifecycleProblem";
 }
@@ -128,10 +106,6 @@ pub mod event_reasons {
 /// Settings of the controller (manager flags).
 #[derive(Clone, Debug)]
 pub struct LifecycleConfig {
-    /// Image of the headroom placeholder pods and of the warm-up pods' container: it must run
-    /// and do nothing (a pause image). No default: headroom and warm-up report
-    /// `PlaceholderImageUnset` without it.
-    pub placeholder_image: Option<String>,
     /// Smallest max node age accepted from the MachineDeployment annotation.
     pub max_node_age_floor: Duration,
 }
@@ -139,7 +113,6 @@ pub struct LifecycleConfig {
 impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
-            placeholder_image: None,
             max_node_age_floor: settings::DEFAULT_MAX_NODE_AGE_FLOOR,
         }
     }
@@ -181,7 +154,7 @@ impl LifecycleMetrics {
         );
         registry.register(
             "startup_taints_removed",
-            "Startup taints removed, by what released the Node (ready, warmed_up, warmup_timed_out)",
+            "Startup taints removed, by what released the Node (ready)",
             self.taints_removed.clone(),
         );
         registry.register(
@@ -235,8 +208,6 @@ struct Group {
     settings: GroupSettings,
     machines: Vec<Arc<Machine>>,
     view: DeploymentView,
-    /// `(cpu, memory, max size)` of one node, for autoscaled groups with a known capacity.
-    capacity: Option<GroupCapacity>,
 }
 
 fn md_ref(md: &MachineDeployment) -> ObjectReference {
@@ -372,27 +343,11 @@ fn groups(s: &Shared, spec: Option<&NodeLifecycle>, ns: &str, cluster: &str) -> 
                 })
                 .collect(),
         };
-        let capacity = match limits {
-            SizeLimits::Valid { max, .. } => template
-                .as_ref()
-                .and_then(|t| t.status.as_ref())
-                .and_then(|st| {
-                    let q = |k: &str| st.capacity.get(k).and_then(|v| quantity::parse(&v.0).ok());
-                    Some(GroupCapacity {
-                        group: format!("{ns}/{name}"),
-                        cpu: q("cpu")?,
-                        memory: q("memory")?,
-                        max_size: max,
-                    })
-                }),
-            _ => None,
-        };
         out.push(Group {
             md,
             settings,
             machines: own,
             view,
-            capacity,
         });
     }
     out
@@ -402,8 +357,7 @@ fn groups(s: &Shared, spec: Option<&NodeLifecycle>, ns: &str, cluster: &str) -> 
 #[derive(Default)]
 struct Report {
     conditions: Vec<Condition>,
-    headroom: Option<HeadroomStatus>,
-    /// Earliest time something is due (a Machine turning over age, a warm-up deadline).
+    /// Earliest time something is due (a Machine turning over age).
     due: Option<Timestamp>,
 }
 
@@ -502,112 +456,37 @@ async fn reconcile_bounded(
 
     max_age_step(&s, &oswc, &groups, &before, now, &mut report).await;
 
-    let had = |t: &str| before.conditions.iter().any(|c| c.type_ == t);
     let cluster_taint = spec
         .and_then(|l| l.startup_taint.as_ref())
         .map(settings::taint_of);
     let taints_on =
         cluster_taint.is_some() || groups.iter().any(|g| g.settings.startup_taint.is_some());
-    let headroom_on = spec.is_some_and(|l| l.headroom.is_some());
-    let warmup_on = spec.is_some_and(|l| l.image_warmup.is_some());
-    let cleanup_headroom = !headroom_on && before.headroom.is_some();
-    let cleanup_warmup = !warmup_on && had(condition_types::IMAGE_WARMUP);
-    if taints_on || headroom_on || warmup_on || cleanup_headroom || cleanup_warmup {
+    if taints_on {
         let owner = ObjectRef::from_obj(&*oswc);
         match s
             .workloads
             .get(&s.ctx.client, &ns, &cluster_name, owner)
             .await
         {
-            Err(e) => {
-                let message = e.to_string();
-                for (on, t) in [
-                    (taints_on, condition_types::STARTUP_TAINT),
-                    (headroom_on, condition_types::HEADROOM),
-                    (warmup_on, condition_types::IMAGE_WARMUP),
-                ] {
-                    if on {
-                        report.set(
-                            t,
-                            false,
-                            reasons::WORKLOAD_CLUSTER_UNREACHABLE,
-                            message.clone(),
-                            generation,
-                        );
-                    }
-                }
-                // Keep what was reported about the headroom until the cluster is back.
-                report.headroom = before.headroom.clone().filter(|_| headroom_on);
-            }
+            Err(e) => report.set(
+                condition_types::STARTUP_TAINT,
+                false,
+                reasons::WORKLOAD_CLUSTER_UNREACHABLE,
+                e.to_string(),
+                generation,
+            ),
             Ok(w) => {
                 if !w_synced(&w).await {
                     s.workloads.recheck(&ns, &cluster_name);
-                    let message = workload::WorkloadError::NotSynced.to_string();
-                    for (on, t) in [
-                        (taints_on, condition_types::STARTUP_TAINT),
-                        (headroom_on, condition_types::HEADROOM),
-                        (warmup_on, condition_types::IMAGE_WARMUP),
-                    ] {
-                        if on {
-                            report.set(
-                                t,
-                                false,
-                                reasons::WORKLOAD_CLUSTER_UNREACHABLE,
-                                message.clone(),
-                                generation,
-                            );
-                        }
-                    }
-                    report.headroom = before.headroom.clone().filter(|_| headroom_on);
+                    report.set(
+                        condition_types::STARTUP_TAINT,
+                        false,
+                        reasons::WORKLOAD_CLUSTER_UNREACHABLE,
+                        workload::WorkloadError::NotSynced.to_string(),
+                        generation,
+                    );
                 } else {
-                    let all_taints: Vec<Taint> = {
-                        let mut v: Vec<Taint> = cluster_taint
-                            .iter()
-                            .cloned()
-                            .chain(
-                                groups
-                                    .iter()
-                                    .filter_map(|g| g.settings.startup_taint.clone()),
-                            )
-                            .collect();
-                        v.sort_by(|a, b| (&a.key, &a.effect).cmp(&(&b.key, &b.effect)));
-                        v.dedup_by(|a, b| a.key == b.key && a.effect == b.effect);
-                        v
-                    };
-                    let warm = warmup_step(
-                        &s,
-                        &oswc,
-                        &w,
-                        spec,
-                        &all_taints,
-                        cleanup_warmup,
-                        &mut report,
-                    )
-                    .await;
-                    headroom_step(
-                        &s,
-                        &oswc,
-                        &w,
-                        spec,
-                        &groups,
-                        &before,
-                        cleanup_headroom,
-                        &mut report,
-                    )
-                    .await;
-                    if taints_on {
-                        taint_step(
-                            &s,
-                            &oswc,
-                            &w,
-                            &groups,
-                            cluster_taint.as_ref(),
-                            warm,
-                            now,
-                            &mut report,
-                        )
-                        .await;
-                    }
+                    taint_step(&s, &oswc, &w, &groups, cluster_taint.as_ref(), &mut report).await;
                 }
             }
         }
@@ -615,15 +494,7 @@ async fn reconcile_bounded(
         s.workloads.forget(&ns, &cluster_name);
     }
 
-    write_status(
-        &s,
-        &oswc,
-        &before,
-        report.conditions,
-        report.headroom,
-        generation,
-    )
-    .await?;
+    write_status(&s, &oswc, &before, report.conditions, generation).await?;
     let mut after = resync;
     if let Some(due) = report.due {
         let wait: Duration = due
@@ -636,9 +507,7 @@ async fn reconcile_bounded(
 }
 
 async fn w_synced(w: &Workload) -> bool {
-    let ready = async {
-        w.nodes.wait_until_ready().await.is_ok() && w.warmup_pods.wait_until_ready().await.is_ok()
-    };
+    let ready = async { w.nodes.wait_until_ready().await.is_ok() };
     tokio::time::timeout(workload::FIRST_LIST_WAIT, ready)
         .await
         .unwrap_or(false)
@@ -846,159 +715,8 @@ async fn replace(s: &Shared, machine: &Machine, resume: bool) -> Result<(), kube
     }
 }
 
-/// Applies `obj` in the workload cluster with [`FIELD_MANAGER`].
-async fn apply<K>(api: &Api<K>, name: &str, obj: &serde_json::Value) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map(|_| ())
-}
-
-/// Deletes `name` when it carries capow's managed-by label (never an object someone else
-/// made with the same name).
-async fn delete_ours<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if let Some(obj) = api.get_opt(name).await?
-        && obj
-            .meta()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(plan::MANAGED_BY.0))
-            .map(String::as_str)
-            == Some(plan::MANAGED_BY.1)
-    {
-        match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(st)) if st.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// What the taint step needs to know of the warm-up.
-struct Warm {
-    timeout: Duration,
-    hash: String,
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the steps share the reconcile's state"
-)]
-async fn warmup_step(
-    s: &Shared,
-    oswc: &OpenStackWorkerCluster,
-    w: &Workload,
-    spec: Option<&NodeLifecycle>,
-    startup: &[Taint],
-    cleanup: bool,
-    report: &mut Report,
-) -> Option<Warm> {
-    let generation = oswc.meta().generation;
-    let api: Api<DaemonSet> = Api::namespaced(w.client.clone(), plan::WORKLOAD_NAMESPACE);
-    let Some(cfg) = spec.and_then(|l| l.image_warmup.as_ref()) else {
-        if cleanup && let Err(e) = delete_ours(&api, plan::WARMUP_NAME).await {
-            tracing::warn!(error = %describe_kube_error(&e), "Failed to delete the warm-up DaemonSet");
-        }
-        return None;
-    };
-    let t = condition_types::IMAGE_WARMUP;
-    let images = plan::warmup_images(&cfg.images, &cfg.ignore);
-    if images.is_empty() {
-        report.set(t, false, reasons::NO_IMAGES, "every image of spec.nodeLifecycle.imageWarmup.images starts with a prefix of spec.nodeLifecycle.imageWarmup.ignore; nothing to pull".into(), generation);
-        return None;
-    }
-    let Some(image) = s.config.placeholder_image.as_deref() else {
-        report.set(t, false, reasons::PLACEHOLDER_IMAGE_UNSET, "spec.nodeLifecycle.imageWarmup needs the manager flag --placeholder-image (an image that runs and does nothing, such as a pause image) for the warm-up pods".into(), generation);
-        return None;
-    };
-    let method = cfg.method.unwrap_or_default();
-    let command: Vec<String> = if cfg.command.is_empty() {
-        DEFAULT_WARMUP_COMMAND
-            .iter()
-            .map(|c| (*c).to_owned())
-            .collect()
-    } else {
-        cfg.command.clone()
-    };
-    let timeout = cfg
-        .timeout
-        .as_deref()
-        .and_then(|t| settings::parse_duration(t).ok())
-        .or_else(|| settings::parse_duration(DEFAULT_WARMUP_TIMEOUT).ok())
-        .unwrap_or(Duration::from_secs(600));
-    let ds = plan::warmup_daemonset(&images, method, &command, image, startup);
-    let ns_api: Api<Namespace> = Api::all(w.client.clone());
-    let applied = match apply(&ns_api, plan::WORKLOAD_NAMESPACE, &plan::namespace()).await {
-        Ok(()) => apply(&api, plan::WARMUP_NAME, &ds).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = applied {
-        report.set(
-            t,
-            false,
-            reasons::WRITE_FAILED,
-            format!(
-                "failed to apply DaemonSet {}/{} in the workload cluster: {}",
-                plan::WORKLOAD_NAMESPACE,
-                plan::WARMUP_NAME,
-                describe_kube_error(&e)
-            ),
-            generation,
-        );
-        s.workloads.recheck(
-            &oswc.namespace().unwrap_or_default(),
-            &cluster_name_of(oswc),
-        );
-        return None;
-    }
-    let hash = plan::images_hash(&images);
-    let pods: Vec<(String, bool, Option<String>)> = w
-        .warmup_pods
-        .state()
-        .iter()
-        .map(|p| {
-            (
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                workload::pod_ready(p),
-                p.annotations().get(plan::WARMUP_HASH_ANNOTATION).cloned(),
-            )
-        })
-        .collect();
-    let warmed = plan::warmed_nodes(&pods, &hash);
-    let nodes = w.nodes.state().len();
-    let how = match method {
-        WarmupMethod::ImageVolume => "image volumes",
-        WarmupMethod::InitContainers => "init containers",
-    };
-    report.set(
-        t,
-        true,
-        reasons::PROVISIONED,
-        format!(
-            "DaemonSet {}/{} pulls {} image(s) by {how}; pulled on {} of {nodes} Node(s)",
-            plan::WORKLOAD_NAMESPACE,
-            plan::WARMUP_NAME,
-            images.len(),
-            warmed.len()
-        ),
-        generation,
-    );
-    Some(Warm { timeout, hash })
-}
-
+/// The name of the CAPI Cluster `oswc` belongs to (its `cluster.x-k8s.io/cluster-name`
+/// label, else its own name).
 fn cluster_name_of(oswc: &OpenStackWorkerCluster) -> String {
     oswc.labels()
         .get(capi::CLUSTER_NAME_LABEL)
@@ -1006,157 +724,17 @@ fn cluster_name_of(oswc: &OpenStackWorkerCluster) -> String {
         .unwrap_or_else(|| oswc.name_any())
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the steps share the reconcile's state"
-)]
-async fn headroom_step(
-    s: &Shared,
-    oswc: &OpenStackWorkerCluster,
-    w: &Workload,
-    spec: Option<&NodeLifecycle>,
-    groups: &[Group],
-    before: &NodeLifecycleStatus,
-    cleanup: bool,
-    report: &mut Report,
-) {
-    let generation = oswc.meta().generation;
-    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), plan::WORKLOAD_NAMESPACE);
-    let classes: Api<PriorityClass> = Api::all(w.client.clone());
-    let Some(h) = spec.and_then(|l| l.headroom.as_ref()) else {
-        if cleanup {
-            for r in [
-                delete_ours(&deployments, plan::HEADROOM_NAME).await,
-                delete_ours(&classes, plan::HEADROOM_NAME).await,
-            ] {
-                if let Err(e) = r {
-                    tracing::warn!(error = %describe_kube_error(&e), "Failed to delete the headroom placeholders");
-                    report.headroom = before.headroom.clone();
-                }
-            }
-        }
-        return;
-    };
-    let t = condition_types::HEADROOM;
-    // Until the headroom can be held as asked, the placeholders stay as they were.
-    report.headroom = before.headroom.clone();
-    let parse = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
-        q.as_ref().and_then(|q| quantity::parse(&q.0).ok())
-    };
-    let (cpu, memory) = (parse(&h.cpu), parse(&h.memory));
-    let capacities: Vec<GroupCapacity> = groups.iter().filter_map(|g| g.capacity.clone()).collect();
-    let sized = match plan::headroom(cpu, memory, &capacities) {
-        Ok(p) => p,
-        Err(e) => {
-            let reason = match e {
-                plan::HeadroomError::NoNodeGroup => reasons::NO_NODE_GROUP,
-                plan::HeadroomError::ExceedsMaximum { .. } => reasons::EXCEEDS_MAXIMUM,
-            };
-            let message = e.to_string();
-            if message_changed(before, t, &message) {
-                s.ctx
-                    .event(
-                        &oswc.object_ref(&()),
-                        EventType::Warning,
-                        event_reasons::LIFECYCLE_PROBLEM,
-                        "Headroom",
-                        message.clone(),
-                    )
-                    .await;
-            }
-            report.set(t, false, reason, message, generation);
-            return;
-        }
-    };
-    let Some(image) = s.config.placeholder_image.as_deref() else {
-        report.set(t, false, reasons::PLACEHOLDER_IMAGE_UNSET, "spec.nodeLifecycle.headroom needs the manager flag --placeholder-image (an image that runs and does nothing, such as a pause image) for the placeholder pods".into(), generation);
-        return;
-    };
-    let priority = h.priority.unwrap_or(DEFAULT_HEADROOM_PRIORITY);
-    let mut deployment = plan::placeholder_deployment(&sized, image);
-    // A PriorityClass's value is immutable and a pod's priority is fixed at admission: a new
-    // value replaces the class and rolls the placeholders.
-    deployment["spec"]["template"]["metadata"]["annotations"] =
-        json!({"capow.infrastructure.cluster.x-k8s.io/priority": priority.to_string()});
-    let ns_api: Api<Namespace> = Api::all(w.client.clone());
-    let result = async {
-        if let Some(pc) = classes.get_opt(plan::HEADROOM_NAME).await?
-            && pc.value != Some(priority)
-        {
-            delete_ours(&classes, plan::HEADROOM_NAME).await?;
-        }
-        apply(
-            &classes,
-            plan::HEADROOM_NAME,
-            &plan::priority_class(priority),
-        )
-        .await?;
-        apply(&ns_api, plan::WORKLOAD_NAMESPACE, &plan::namespace()).await?;
-        apply(&deployments, plan::HEADROOM_NAME, &deployment).await
-    }
-    .await;
-    if let Err(e) = result {
-        s.workloads.recheck(
-            &oswc.namespace().unwrap_or_default(),
-            &cluster_name_of(oswc),
-        );
-        report.set(
-            t,
-            false,
-            reasons::WRITE_FAILED,
-            format!(
-                "failed to apply the headroom placeholders in the workload cluster: {}",
-                describe_kube_error(&e)
-            ),
-            generation,
-        );
-        return;
-    }
-    let each = [
-        sized
-            .cpu_per_pod
-            .map(|c| format!("{} CPU", quantity::format_cpu(c))),
-        sized
-            .memory_per_pod
-            .map(|m| format!("{} memory", quantity::format_bytes(m))),
-    ]
-    .into_iter()
-    .flatten()
-    .collect::<Vec<_>>()
-    .join(" and ");
-    report.headroom = Some(HeadroomStatus {
-        replicas: sized.replicas,
-        cpu_per_pod: sized.cpu_per_pod.map(quantity::format_cpu),
-        memory_per_pod: sized.memory_per_pod.map(quantity::format_bytes),
-    });
-    report.set(
-        t,
-        true,
-        reasons::PROVISIONED,
-        format!(
-            "Deployment {}/{} keeps {} placeholder pod(s) of {each} each at priority {priority}",
-            plan::WORKLOAD_NAMESPACE,
-            plan::HEADROOM_NAME,
-            sized.replicas
-        ),
-        generation,
-    );
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the steps share the reconcile's state"
-)]
+/// Removes the startup taint from the Nodes that are Ready and reports the `StartupTaint`
+/// condition.
 async fn taint_step(
     s: &Shared,
     oswc: &OpenStackWorkerCluster,
     w: &Workload,
     groups: &[Group],
     cluster_taint: Option<&Taint>,
-    warm: Option<Warm>,
-    now: Timestamp,
     report: &mut Report,
 ) {
+    let now = Timestamp::now();
     let generation = oswc.meta().generation;
     let t = condition_types::STARTUP_TAINT;
     // Node → its group's startup taint, by providerID or nodeRef of the group's Machines.
@@ -1172,27 +750,6 @@ async fn taint_step(
             }
         }
     }
-    let warmed: BTreeSet<String> = match &warm {
-        Some(wm) => {
-            let pods: Vec<(String, bool, Option<String>)> = w
-                .warmup_pods
-                .state()
-                .iter()
-                .map(|p| {
-                    (
-                        p.spec
-                            .as_ref()
-                            .and_then(|s| s.node_name.clone())
-                            .unwrap_or_default(),
-                        workload::pod_ready(p),
-                        p.annotations().get(plan::WARMUP_HASH_ANNOTATION).cloned(),
-                    )
-                })
-                .collect();
-            plan::warmed_nodes(&pods, &wm.hash)
-        }
-        None => BTreeSet::new(),
-    };
     let nodes: Vec<Arc<Node>> = w.nodes.state();
     let views: Vec<NodeView> = nodes
         .iter()
@@ -1209,7 +766,6 @@ async fn taint_step(
                 .cloned()
                 .unwrap_or_else(|| cluster_taint.cloned());
             NodeView {
-                warmed_up: warmed.contains(&name),
                 name,
                 created: created(&n.metadata),
                 ready: workload::node_ready(n),
@@ -1229,54 +785,23 @@ async fn taint_step(
             }
         })
         .collect();
-    let decisions = plan::startup_taints(&views, warm.as_ref().map(|w| w.timeout), now);
+    let decisions = plan::startup_taints(&views);
     let (mut released, mut holding, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for d in decisions {
         match d.outcome {
             Err(Hold::NotReady) => holding.push(format!("{} (not Ready)", d.node)),
-            Err(Hold::WarmingUp { deadline }) => {
-                report.due_at(deadline);
-                holding.push(format!(
-                    "{} (pulling images until {deadline} at the latest)",
-                    d.node
-                ));
-            }
-            Ok(release) => {
+            Ok(Release::Ready) => {
                 let Some(node) = nodes.iter().find(|n| n.name_any() == d.node) else {
                     continue;
                 };
                 match remove_taint(w, node, &d.taint).await {
                     Ok(true) => {
-                        let (label, kind, note) = match release {
-                            Release::Ready => (
-                                "ready",
-                                EventType::Normal,
-                                format!(
-                                    "Removed the startup taint {} from Node {}: it is Ready",
-                                    d.taint.describe(),
-                                    d.node
-                                ),
-                            ),
-                            Release::WarmedUp => (
-                                "warmed_up",
-                                EventType::Normal,
-                                format!(
-                                    "Removed the startup taint {} from Node {}: it is Ready and its images are pulled",
-                                    d.taint.describe(),
-                                    d.node
-                                ),
-                            ),
-                            Release::WarmupTimedOut => (
-                                "warmup_timed_out",
-                                EventType::Warning,
-                                format!(
-                                    "Removed the startup taint {} from Node {}: it is Ready but the image warm-up did not finish within spec.nodeLifecycle.imageWarmup.timeout; its warm-up pod in {} is not ready",
-                                    d.taint.describe(),
-                                    d.node,
-                                    plan::WORKLOAD_NAMESPACE
-                                ),
-                            ),
-                        };
+                        let label = "ready";
+                        let note = format!(
+                            "Removed the startup taint {} from Node {}: it is Ready",
+                            d.taint.describe(),
+                            d.node
+                        );
                         s.metrics
                             .taints_removed
                             .get_or_create(&ReleaseLabels { after: label })
@@ -1285,17 +810,12 @@ async fn taint_step(
                         let seconds = now.duration_since(registered).as_secs_f64().max(0.0);
                         s.metrics.taint_seconds.observe(seconds);
                         tracing::info!(node = %d.node, after = label, seconds, "Removed the startup taint");
-                        let reason = if release == Release::WarmupTimedOut {
-                            event_reasons::WARMUP_TIMED_OUT
-                        } else {
-                            event_reasons::STARTUP_TAINT_REMOVED
-                        };
                         s.ctx
                             .event_about(
                                 &oswc.object_ref(&()),
                                 node_ref(&d.node),
-                                kind,
-                                reason,
+                                EventType::Normal,
+                                event_reasons::STARTUP_TAINT_REMOVED,
                                 "RemoveTaint",
                                 note,
                             )
@@ -1433,7 +953,6 @@ async fn write_status(
     oswc: &OpenStackWorkerCluster,
     before: &NodeLifecycleStatus,
     fresh: Vec<Condition>,
-    headroom: Option<HeadroomStatus>,
     generation: Option<i64>,
 ) -> Result<(), Error> {
     let mut list: Vec<Condition> = before
@@ -1446,20 +965,14 @@ async fn write_status(
         conditions::set_condition(&mut list, c);
     }
     let after = NodeLifecycleStatus {
-        observed_generation: if list.is_empty() && headroom.is_none() {
-            None
-        } else {
-            generation
-        },
+        observed_generation: if list.is_empty() { None } else { generation },
         conditions: list,
-        headroom,
     };
     let had_status = oswc
         .status
         .as_ref()
         .is_some_and(|st| st.node_lifecycle.is_some());
     if conditions::same_conditions(&before.conditions, &after.conditions)
-        && before.headroom == after.headroom
         && before.observed_generation == after.observed_generation
         && (had_status || after.conditions.is_empty())
     {

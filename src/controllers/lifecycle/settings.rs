@@ -345,7 +345,6 @@ mod tests {
             max_node_age: age.map(str::to_owned),
             replacement_budget: budget,
             startup_taint: taint,
-            ..NodeLifecycle::default()
         }
     }
 

@@ -3,13 +3,12 @@
 //! admin kubeconfig (cluster-api v1.14.2 `util/secret/consts.go`, `Kubeconfig` purpose, and
 //! `util/kubeconfig/kubeconfig.go`, `FromSecret`).
 //!
-//! Each entry keeps a reflector of the workload cluster's Nodes and of capow's warm-up pods,
-//! so a reconcile reads them from memory, and wakes the cluster's reconcile when a Node's
-//! readiness or taints, or a warm-up pod's readiness, change (not on every status heartbeat).
+//! Each entry keeps a reflector of the workload cluster's Nodes, so a reconcile reads them
+//! from memory, and wakes the cluster's reconcile when a Node's readiness or taints change
+//! (not on every status heartbeat).
 //! The Secret is read again at most every [`SECRET_RECHECK`] (or at once after a workload
 //! call failed); a new `resourceVersion` rebuilds the entry, whose watches end when it is
-//! dropped. Memory: one client, one Node store and one pod store per cluster with lifecycle
-//! features on.
+//! dropped. Memory: one client and one Node store per cluster with a startup taint on.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -17,14 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::plan::{WARMUP_HASH_ANNOTATION, WARMUP_NAME, WORKLOAD_NAMESPACE};
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::kubeapi::Timeouts;
 
@@ -71,8 +69,6 @@ pub struct Workload {
     pub client: Client,
     /// Its Nodes.
     pub nodes: Store<Node>,
-    /// capow's warm-up pods (namespace [`WORKLOAD_NAMESPACE`]).
-    pub warmup_pods: Store<Pod>,
     secret_version: String,
     checked: Mutex<Instant>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -228,32 +224,15 @@ impl Workloads {
             .default_backoff()
             .reflect(node_writer)
             .applied_objects();
-        let (pods, pod_writer) = reflector::store();
-        let pod_stream = watcher(
-            Api::<Pod>::namespaced(client.clone(), WORKLOAD_NAMESPACE),
-            config.labels(&format!("app.kubernetes.io/name={WARMUP_NAME}")),
-        )
-        .default_backoff()
-        .reflect(pod_writer)
-        .applied_objects();
-        let tasks = vec![
-            tokio::spawn(wake_on_change(
-                node_stream,
-                node_fingerprint,
-                self.trigger.clone(),
-                owner.clone(),
-            )),
-            tokio::spawn(wake_on_change(
-                pod_stream,
-                pod_fingerprint,
-                self.trigger.clone(),
-                owner,
-            )),
-        ];
+        let tasks = vec![tokio::spawn(wake_on_change(
+            node_stream,
+            node_fingerprint,
+            self.trigger.clone(),
+            owner,
+        ))];
         Workload {
             client,
             nodes,
-            warmup_pods: pods,
             secret_version,
             checked: Mutex::new(Instant::now()),
             tasks,
@@ -280,27 +259,6 @@ pub fn node_ready(n: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// True when the pod's `Ready` condition is `True`.
-pub fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn pod_fingerprint(p: &Pod) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .hash(&mut h);
-    pod_ready(p).hash(&mut h);
-    p.annotations().get(WARMUP_HASH_ANNOTATION).hash(&mut h);
-    h.finish()
 }
 
 /// Sends `owner` on `trigger` whenever an object's fingerprint differs from the last one
