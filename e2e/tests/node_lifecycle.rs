@@ -4,8 +4,8 @@
 //! - startup taint: Nodes register with the taint (the node registrar stands in for kubelet
 //!   `--register-with-taints`) and NotReady (kwok leaves Nodes labelled
 //!   `e2e.capow.dev/kwok=disabled` alone); capow keeps the taint while the Node is NotReady and
-//!   removes it through the `<cluster>-kubeconfig` Secret once kwok makes the Node Ready; a pod
-//!   without a toleration then runs on it; the template node capow serves to the autoscaler
+//!   removes it through the `<cluster>-kubeconfig` Secret once the test writes the Node's Ready
+//!   status as its kubelet would; a pod without a toleration is then scheduled onto it; the template node capow serves to the autoscaler
 //!   declares the taint;
 //! - maximum node age: an over-age Machine is replaced through CAPI, one at a time, while its
 //!   MachineDeployment stays available.
@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use capow::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY;
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{
-    CLUSTER, HcpCluster, HcpOptions, KWOK_DISABLED_LABEL, Registration, dynamic, probe,
-};
+use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe};
 use capow_e2e::{Env, log_tail, workload};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Node;
@@ -175,29 +173,38 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     // startup-taint.cluster-autoscaler.kubernetes.io/ from its copy).
     let cc = c.cloud_config().await;
     let group_id = format!("MachineDeployment/{}/workers", c.ns);
-    probe(&cc, "Refresh", &pb::RefreshRequest {});
-    let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
-        probe(
-            &cc,
-            "NodeGroupTemplateNodeInfo",
-            &pb::NodeGroupTemplateNodeInfoRequest {
-                id: group_id.clone(),
-            },
+    // Polled: while another checkout's test has the shared CRD without this field, the API
+    // server serves the object without it until the keeper adds the field back.
+    let started = Instant::now();
+    loop {
+        probe(&cc, "Refresh", &pb::RefreshRequest {});
+        let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
+            probe(
+                &cc,
+                "NodeGroupTemplateNodeInfo",
+                &pb::NodeGroupTemplateNodeInfoRequest {
+                    id: group_id.clone(),
+                },
+            )
+            .as_slice(),
         )
-        .as_slice(),
-    )
-    .unwrap();
-    let tnode =
-        capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice()).unwrap();
-    let keys: Vec<String> = tnode
-        .spec
-        .as_ref()
-        .map(|s| s.taints.iter().map(|t| t.key.clone()).collect())
-        .unwrap_or_default();
-    assert!(
-        keys.iter().any(|k| k == DEFAULT_STARTUP_TAINT_KEY),
-        "template node taints {keys:?}"
-    );
+        .unwrap();
+        let tnode = capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice())
+            .unwrap();
+        let keys: Vec<String> = tnode
+            .spec
+            .as_ref()
+            .map(|s| s.taints.iter().map(|t| t.key.clone()).collect())
+            .unwrap_or_default();
+        if keys.iter().any(|k| k == DEFAULT_STARTUP_TAINT_KEY) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "template node taints {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     let n = 2;
     c.set_replicas("workers", n).await;
@@ -243,11 +250,17 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
 
     // One Node after the other becomes Ready (kwok takes it over); capow removes its taint.
     for name in &names {
+        // The kubelet's first status: Ready (kwok leaves these Nodes alone, so the test writes
+        // it as the kubelet would).
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
         nodes
-            .patch(
+            .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {KWOK_DISABLED_LABEL.0: null}}})),
+                &Patch::Merge(json!({"status": {"conditions": [{
+                    "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now}]}})),
             )
             .await
             .unwrap();
@@ -264,7 +277,7 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
                 let now = Instant::now();
                 let from_ready = now.duration_since(ready_at.unwrap_or(now));
                 env.record(&format!(
-                    "startup taint: Node {name} untainted {:.2} s after it was seen Ready ({:.2} s after kwok took it over)",
+                    "startup taint: Node {name} untainted {:.2} s after it was seen Ready ({:.2} s after its Ready status was written)",
                     from_ready.as_secs_f64(),
                     released.elapsed().as_secs_f64()
                 ));
@@ -311,9 +324,9 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
         "default",
         "app",
         1,
-        "running on a worker",
+        "scheduled onto a worker",
         Duration::from_secs(60),
-        |p| p.phase == "Running" && names.contains(&p.node),
+        |p| names.contains(&p.node),
     )
     .await;
 

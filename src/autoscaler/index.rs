@@ -862,6 +862,25 @@ pub(crate) mod tests {
         })
     }
 
+    #[test]
+    fn a_group_carries_the_cluster_startup_taint() {
+        let mut s = snapshot();
+        s.infra_clusters = vec![Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
+                "metadata": {"name": "c1", "namespace": "ns", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+                "spec": {"identityRef": {"name": "x", "cloudName": "y"}, "nodeLifecycle": {"startupTaint": {}}}
+            }))
+            .unwrap(),
+        )];
+        let index = Index::build(&s, None);
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        assert_eq!(
+            g.startup_taint.as_ref().map(|t| t.key.as_str()),
+            Some(crate::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY)
+        );
+    }
+
     fn snapshot() -> Snapshot {
         let mut s = Snapshot::default();
         s.machine_deployments = vec![
