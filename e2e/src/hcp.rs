@@ -107,7 +107,24 @@ pub struct HcpOptions {
     pub clouds_yaml: Option<String>,
     /// Extra `capow manager` flags.
     pub manager_args: Vec<String>,
+    /// How the node registrar registers Nodes (taints, kwok readiness).
+    pub registration: Registration,
 }
+
+/// How [`node_registrar_with`] registers Nodes, as a kubelet's flags would.
+#[derive(Clone, Debug, Default)]
+pub struct Registration {
+    /// Taints every Node registers with (`v1.Taint` objects), as kubelet
+    /// `--register-with-taints` or kubeadm `nodeRegistration.taints` would put them.
+    pub taints: Vec<Value>,
+    /// Registers every Node labelled [`KWOK_DISABLED_LABEL`]: kwok leaves its status alone, so
+    /// it stays NotReady until a test removes the label (`e2e/workload/up.sh`).
+    pub not_ready: bool,
+}
+
+/// The label kwok's `--disregard-status-with-label-selector` of the workload clusters matches
+/// (`e2e/workload/up.sh`): a Node carrying it stays NotReady.
+pub const KWOK_DISABLED_LABEL: (&str, &str) = ("e2e.capow.dev/kwok", "disabled");
 
 /// A running hosted-control-plane cluster; see the module docs. Tear down with
 /// [`HcpCluster::finish`].
@@ -289,12 +306,13 @@ impl HcpCluster {
         .await;
         let stop = CancellationToken::new();
         let registrar_paused = Arc::new(AtomicBool::new(false));
-        let registrar = node_registrar(
+        let registrar = node_registrar_with(
             client.clone(),
             workload.clone(),
             ns.clone(),
             stop.clone(),
             registrar_paused.clone(),
+            options.registration.clone(),
         );
 
         // The cluster's infrastructure comes up and CAPI sees it.
@@ -643,15 +661,27 @@ pub fn node_registrar(
     stop: CancellationToken,
     paused: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    node_registrar_for(mgmt, workload, ns, CAPOW_KINDS, stop, paused)
+    node_registrar_with(mgmt, workload, ns, stop, paused, Registration::default())
+}
+
+/// [`node_registrar`] registering Nodes as `registration` says (taints, NotReady).
+pub fn node_registrar_with(
+    mgmt: Client,
+    workload: Client,
+    ns: String,
+    stop: CancellationToken,
+    paused: Arc<AtomicBool>,
+    registration: Registration,
+) -> tokio::task::JoinHandle<()> {
+    node_registrar_for(mgmt, workload, ns, CAPOW_KINDS, stop, paused, registration)
 }
 
 /// Registers a Node for every ACTIVE server of the namespace's machines of `kinds`, as a
 /// kubelet would: named after the machine, with the machine's `spec.providerID` once its
-/// server is ACTIVE (see [`InfraKinds::instance_state`]) and the capacity its template
-/// reports (`status.capacity` of the template it was cloned from, plus 110 pods). Looks every
-/// 500 ms; one list of machines and one of Nodes per look. While `paused` is set it registers
-/// nothing.
+/// server is ACTIVE (see [`InfraKinds::instance_state`]), the capacity its template reports
+/// (`status.capacity` of the template it was cloned from, plus 110 pods), and the taints and
+/// readiness `registration` asks for. Looks every 500 ms; one list of machines and one of Nodes
+/// per look. While `paused` is set it registers nothing.
 pub fn node_registrar_for(
     mgmt: Client,
     workload: Client,
@@ -659,6 +689,7 @@ pub fn node_registrar_for(
     kinds: InfraKinds,
     stop: CancellationToken,
     paused: Arc<AtomicBool>,
+    registration: Registration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let machines = dynamic(&mgmt, &ns, kinds.group, kinds.version, kinds.machine).await;
@@ -710,10 +741,14 @@ pub fn node_registrar_for(
                             capacity[k] = q.clone();
                         }
                     }
+                    let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok"});
+                    if registration.not_ready {
+                        labels[KWOK_DISABLED_LABEL.0] = json!(KWOK_DISABLED_LABEL.1);
+                    }
                     let node: Node = serde_json::from_value(json!({
-                        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "type": "kwok"},
+                        "metadata": {"name": name, "labels": labels,
                                      "annotations": {"kwok.x-k8s.io/node": "fake"}},
-                        "spec": {"providerID": pid},
+                        "spec": {"providerID": pid, "taints": registration.taints},
                         "status": {"capacity": capacity, "allocatable": capacity}
                     }))
                     .unwrap();

@@ -164,6 +164,7 @@ async fn random_kills_during_scale_up_and_down_with_a_busy_cloud_leave_exactly_w
         HcpOptions {
             clouds_yaml: Some(yaml),
             manager_args: vec!["--server-create-settle".into(), "8s".into()],
+            ..HcpOptions::default()
         },
     )
     .await;
@@ -325,6 +326,7 @@ async fn openstack_errors_timeouts_and_resets_at_a_rate_converge_without_leaks()
                 "--server-create-settle".into(),
                 "8s".into(),
             ],
+            ..HcpOptions::default()
         },
     )
     .await;
@@ -553,6 +555,7 @@ async fn a_failing_listing_keeps_the_cluster_finalizer_until_the_sweep_can_see_e
         HcpOptions {
             clouds_yaml: Some(yaml),
             manager_args: Vec::new(),
+            ..HcpOptions::default()
         },
     )
     .await;

@@ -69,6 +69,7 @@ async fn two_replicas_are_ready_answer_alike_and_fail_over_without_duplicates() 
                 "--server-create-settle".into(),
                 "8s".into(),
             ],
+            ..HcpOptions::default()
         },
     )
     .await;

@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{NetworkParam, OpenStackIdentityReference, SubnetParam};
+use super::lifecycle::{NodeLifecycle, NodeLifecycleStatus};
 use super::machine_template::ObjectMetaTemplate;
 
 /// Desired state of the cluster's OpenStack infrastructure.
@@ -107,6 +108,10 @@ pub struct OpenStackWorkerClusterSpec {
     /// externalgrpc server with the `<cluster>-capow-autoscaler` Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<super::autoscaler::ManagedAutoscaler>,
+    /// Node lifecycle: maximum node age and startup taint (all off by default;
+    /// `crate::api::lifecycle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lifecycle: Option<NodeLifecycle>,
 }
 
 /// A subnet capow creates (CAPO `SubnetSpec`).
@@ -316,6 +321,12 @@ pub struct OpenStackWorkerClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::conditions::conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// State of the node lifecycle features, written only by the lifecycle controller (field
+    /// manager `capow-lifecycle`). Read here, never serialized with the rest of the status:
+    /// the cluster controller applies the status it read back as a whole, and would otherwise
+    /// take over (and could roll back) what the lifecycle controller wrote.
+    #[serde(default, skip_serializing)]
+    pub node_lifecycle: Option<NodeLifecycleStatus>,
 }
 
 /// `status.initialization` of the CAPI v1beta2 InfraCluster contract.

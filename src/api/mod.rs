@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod cluster;
 pub mod common;
 pub mod conditions;
+pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 

@@ -152,6 +152,10 @@ pub struct NodeGroup {
     /// Why the group is frozen (its size annotations are invalid, see [`size_limits`]): then
     /// `min_size == max_size == target_size` and every write is refused. `None` normally.
     pub frozen: Option<String>,
+    /// The startup taint the group's Nodes register with (the cluster's
+    /// `spec.nodeLifecycle.startupTaint`, or the MachineDeployment's annotation;
+    /// `crate::controllers::lifecycle::settings::startup_taint`), `None` when off.
+    pub startup_taint: Option<crate::controllers::lifecycle::settings::Taint>,
 }
 
 impl NodeGroup {
@@ -320,7 +324,7 @@ pub const TEMPLATE_ANNOTATION_PREFIXES: &[&str] = &[
 /// annotations ([`TEMPLATE_ANNOTATION_PREFIXES`]) of its infrastructure template that the
 /// MachineDeployment does not set itself (the MachineDeployment wins, then the template's
 /// `spec.template.metadata`, then its `metadata`).
-fn effective_annotations(
+pub fn effective_annotations(
     own: &BTreeMap<String, String>,
     template: Option<&OpenStackWorkerMachineTemplate>,
 ) -> BTreeMap<String, String> {
@@ -502,6 +506,23 @@ impl Index {
             })
             .collect();
 
+        let lifecycles: HashMap<(String, String), Option<crate::api::lifecycle::NodeLifecycle>> =
+            snapshot
+                .infra_clusters
+                .iter()
+                .map(|c| {
+                    let cluster = c
+                        .labels()
+                        .get(capi::CLUSTER_NAME_LABEL)
+                        .cloned()
+                        .unwrap_or_else(|| c.name_any());
+                    (
+                        (c.namespace().unwrap_or_default(), cluster),
+                        c.spec.node_lifecycle.clone(),
+                    )
+                })
+                .collect();
+
         let mut groups: BTreeMap<String, NodeGroup> = BTreeMap::new();
         let mut problems: Vec<AnnotationProblem> = Vec::new();
         let mut add_group = |kind: GroupKind,
@@ -576,6 +597,14 @@ impl Index {
                 .get(&(ns.clone(), cluster.name.clone()))
                 .cloned()
                 .flatten();
+            // An unusable annotation falls back to the cluster's taint, as the lifecycle
+            // controller does (which also reports it).
+            let lifecycle = lifecycles
+                .get(&(ns.clone(), cluster.name.clone()))
+                .and_then(Option::as_ref);
+            let startup_taint =
+                crate::controllers::lifecycle::settings::startup_taint(lifecycle, &annotations)
+                    .unwrap_or_else(|e| e.1);
             groups.insert(
                 id.clone(),
                 NodeGroup {
@@ -593,6 +622,7 @@ impl Index {
                     region,
                     instances: Vec::new(),
                     frozen,
+                    startup_taint,
                 },
             );
         };
@@ -830,6 +860,25 @@ pub(crate) mod tests {
             "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size": min.to_string(),
             "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size": max.to_string(),
         })
+    }
+
+    #[test]
+    fn a_group_carries_the_cluster_startup_taint() {
+        let mut s = snapshot();
+        s.infra_clusters = vec![Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
+                "metadata": {"name": "c1", "namespace": "ns", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+                "spec": {"identityRef": {"name": "x", "cloudName": "y"}, "nodeLifecycle": {"startupTaint": {}}}
+            }))
+            .unwrap(),
+        )];
+        let index = Index::build(&s, None);
+        let g = index.group("MachineDeployment/ns/md-0").unwrap();
+        assert_eq!(
+            g.startup_taint.as_ref().map(|t| t.key.as_str()),
+            Some(crate::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY)
+        );
     }
 
     fn snapshot() -> Snapshot {

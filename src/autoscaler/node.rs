@@ -288,6 +288,27 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
         }
     }
 
+    // The startup taint, declared as one: only a key cluster-autoscaler itself counts as a
+    // startup taint (its `startup-taint.cluster-autoscaler.kubernetes.io/` prefixes) is put
+    // on the template. CA drops such taints from every template it simulates with
+    // (cluster-autoscaler-1.36.1 `utils/taints/taints.go` `SanitizeTaints`, called by
+    // `simulator/node_info_utils.go`), so scale-up sees the node as its pods will once the
+    // taint is gone. Any other key would stay on CA's copy and make every pod without a
+    // toleration unschedulable on the group; it is left off (the lifecycle controller's
+    // condition then asks for CA's `--startup-taint` flag).
+    if let Some(t) = group.startup_taint.as_ref().filter(|t| {
+        crate::api::lifecycle::AUTOSCALER_STARTUP_TAINT_PREFIXES
+            .iter()
+            .any(|p| t.key.starts_with(p))
+    }) {
+        taints.retain(|x| !(x.key == t.key && x.effect == t.effect));
+        taints.push(Taint {
+            key: t.key.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+        });
+    }
+
     Ok(Node {
         metadata: Some(ObjectMeta {
             name,
@@ -365,6 +386,7 @@ mod tests {
             region: Some("RegionOne".into()),
             instances: vec![],
             frozen: None,
+            startup_taint: None,
         }
     }
 
@@ -532,5 +554,42 @@ mod tests {
         assert!(is_propagated_label("a.node-restriction.kubernetes.io/x"));
         assert!(!is_propagated_label("kubernetes.io/role"));
         assert!(!is_propagated_label("team"));
+    }
+
+    #[test]
+    fn the_startup_taint_is_declared_only_where_the_autoscaler_ignores_it() {
+        use crate::controllers::lifecycle::settings::Taint as StartupTaint;
+        let mut g = group(json!({}), Some(flavor_status()));
+        g.startup_taint = Some(StartupTaint {
+            key: crate::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY.into(),
+            value: String::new(),
+            effect: "NoSchedule".into(),
+        });
+        let node = template_node(&g, &TemplateOptions::default()).unwrap();
+        let keys: Vec<String> = node
+            .spec
+            .unwrap()
+            .taints
+            .into_iter()
+            .map(|t| format!("{}:{}", t.key, t.effect))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "dedicated:NoSchedule".to_owned(),
+                format!(
+                    "{}:NoSchedule",
+                    crate::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY
+                )
+            ]
+        );
+        // A key CA does not know as a startup taint is not put on the template.
+        g.startup_taint = Some(StartupTaint {
+            key: "example.com/booting".into(),
+            value: String::new(),
+            effect: "NoSchedule".into(),
+        });
+        let node = template_node(&g, &TemplateOptions::default()).unwrap();
+        assert_eq!(node.spec.unwrap().taints.len(), 1);
     }
 }

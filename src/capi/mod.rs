@@ -246,6 +246,7 @@ pub struct MachineTemplateSpec {
     version = "v1beta2",
     kind = "MachineDeployment",
     namespaced,
+    status = "MachineDeploymentStatus",
     scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas"}"#,
     schema = "disabled"
 )]
@@ -263,6 +264,29 @@ pub struct MachineDeploymentSpec {
     /// Pauses reconciliation of this MachineDeployment.
     #[serde(default)]
     pub paused: Option<bool>,
+}
+
+/// `MachineDeployment.status` (fields capow reads; cluster-api v1.14.2
+/// `api/core/v1beta2/machinedeployment_types.go`, `MachineDeploymentStatus`). The counts are
+/// pointers upstream: `None` until the MachineDeployment controller first wrote them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineDeploymentStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// Machines of the MachineDeployment (deleting ones included).
+    #[serde(default)]
+    pub replicas: Option<i32>,
+    /// Machines whose `Ready` condition is true.
+    #[serde(default)]
+    pub ready_replicas: Option<i32>,
+    /// Machines whose `Available` condition is true (ready for `minReadySeconds`).
+    #[serde(default)]
+    pub available_replicas: Option<i32>,
+    /// Machines whose spec matches the MachineDeployment's template.
+    #[serde(default)]
+    pub up_to_date_replicas: Option<i32>,
 }
 
 /// `MachineSet.spec` (fields capow reads).

@@ -2,6 +2,7 @@
 //! → execute (I/O) → status, and shares the [`Context`] defined here.
 
 pub mod cluster;
+pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 pub mod orphans;

@@ -88,6 +88,20 @@ pub struct ManagerArgs {
     /// The cluster-autoscaler externalgrpc server.
     #[command(flatten)]
     pub autoscaler: AutoscalerArgs,
+
+    /// Node lifecycle (max node age, startup taint).
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// Node lifecycle (`crate::controllers::lifecycle`, ADR 0007).
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Smallest max node age accepted from the MachineDeployment annotation
+    /// `capow.infrastructure.cluster.x-k8s.io/max-node-age` (the CRD field's own minimum is
+    /// 1h). For tests only: a short age replaces every node soon after it is ready.
+    #[arg(long, hide = true, env = "CAPOW_MAX_NODE_AGE_FLOOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_node_age_floor: Duration,
 }
 
 /// The externalgrpc cloud provider (`src/autoscaler/`) and its mTLS (`src/tls/`).

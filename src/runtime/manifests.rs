@@ -192,14 +192,14 @@ const RULES: &[Rule] = &[
     Rule {
         groups: &["cluster.x-k8s.io"],
         resources: &["machines"],
-        verbs: &["get", "list", "watch", "patch"],
-        why: "owner Machines; NodeGroupDeleteNodes sets cluster.x-k8s.io/delete-machine",
+        verbs: &["get", "list", "watch", "patch", "delete"],
+        why: "owner Machines; NodeGroupDeleteNodes sets cluster.x-k8s.io/delete-machine; controllers::lifecycle marks and deletes Machines over their max node age",
     },
     Rule {
         groups: &["cluster.x-k8s.io"],
         resources: &["machinedeployments"],
         verbs: &["get", "list", "watch"],
-        why: "the autoscaler index",
+        why: "the autoscaler index; controllers::lifecycle (max node age)",
     },
     Rule {
         groups: &["cluster.x-k8s.io"],
@@ -211,7 +211,7 @@ const RULES: &[Rule] = &[
         groups: &[""],
         resources: &["secrets"],
         verbs: &["get", "create", "patch"],
-        why: "identityRef and bootstrap data (get); capow's CA (create); per-cluster credentials and the managed cluster-autoscaler's kubeconfig (apply); the workload kubeconfig <cluster>-kubeconfig (get)",
+        why: "identityRef, bootstrap data and the <cluster>-kubeconfig of workload clusters (get); capow's CA (create); per-cluster credentials and the managed cluster-autoscaler's kubeconfig (apply)",
     },
     Rule {
         groups: &["apps"],
@@ -825,6 +825,9 @@ mod tests {
 
     #[test]
     fn the_role_grants_only_what_the_rule_table_lists() {
+        // The one delete capow holds: a Machine over its max node age
+        // (`controllers::lifecycle`, ADR 0007); CAPI drains its Node and the MachineSet
+        // creates the successor.
         let role = cluster_role();
         let rules = role["rules"].as_array().unwrap();
         assert_eq!(rules.len(), RULES.len());
@@ -848,12 +851,13 @@ mod tests {
             })
             .collect();
         // capow deletes only the cluster-autoscaler Deployments it made (their kubeconfig
-        // Secrets go with them through the garbage collector), never anything else.
+        // Secrets go with them through the garbage collector) and, for the maximum node age,
+        // the oldest CAPI Machine of a group (CAPI drains it and the MachineSet replaces it);
+        // never anything else.
         assert!(
             !all.iter()
-                .any(|r| (r.ends_with(":delete") && r != "deployments:delete")
-                    || r.ends_with(":*")
-                    || r.starts_with('*')),
+                .filter(|r| r.as_str() != "machines:delete" && r.as_str() != "deployments:delete")
+                .any(|r| r.ends_with(":delete") || r.ends_with(":*") || r.starts_with('*')),
             "{all:?}"
         );
         assert!(

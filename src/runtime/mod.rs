@@ -88,6 +88,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         openstack,
         controller,
         autoscaler,
+        lifecycle,
     } = args;
     telemetry::init(&log, log_format)?;
     // clusterctl renders `--namespace=${CAPOW_WATCH_NAMESPACE:=}` as an empty value: all namespaces.
@@ -114,6 +115,11 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
     let annotation_metrics = crate::autoscaler::report::InvalidAnnotationMetrics::default();
     annotation_metrics.register(registry.sub_registry_with_prefix("autoscaler"));
+    let lifecycle_metrics = controllers::lifecycle::LifecycleMetrics::default();
+    lifecycle_metrics.register(registry.sub_registry_with_prefix("lifecycle"));
+    let lifecycle_config = controllers::lifecycle::LifecycleConfig {
+        max_node_age_floor: lifecycle.max_node_age_floor,
+    };
 
     let clouds = Arc::new(Clouds::new(
         ClientOptions {
@@ -275,6 +281,13 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
                     sweep,
                     orphan_metrics,
                     token.clone().cancelled_owned()
+                ),
+                controllers::lifecycle::run_controller(
+                    ctx.clone(),
+                    lifecycle_config,
+                    lifecycle_metrics,
+                    ns,
+                    token.clone()
                 ),
             );
         })

@@ -54,6 +54,7 @@
   - list
   - watch
   - patch
+  - delete
 - apiGroups:
   - cluster.x-k8s.io
   resources:

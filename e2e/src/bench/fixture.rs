@@ -300,6 +300,7 @@ impl ProviderCluster {
             kinds,
             stop.clone(),
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            crate::hcp::Registration::default(),
         );
         let md = format!("bench-{}", system.name());
         let c = ProviderCluster {

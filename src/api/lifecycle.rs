@@ -1,0 +1,149 @@
+//! `OpenStackWorkerCluster.spec.nodeLifecycle`: node lifecycle features ported from the
+//! "Autoscaler for K3s on OpenStack" (CSCfi pebbles-deploy `container-src/k3s-autoscaler/`),
+//! done the Cluster API way (ADR `docs/adr/0007-node-lifecycle.md`). Every
+//! feature is off until its field is set:
+//!
+//! - `maxNodeAge`: Machines older than this are replaced one at a time through CAPI;
+//! - `startupTaint`: a taint new nodes register with, which capow removes once the Node is
+//!   Ready.
+//!
+//! `maxNodeAge`, `replacementBudget` and `startupTaint` can be overridden per
+//! MachineDeployment by annotations (`crate::controllers::lifecycle::settings`). The
+//! controller is `crate::controllers::lifecycle`. Shapes are validated by the CRD schema and
+//! CEL rules; what only the running system can judge (an annotation that does not parse) is
+//! reported in `status.nodeLifecycle.conditions`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default key of the startup taint. It lies under cluster-autoscaler's built-in startup-taint
+/// prefix `startup-taint.cluster-autoscaler.kubernetes.io/` (cluster-autoscaler-1.36.1
+/// `utils/taints/taints.go`, `StartupTaintPrefix`), so every cluster-autoscaler treats it as a
+/// startup taint without flags: it drops it from template nodes (`SanitizeTaints`, used by
+/// `simulator/node_info_utils.go`) and counts a Node carrying it as not ready yet
+/// (`FilterOutNodesWithStartupTaints`, `core/static_autoscaler.go`).
+pub const DEFAULT_STARTUP_TAINT_KEY: &str = "startup-taint.cluster-autoscaler.kubernetes.io/capow";
+/// Key prefixes cluster-autoscaler treats as startup taints without a `--startup-taint` flag
+/// (cluster-autoscaler-1.36.1 `utils/taints/taints.go`, `NewTaintConfig`).
+pub const AUTOSCALER_STARTUP_TAINT_PREFIXES: &[&str] = &[
+    "startup-taint.cluster-autoscaler.kubernetes.io/",
+    "ignore-taint.cluster-autoscaler.kubernetes.io/",
+];
+/// Default replacement budget: Machines of one MachineDeployment replaced at once.
+pub const DEFAULT_REPLACEMENT_BUDGET: i32 = 1;
+/// A Go duration string (`time.ParseDuration`: `90m`, `168h`, `1h30m`; units `ns`, `us`,
+/// `ms`, `s`, `m`, `h`; no days), as CEL's `duration()` reads it.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
+
+/// Node lifecycle settings of a cluster (all off by default).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLifecycle {
+    /// Machines older than this (since their `metadata.creationTimestamp`) are replaced: capow
+    /// marks the oldest with `cluster.x-k8s.io/delete-machine` and deletes it, CAPI drains its
+    /// Node, and its MachineSet creates the successor. Only while the MachineDeployment is
+    /// fully available, not rolling out and not being scaled, and never below its min size.
+    /// A Go duration between 1h and 8760h (365 days), e.g. `168h` for a week. Off when unset;
+    /// a MachineDeployment annotation `capow.infrastructure.cluster.x-k8s.io/max-node-age`
+    /// overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h') && duration(self) <= duration('8760h')").message("maxNodeAge must be a duration between 1h and 8760h (365 days), e.g. 168h"))]
+    pub max_node_age: Option<String>,
+
+    /// Machines of one MachineDeployment replaced at once (marked and deleted together once
+    /// the MachineDeployment is fully available). Default 1. Annotation
+    /// `capow.infrastructure.cluster.x-k8s.io/replacement-budget` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replacement_budget: Option<i32>,
+
+    /// The taint new nodes carry until capow removes it (set, even as `{}`, to turn the
+    /// feature on). Bootstrap must register Nodes with it (kubeadm
+    /// `nodeRegistration.taints`, kubelet `--register-with-taints`); capow removes it through
+    /// the workload cluster's kubeconfig once the Node is Ready. Annotation `capow.infrastructure.cluster.x-k8s.io/startup-taint`
+    /// (`key[=value]:Effect`, or `off`) overrides it per MachineDeployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_taint: Option<StartupTaint>,
+}
+
+/// The startup taint (a `v1.Taint` without `timeAdded`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupTaint {
+    /// Taint key; default `startup-taint.cluster-autoscaler.kubernetes.io/capow`. A key
+    /// outside `startup-taint.cluster-autoscaler.kubernetes.io/` needs the cluster-autoscaler
+    /// flag `--startup-taint=<key>`, or CA takes tainted nodes for ready ones and may copy the
+    /// taint into its template of the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 316),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+        )
+    )]
+    pub key: Option<String>,
+    /// Taint value; empty by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 63),
+        regex(pattern = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    )]
+    pub value: Option<String>,
+    /// `NoSchedule` (default) or `NoExecute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<StartupTaintEffect>,
+}
+
+/// Effect of the startup taint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StartupTaintEffect {
+    /// No new pods without a toleration.
+    #[default]
+    NoSchedule,
+    /// Also evicts running pods without a toleration.
+    NoExecute,
+}
+
+impl StartupTaintEffect {
+    /// The effect as the Node API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartupTaintEffect::NoSchedule => "NoSchedule",
+            StartupTaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// Observed state of the node lifecycle features (`status.nodeLifecycle`), written by the
+/// lifecycle controller with its own field manager (`capow-lifecycle`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLifecycleStatus {
+    /// One condition per configured feature: `MaxNodeAge`, `StartupTaint` (True when it works; False with the reason and the field path when input
+    /// or the workload cluster keeps it from working).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::api::conditions::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_startup_taint_is_one_the_autoscaler_knows() {
+        assert!(
+            AUTOSCALER_STARTUP_TAINT_PREFIXES
+                .iter()
+                .any(|p| DEFAULT_STARTUP_TAINT_KEY.starts_with(p))
+        );
+        let name = DEFAULT_STARTUP_TAINT_KEY.rsplit('/').next().unwrap();
+        assert!(name.len() <= 63);
+    }
+}
