@@ -14,14 +14,17 @@
 //!   options, pricing, the tonic service and its mTLS transport;
 //! - [`tls`]: capow's CA in a Secret, serving and per-cluster client certificates, rotation,
 //!   and the rustls configs of the externalgrpc server;
-//! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown) and
-//!   the generated install manifests.
+//! - [`manifests`]: the generated install manifests (`config/`, the clusterctl provider files,
+//!   the generated parts of the Helm chart, the Cluster Stack `clusterstack/`) and the CRD files,
+//!   written by `capow manifests` and `capow crd`;
+//! - [`runtime`]: process wiring (CLI, logging, admin server, leader election, shutdown).
 
 pub mod api;
 pub mod autoscaler;
 pub mod capi;
 pub mod controllers;
 pub mod kubeapi;
+pub mod manifests;
 pub mod openstack;
 pub mod runtime;
 pub mod tls;

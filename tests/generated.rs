@@ -18,7 +18,7 @@ use std::path::Path;
 fn committed_manifests_match_the_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
-    for (path, content) in capow::runtime::manifests::files().unwrap() {
+    for (path, content) in capow::manifests::files().unwrap() {
         match std::fs::read_to_string(root.join(&path)) {
             Ok(on_disk) if on_disk == content => {}
             _ => stale.push(path),
@@ -29,7 +29,7 @@ fn committed_manifests_match_the_code() {
         "stale generated files {stale:?}: run `cargo run -- manifests --output-dir .`"
     );
     // No CRD file that the generator does not write.
-    let generated: Vec<String> = capow::runtime::crd_files()
+    let generated: Vec<String> = capow::manifests::crd_files()
         .unwrap()
         .into_iter()
         .map(|(n, _)| n)
@@ -63,7 +63,7 @@ fn crds_carry_the_capi_contract_and_provider_labels() {
 
 #[test]
 fn committed_manifests_name_one_image_and_the_chart_the_crate_version() {
-    use capow::runtime::manifests::{Image, VERSION};
+    use capow::manifests::{Image, VERSION};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let image = Image::default();
     let want = format!("image: ${{CAPOW_IMAGE:={image}}}");
@@ -147,14 +147,11 @@ fn the_dockerfile_labels_the_image_as_cargo_toml_says() {
             "org.opencontainers.image.description",
             env!("CARGO_PKG_DESCRIPTION"),
         ),
-        (
-            "org.opencontainers.image.source",
-            capow::runtime::manifests::SOURCE,
-        ),
+        ("org.opencontainers.image.source", capow::manifests::SOURCE),
         ("org.opencontainers.image.version", "${VERSION}"),
         (
             "org.opencontainers.image.licenses",
-            capow::runtime::manifests::LICENSE,
+            capow::manifests::LICENSE,
         ),
     ] {
         assert!(

@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capow::runtime::manifests;
+use capow::manifests;
 use capow_e2e::{Env, Manager, TestNamespace, service_account_kubeconfig, wait_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;

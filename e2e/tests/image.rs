@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use capow::runtime::manifests;
+use capow::manifests;
 use serde_json::Value;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -52,13 +52,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Binds this checkout's manager rules (`capow::runtime::manifests::cluster_role()`, with the
+/// Binds this checkout's manager rules (`capow::manifests::cluster_role()`, with the
 /// Deployment rules capow needs for the cluster-autoscaler) to the manager's ServiceAccount
 /// under a ClusterRole of their own. The environment's ServiceAccount and its ClusterRole
 /// `capow-manager-role` are shared by every test, and a test of another checkout re-applies
 /// that role with its own rules at any time.
 async fn ensure_checkout_rules(client: &kube::Client) {
-    use capow::runtime::manifests;
+    use capow::manifests;
     let name = "capow-manager-role-managed-autoscaler-e2e";
     let mut role = manifests::cluster_role();
     role["metadata"]["name"] = json!(name);

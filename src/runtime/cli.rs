@@ -32,8 +32,8 @@ pub enum Command {
         /// The manager's container image, `repository[:tag]` (tag default `v<version>`), as
         /// config/manager, templates/infrastructure-components.yaml (default of the clusterctl
         /// variable `CAPOW_IMAGE`) and charts/capow/values.yaml name it.
-        #[arg(long, default_value_t = crate::runtime::manifests::Image::default())]
-        image: crate::runtime::manifests::Image,
+        #[arg(long, default_value_t = crate::manifests::Image::default())]
+        image: crate::manifests::Image,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a
     /// directory (`capow crd --output-dir config/crd/bases`).

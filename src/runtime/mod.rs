@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod cli;
-pub mod manifests;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use cli::{Cli, Command, ManagerArgs};
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Manifests { output_dir, image } => {
-            for (path, content) in manifests::files_for(&image)? {
+            for (path, content) in crate::manifests::files_for(&image)? {
                 let path = output_dir.join(path);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)
@@ -36,7 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crd { output_dir: None } => {
-            print!("{}", crds_yaml()?);
+            print!("{}", crate::manifests::crds_yaml()?);
             Ok(())
         }
         Command::Crd {
@@ -44,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("failed to create {}", dir.display()))?;
-            for (name, yaml) in crd_files()? {
+            for (name, yaml) in crate::manifests::crd_files()? {
                 let path = dir.join(name);
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("failed to write {}", path.display()))?;
@@ -53,29 +52,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Manager(args) => manager(*args).await,
     }
-}
-
-/// Every CRD as one multi-document YAML stream (the content of `config/crd/bases/`).
-///
-/// # Errors
-/// When serialization fails.
-pub fn crds_yaml() -> anyhow::Result<String> {
-    Ok(crd_files()?.into_iter().map(|(_, yaml)| yaml).collect())
-}
-
-/// Every CRD as `(file name, YAML)`, the file name being `<group>_<plural>.yaml`
-/// (kubebuilder's layout of `config/crd/bases/`).
-///
-/// # Errors
-/// When serialization fails.
-pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
-    crate::api::crds()
-        .into_iter()
-        .map(|crd| {
-            let name = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
-            Ok((name, format!("---\n{}", serde_yaml::to_string(&crd)?)))
-        })
-        .collect()
 }
 
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
