@@ -8,10 +8,12 @@
 //!   Ready.
 //!
 //! `maxNodeAge`, `replacementBudget` and `startupTaint` can be overridden per
-//! MachineDeployment by annotations (`crate::controllers::lifecycle::settings`). The
+//! MachineDeployment by annotations ([`settings`]). The
 //! controller is `crate::controllers::lifecycle`. Shapes are validated by the CRD schema and
 //! CEL rules; what only the running system can judge (an annotation that does not parse) is
 //! reported in `status.nodeLifecycle.conditions`.
+
+pub mod settings;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;

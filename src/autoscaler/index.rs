@@ -154,8 +154,8 @@ pub struct NodeGroup {
     pub frozen: Option<String>,
     /// The startup taint the group's Nodes register with (the cluster's
     /// `spec.nodeLifecycle.startupTaint`, or the MachineDeployment's annotation;
-    /// `crate::controllers::lifecycle::settings::startup_taint`), `None` when off.
-    pub startup_taint: Option<crate::controllers::lifecycle::settings::Taint>,
+    /// `crate::api::lifecycle::settings::startup_taint`), `None` when off.
+    pub startup_taint: Option<crate::api::lifecycle::settings::Taint>,
 }
 
 impl NodeGroup {
@@ -603,7 +603,7 @@ impl Index {
                 .get(&(ns.clone(), cluster.name.clone()))
                 .and_then(Option::as_ref);
             let startup_taint =
-                crate::controllers::lifecycle::settings::startup_taint(lifecycle, &annotations)
+                crate::api::lifecycle::settings::startup_taint(lifecycle, &annotations)
                     .unwrap_or_else(|e| e.1);
             groups.insert(
                 id.clone(),

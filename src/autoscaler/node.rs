@@ -558,7 +558,7 @@ mod tests {
 
     #[test]
     fn the_startup_taint_is_declared_only_where_the_autoscaler_ignores_it() {
-        use crate::controllers::lifecycle::settings::Taint as StartupTaint;
+        use crate::api::lifecycle::settings::Taint as StartupTaint;
         let mut g = group(json!({}), Some(flavor_status()));
         g.startup_taint = Some(StartupTaint {
             key: crate::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY.into(),

@@ -16,7 +16,6 @@
 //! cluster's Nodes; otherwise every `--resync-interval`.
 
 pub mod plan;
-pub mod settings;
 pub mod workload;
 
 use std::collections::{BTreeSet, HashMap};
@@ -44,10 +43,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use self::plan::{AgeDecision, DeploymentView, Hold, MachineView, NodeView, Release};
-use self::settings::{GroupSettings, Taint};
 use self::workload::{Workload, Workloads};
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::conditions;
+use crate::api::lifecycle::settings::{self, GroupSettings, Taint};
 use crate::api::lifecycle::{
     AUTOSCALER_STARTUP_TAINT_PREFIXES, NodeLifecycle, NodeLifecycleStatus,
 };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use super::settings::{MaxAge, Taint, format_duration};
+use crate::api::lifecycle::settings::{MaxAge, Taint, format_duration};
 use crate::capi::MachineDeploymentStatus;
 
 /// Annotation capow puts on a Machine it replaces for age, right before deleting it: the time

@@ -1,5 +1,7 @@
 //! The node lifecycle settings in force for one MachineDeployment (pure): the cluster's
-//! `spec.nodeLifecycle` overridden by the MachineDeployment's annotations.
+//! `spec.nodeLifecycle` overridden by the MachineDeployment's annotations. Read by the node
+//! lifecycle controller (`crate::controllers::lifecycle`) and by the autoscaler index (the
+//! startup taint of template nodes).
 //!
 //! | annotation | value | overrides |
 //! | --- | --- | --- |
