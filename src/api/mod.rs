@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
+pub mod ownership;
 
 use std::collections::BTreeMap;
 

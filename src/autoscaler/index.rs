@@ -419,10 +419,7 @@ fn instance_id(
             return (p.clone(), true);
         }
         if let Some(id) = m.status.as_ref().and_then(|s| s.instance_id.as_ref()) {
-            return (
-                crate::controllers::machine::plan::provider_id(region, id),
-                true,
-            );
+            return (crate::api::ownership::provider_id(region, id), true);
         }
     }
     (

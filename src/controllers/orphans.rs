@@ -47,8 +47,9 @@ use prometheus_client::registry::Registry;
 
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::machine::OpenStackWorkerMachine;
+use crate::api::ownership;
 use crate::controllers::Context;
-use crate::controllers::machine::{Error, observe, plan};
+use crate::controllers::machine::{Error, observe};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 
@@ -177,7 +178,7 @@ pub fn orphans(
 }
 
 fn machine_uid_of_tags(tags: &[String]) -> Option<String> {
-    plan::machine_uid_of_tags(tags).map(str::to_owned)
+    ownership::machine_uid_of_tags(tags).map(str::to_owned)
 }
 
 /// Whether the resources of `infra` may be swept now: its owner Cluster (`cluster`, as read
@@ -220,15 +221,15 @@ async fn owner_now(
 
 /// Everything tagged for the cluster with `cluster_uid` in the cloud of `session`.
 async fn tagged(session: &Session, cluster_uid: &str) -> Result<Vec<Tagged>, Error> {
-    let cluster_tag = format!("{}{cluster_uid}", plan::CLUSTER_UID_TAG_PREFIX);
+    let cluster_tag = format!("{}{cluster_uid}", ownership::CLUSTER_UID_TAG_PREFIX);
     let filter = ListFilter {
-        tags: vec![plan::MANAGED_TAG.to_owned(), cluster_tag.clone()],
+        tags: vec![ownership::MANAGED_TAG.to_owned(), cluster_tag.clone()],
         ..ListFilter::default()
     };
     let mut out = Vec::new();
     for s in session
         .compute()
-        .list_servers_by_tags(&[plan::MANAGED_TAG, &cluster_tag])
+        .list_servers_by_tags(&[ownership::MANAGED_TAG, &cluster_tag])
         .await
         .map_err(Error::openstack("list the cluster's servers"))?
         .into_iter()
@@ -268,7 +269,7 @@ async fn tagged(session: &Session, cluster_uid: &str) -> Result<Vec<Tagged>, Err
     }
     for v in session
         .volume()
-        .list_volumes_by_metadata(plan::METADATA_CLUSTER_UID, cluster_uid)
+        .list_volumes_by_metadata(ownership::METADATA_CLUSTER_UID, cluster_uid)
         .await
         .map_err(Error::openstack("list the cluster's volumes"))?
         .into_iter()
@@ -276,7 +277,7 @@ async fn tagged(session: &Session, cluster_uid: &str) -> Result<Vec<Tagged>, Err
     {
         out.push(Tagged {
             kind: "volume",
-            machine_uid: v.metadata.get(plan::METADATA_MACHINE_UID).cloned(),
+            machine_uid: v.metadata.get(ownership::METADATA_MACHINE_UID).cloned(),
             created: v.created_at.clone(),
             id: v.id,
         });

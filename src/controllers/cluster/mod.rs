@@ -437,7 +437,7 @@ async fn adopt(
             net.set_tags(
                 kind,
                 &id,
-                &crate::controllers::machine::plan::retagged(&tags, &owner.tags),
+                &crate::api::ownership::retagged(&tags, &owner.tags),
             )
             .await
             .map_err(Error::openstack("retag a cluster resource"))?;
@@ -1221,10 +1221,7 @@ async fn sweep(session: &Session, tags: &[String], cluster_uid: &str) -> Result<
     }
     let volumes = session
         .volume()
-        .list_volumes_by_metadata(
-            crate::controllers::machine::plan::METADATA_CLUSTER_UID,
-            cluster_uid,
-        )
+        .list_volumes_by_metadata(crate::api::ownership::METADATA_CLUSTER_UID, cluster_uid)
         .await
         .map_err(Error::openstack("look up the cluster's volumes"))?;
     for v in volumes.iter().filter(|v| v.status != "deleting") {

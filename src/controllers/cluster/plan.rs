@@ -4,7 +4,7 @@
 use crate::api::cluster::{
     EtherType, FailureDomain, ManagedSecurityGroups, OpenStackWorkerClusterSpec, RuleDirection,
 };
-use crate::controllers::machine::plan::{CLUSTER_UID_TAG_PREFIX, MANAGED_TAG};
+use crate::api::ownership::{CLUSTER_UID_TAG_PREFIX, MANAGED_TAG};
 use crate::openstack::compute::AvailabilityZone;
 use crate::openstack::network::{CreateSecurityGroupRule, SecurityGroupRule};
 
@@ -19,7 +19,7 @@ pub fn cluster_uid_tag(uid: &str) -> String {
 pub fn tags(cluster_uid: &str, extra: &[String]) -> Vec<String> {
     let mut tags = vec![MANAGED_TAG.to_owned(), cluster_uid_tag(cluster_uid)];
     for t in extra {
-        if !tags.contains(t) && !crate::controllers::machine::plan::is_reserved_tag(t) {
+        if !tags.contains(t) && !crate::api::ownership::is_reserved_tag(t) {
             tags.push(t.clone());
         }
     }

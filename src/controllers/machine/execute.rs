@@ -9,6 +9,7 @@ use super::Error;
 use super::observe::{self, Resolved};
 use super::plan::{self, Ownership, ServerPlan, VolumePlan};
 use crate::api::machine::{MachineResources, OpenStackWorkerMachine, PortStatus, VolumeStatus};
+use crate::api::ownership;
 use crate::controllers::Context;
 use crate::openstack::Session;
 use crate::openstack::network::{CreatePort, ListFilter, PortFixedIp, TaggedResource};
@@ -109,7 +110,7 @@ pub async fn ensure_ports(
     for (i, want) in resolved.ports.iter().enumerate() {
         let mut port_tags = tags.clone();
         for t in &port_opts[i].tags {
-            if !port_tags.contains(t) && !plan::is_reserved_tag(t) {
+            if !port_tags.contains(t) && !ownership::is_reserved_tag(t) {
                 port_tags.push(t.clone());
             }
         }
@@ -196,7 +197,7 @@ pub async fn ensure_volumes(
     }
     let api = session.volume();
     let existing = api
-        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &owner.machine_uid)
+        .list_volumes_by_metadata(ownership::METADATA_MACHINE_UID, &owner.machine_uid)
         .await
         .map_err(Error::openstack("look up volumes"))?;
     let mut ready = Vec::with_capacity(plans.len());
@@ -334,7 +335,7 @@ pub async fn delete_volumes(
     let api = session.volume();
     let uid = m.uid().unwrap_or_default();
     let volumes = api
-        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &uid)
+        .list_volumes_by_metadata(ownership::METADATA_MACHINE_UID, &uid)
         .await
         .map_err(Error::openstack("look up volumes"))?;
     // Only called when no server of this machine exists: any attachment left is stale (a
@@ -402,7 +403,7 @@ pub async fn delete_resources(
 ) -> Result<bool, Error> {
     let compute = session.compute();
     let status = m.status.clone().unwrap_or_default();
-    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let uid_tag = ownership::machine_uid_tag(&m.uid().unwrap_or_default());
     if plan::create_settle_wait(
         status.server_create_requested_at.as_ref().map(|t| t.0),
         k8s_openapi::jiff::Timestamp::now(),
@@ -553,8 +554,8 @@ pub async fn adopt(
     owner: &Ownership,
 ) -> Result<MachineResources, Error> {
     let net = session.network();
-    let old_tag = plan::machine_uid_tag(previous_uid);
-    let new_tag = plan::machine_uid_tag(&owner.machine_uid);
+    let old_tag = ownership::machine_uid_tag(previous_uid);
+    let new_tag = ownership::machine_uid_tag(&owner.machine_uid);
     let owner_tags = owner.tags(&[]);
     let by_tag = |tag: &str| ListFilter {
         tags: vec![tag.to_owned()],
@@ -583,7 +584,7 @@ pub async fn adopt(
         net.set_tags(
             TaggedResource::Trunk,
             &t.id,
-            &plan::retagged(&t.tags, &owner_tags),
+            &ownership::retagged(&t.tags, &owner_tags),
         )
         .await
         .map_err(Error::openstack("retag a trunk"))?;
@@ -592,14 +593,14 @@ pub async fn adopt(
         net.set_tags(
             TaggedResource::Port,
             &p.id,
-            &plan::retagged(&p.tags, &owner_tags),
+            &ownership::retagged(&p.tags, &owner_tags),
         )
         .await
         .map_err(Error::openstack("retag a port"))?;
     }
     let volume_api = session.volume();
     let volumes = volume_api
-        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, previous_uid)
+        .list_volumes_by_metadata(ownership::METADATA_MACHINE_UID, previous_uid)
         .await
         .map_err(Error::openstack("look up volumes"))?;
     let owner_metadata = owner.metadata(&[]);
@@ -615,7 +616,7 @@ pub async fn adopt(
         .await
         .map_err(Error::openstack("update server metadata"))?;
     compute
-        .set_server_tags(&server.id, &plan::retagged(&server.tags, &owner_tags))
+        .set_server_tags(&server.id, &ownership::retagged(&server.tags, &owner_tags))
         .await
         .map_err(Error::openstack("retag the server"))?;
     compute.invalidate_server_cache().await;
@@ -638,7 +639,7 @@ pub async fn adopt(
         record(&mut resources.trunks, &t.id);
     }
     for v in volume_api
-        .list_volumes_by_metadata(plan::METADATA_MACHINE_UID, &owner.machine_uid)
+        .list_volumes_by_metadata(ownership::METADATA_MACHINE_UID, &owner.machine_uid)
         .await
         .map_err(Error::openstack("look up volumes"))?
     {

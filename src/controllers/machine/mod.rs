@@ -40,6 +40,7 @@ use crate::api::conditions::{self, reasons};
 use crate::api::machine::{
     MachineInitialization, OpenStackWorkerMachine, OpenStackWorkerMachineStatus,
 };
+use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
 use crate::controllers::Context;
 use crate::openstack;
@@ -550,7 +551,7 @@ async fn run(
     let reason = plan::ready_reason(&state);
     Ok(match state {
         plan::ServerState::Active => {
-            let provider_id = plan::provider_id(region, &server.id);
+            let provider_id = ownership::provider_id(region, &server.id);
             if m.spec.provider_id.as_deref() != Some(provider_id.as_str()) {
                 written.resource_version = status::write_provider_id(ctx, m, &provider_id).await?;
                 ctx.config
@@ -781,10 +782,10 @@ async fn claim_provider_id(
         requeue: Some(ctx.config.input_retry),
         warn: true,
     };
-    let Some(server_id) = plan::server_id_of_provider_id(provider_id, region) else {
+    let Some(server_id) = ownership::server_id_of_provider_id(provider_id, region) else {
         return Ok(Err(not_owned(format!(
             "that is not the form capow writes for this identity ({})",
-            plan::provider_id(region, "<server-uuid>")
+            ownership::provider_id(region, "<server-uuid>")
         ))));
     };
     let server = session
@@ -983,7 +984,7 @@ async fn claim_for_delete(
     region: Option<&str>,
     provider_id: &str,
 ) -> Result<Option<String>, Error> {
-    let Some(server_id) = plan::server_id_of_provider_id(provider_id, region) else {
+    let Some(server_id) = ownership::server_id_of_provider_id(provider_id, region) else {
         return Ok(None);
     };
     let Some(server) = session
@@ -1018,7 +1019,7 @@ async fn claim_for_delete(
                     server
                         .tags
                         .iter()
-                        .find_map(|t| t.strip_prefix(plan::CLUSTER_UID_TAG_PREFIX))
+                        .find_map(|t| t.strip_prefix(ownership::CLUSTER_UID_TAG_PREFIX))
                         .map(str::to_owned)
                 })
                 .unwrap_or_default();

@@ -14,6 +14,7 @@ use crate::api::common::{
     ResolvedFixedIp, ResolvedPortSpec, SecurityGroupParam, SubnetParam,
 };
 use crate::api::machine::OpenStackWorkerMachine;
+use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
 use crate::controllers::Context;
 use crate::openstack::compute::{Flavor, Server};
@@ -768,17 +769,17 @@ pub async fn servers(
     instance_id: Option<&str>,
 ) -> Result<Vec<Server>, Error> {
     let compute = session.compute();
-    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let uid_tag = ownership::machine_uid_tag(&m.uid().unwrap_or_default());
     let poll = ctx.config.build_poll;
     if let Some(id) = instance_id {
         let mut found: Vec<Server> = compute
-            .cached_server(id, plan::MANAGED_TAG, poll)
+            .cached_server(id, ownership::MANAGED_TAG, poll)
             .await
             .map_err(Error::openstack("get the server"))?
             .into_iter()
             .collect();
         let others = compute
-            .cached_servers_with_tag(plan::MANAGED_TAG, &uid_tag, poll)
+            .cached_servers_with_tag(ownership::MANAGED_TAG, &uid_tag, poll)
             .await
             .map_err(Error::openstack("look up servers by tag"))?;
         found.extend(others.into_iter().filter(|s| s.id != id && !s.is_gone()));
@@ -802,7 +803,7 @@ pub async fn owned_ports(
     m: &OpenStackWorkerMachine,
 ) -> Result<Vec<Port>, Error> {
     let net = session.network();
-    let uid_tag = plan::machine_uid_tag(&m.uid().unwrap_or_default());
+    let uid_tag = ownership::machine_uid_tag(&m.uid().unwrap_or_default());
     let mut ports = net
         .list_ports(&ListFilter {
             tags: vec![uid_tag],
