@@ -2,6 +2,7 @@
 //! → execute (I/O) → status, and shares the [`Context`] defined here.
 
 pub mod cluster;
+mod error;
 pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
@@ -19,6 +20,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::openstack::Clouds;
+
+pub use error::Error;
 
 /// Field manager of every server-side apply capow makes.
 pub const FIELD_MANAGER: &str = "capow";

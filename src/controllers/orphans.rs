@@ -49,7 +49,8 @@ use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::machine::OpenStackWorkerMachine;
 use crate::api::ownership;
 use crate::controllers::Context;
-use crate::controllers::machine::{Error, observe};
+use crate::controllers::Error;
+use crate::controllers::machine::observe;
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 

@@ -49,7 +49,7 @@ use crate::api::autoscaler::{
 use crate::api::cluster::{OpenStackWorkerCluster, OpenStackWorkerClusterStatus};
 use crate::api::conditions::{self, AUTOSCALER_READY, autoscaler_reasons as reasons};
 use crate::capi::{self, CLUSTER_NAME_LABEL, Cluster};
-use crate::controllers::machine::Error;
+use crate::controllers::Error;
 use crate::controllers::{Context, FIELD_MANAGER, describe_kube_error};
 
 /// Namespace of the workload cluster where the cluster-autoscaler keeps its status ConfigMap,

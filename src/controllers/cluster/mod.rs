@@ -39,7 +39,8 @@ use crate::api::common::SubnetParam;
 use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
 use crate::controllers::Context;
-use crate::controllers::machine::{Error, observe, status};
+use crate::controllers::Error;
+use crate::controllers::machine::{observe, status};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 

@@ -5,12 +5,12 @@
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::Error;
 use super::observe::{self, Resolved};
 use super::plan::{self, Ownership, ServerPlan, VolumePlan};
 use crate::api::machine::{MachineResources, OpenStackWorkerMachine, PortStatus, VolumeStatus};
 use crate::api::ownership;
 use crate::controllers::Context;
+use crate::controllers::Error;
 use crate::openstack::Session;
 use crate::openstack::network::{CreatePort, ListFilter, PortFixedIp, TaggedResource};
 use crate::openstack::volume::CreateVolume;

@@ -6,7 +6,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
-use super::Error;
 use super::plan;
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::common::{
@@ -17,6 +16,7 @@ use crate::api::machine::OpenStackWorkerMachine;
 use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
 use crate::controllers::Context;
+use crate::controllers::Error;
 use crate::openstack::compute::{Flavor, Server};
 use crate::openstack::network::{ListFilter, Port};
 use crate::openstack::{CloudConfig, Session};

@@ -5,9 +5,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::Error;
 use crate::api::conditions;
 use crate::api::machine::OpenStackWorkerMachine;
+use crate::controllers::Error;
 use crate::controllers::FIELD_MANAGER;
 
 fn api(

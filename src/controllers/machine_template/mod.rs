@@ -24,7 +24,8 @@ use crate::api::machine_template::{
 };
 use crate::capi;
 use crate::controllers::Context;
-use crate::controllers::machine::{Error, observe, status};
+use crate::controllers::Error;
+use crate::controllers::machine::{observe, status};
 
 const CONTROLLER: &str = "openstackworkermachinetemplate";
 
