@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 pub mod orphans;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -40,7 +40,8 @@ use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
 use crate::controllers::Context;
 use crate::controllers::Error;
-use crate::controllers::machine::{observe, status};
+use crate::controllers::machine::observe;
+use crate::controllers::status;
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 

@@ -18,7 +18,6 @@
 pub mod execute;
 pub mod observe;
 pub mod plan;
-pub(crate) mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +41,7 @@ use crate::api::machine::{
 };
 use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, status};
 use crate::openstack;
 
 /// Finalizer capow puts on every `OpenStackWorkerMachine`.
@@ -93,6 +92,35 @@ async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<
         Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
         Err(_) => Err(Error::TimedOut(bound)),
     }
+}
+
+/// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it). Returns the
+/// object's new resourceVersion.
+///
+/// # Errors
+/// [`Error::Kube`] when the API server refuses the patch.
+async fn write_provider_id(
+    ctx: &Context,
+    m: &OpenStackWorkerMachine,
+    provider_id: &str,
+) -> Result<Option<String>, Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "OpenStackWorkerMachine",
+        "spec": { "providerID": provider_id },
+    });
+    let written = Api::<OpenStackWorkerMachine>::namespaced(
+        ctx.client.clone(),
+        &m.namespace().unwrap_or_default(),
+    )
+    .patch(
+        &m.name_any(),
+        &kube::api::PatchParams::apply(crate::controllers::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("write spec.providerID"))?;
+    Ok(written.meta().resource_version.clone())
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -361,7 +389,7 @@ async fn run(
         plan::ServerState::Active => {
             let provider_id = ownership::provider_id(region, &server.id);
             if m.spec.provider_id.as_deref() != Some(provider_id.as_str()) {
-                written.resource_version = status::write_provider_id(ctx, m, &provider_id).await?;
+                written.resource_version = write_provider_id(ctx, m, &provider_id).await?;
                 ctx.config
                     .maybe_crash(crate::controllers::FaultPoint::MachineAfterProviderIdWrite);
             }

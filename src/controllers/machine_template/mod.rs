@@ -25,7 +25,8 @@ use crate::api::machine_template::{
 use crate::capi;
 use crate::controllers::Context;
 use crate::controllers::Error;
-use crate::controllers::machine::{observe, status};
+use crate::controllers::machine::observe;
+use crate::controllers::status;
 
 const CONTROLLER: &str = "openstackworkermachinetemplate";
 

@@ -1,21 +1,12 @@
-//! Status step of the machine controller: server-side apply of `status` (only when it
-//! changed) and of `spec.providerID`, both with capow's field manager.
+//! The status step every controller ends with: server-side apply of `status` (only when it
+//! changed, condition timestamps aside) with capow's field manager.
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::conditions;
-use crate::api::machine::OpenStackWorkerMachine;
-use crate::controllers::Error;
-use crate::controllers::FIELD_MANAGER;
-
-fn api(
-    ctx: &crate::controllers::Context,
-    m: &OpenStackWorkerMachine,
-) -> Api<OpenStackWorkerMachine> {
-    Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default())
-}
+use crate::controllers::{Error, FIELD_MANAGER};
 
 /// Applies `after` as the status of `obj` (an `OpenStackWorkerMachine`, `…Cluster` or
 /// `…MachineTemplate`) with capow's field manager, unless it equals `before` apart from
@@ -81,31 +72,5 @@ where
         )
         .await
         .map_err(Error::kube("write status"))?;
-    Ok(written.meta().resource_version.clone())
-}
-
-/// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it). Returns the
-/// object's new resourceVersion.
-///
-/// # Errors
-/// [`Error::Kube`] when the API server refuses the patch.
-pub async fn write_provider_id(
-    ctx: &crate::controllers::Context,
-    m: &OpenStackWorkerMachine,
-    provider_id: &str,
-) -> Result<Option<String>, Error> {
-    let patch = json!({
-        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
-        "kind": "OpenStackWorkerMachine",
-        "spec": { "providerID": provider_id },
-    });
-    let written = api(ctx, m)
-        .patch(
-            &m.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("write spec.providerID"))?;
     Ok(written.meta().resource_version.clone())
 }
