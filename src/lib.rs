@@ -3,15 +3,24 @@
 //! provider.
 //!
 //! Module map (each module's `//!` header says what it owns; README.md, "Layout"):
-//! - [`api`]: CRD types of the capow kinds, no I/O;
+//! - [`api`]: CRD types of the capow kinds and the pure logic on them that several parts
+//!   share: the ownership tags and metadata keys on OpenStack resources and the providerID
+//!   ([`api::ownership`]), the node lifecycle settings of a MachineDeployment
+//!   ([`api::lifecycle::settings`]); no I/O;
 //! - [`capi`]: read-only views of the CAPI v1beta2 kinds capow reads;
 //! - [`kubeapi`]: the Kubernetes client timeouts every request and watch shares;
 //! - [`openstack`]: the OpenStack client seam (Keystone v3, the service catalog, Nova, Neutron,
 //!   Glance, Cinder), no Kubernetes;
-//! - [`controllers`]: the reconcilers of the machine, cluster and machine template kinds
-//!   (observe → plan → execute → status) and the orphan sweep;
+//! - [`controllers`]: the reconcilers of the machine, cluster and machine template kinds, the
+//!   node lifecycle controller and the orphan sweep, one folder each (observe → plan → execute
+//!   → status); what they share sits in `controllers/` itself: the reconcile
+//!   [`controllers::Error`] (categories, condition reasons, retries), the status writer
+//!   ([`controllers::status`]), the identity and OpenStack session ([`controllers::identity`])
+//!   and the "by ID or by a filter that matches exactly one" resolvers
+//!   ([`controllers::resolve`]). No controller imports another;
 //! - [`autoscaler`]: the externalgrpc cloud provider: the node-group index, template nodes,
-//!   options, pricing, the tonic service and its mTLS transport;
+//!   options, pricing, the tonic service and its mTLS transport (it shares caches with the
+//!   controllers, not code: it does not import [`controllers`]);
 //! - [`tls`]: capow's CA in a Secret, serving and per-cluster client certificates, rotation,
 //!   and the rustls configs of the externalgrpc server;
 //! - [`manifests`]: the generated install manifests (`config/`, the clusterctl provider files,

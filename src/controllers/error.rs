@@ -198,3 +198,11 @@ impl Error {
         }
     }
 }
+
+/// An [`Error::InvalidSpec`] at `field` (a field path such as `spec.flavor.filter.name`).
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        field: field.into(),
+        message: message.into(),
+    }
+}

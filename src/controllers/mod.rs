@@ -1,12 +1,17 @@
 //! Controllers of the capow kinds. Each reconciles in the steps observe (I/O) → plan (pure)
-//! → execute (I/O) → status, and shares the [`Context`] defined here.
+//! → execute (I/O) → status in its own folder and imports no other controller. What they
+//! share lives here: the [`Context`], the reconcile [`Error`] (`error.rs`), the status writer
+//! ([`status`]), the identity and OpenStack session ([`identity`]) and the resolvers of CAPO's
+//! `*Param` references ([`resolve`]).
 
 pub mod cluster;
 mod error;
+pub mod identity;
 pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 pub mod orphans;
+pub mod resolve;
 pub mod status;
 
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use prometheus_client::registry::Registry;
 use crate::openstack::Clouds;
 
 pub use error::Error;
+pub(crate) use error::invalid;
 
 /// Field manager of every server-side apply capow makes.
 pub const FIELD_MANAGER: &str = "capow";

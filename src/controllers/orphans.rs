@@ -48,9 +48,7 @@ use prometheus_client::registry::Registry;
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::machine::OpenStackWorkerMachine;
 use crate::api::ownership;
-use crate::controllers::Context;
-use crate::controllers::Error;
-use crate::controllers::machine::observe;
+use crate::controllers::{Context, Error, identity};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 
@@ -331,7 +329,7 @@ pub async fn sweep_once(
         }
         let ns = c.namespace().unwrap_or_default();
         let listed = async {
-            let session = observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
+            let session = identity::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
             tagged(&session, &owner_uid).await.map(|t| (session, t))
         }
         .await;

@@ -49,8 +49,7 @@ use crate::api::autoscaler::{
 use crate::api::cluster::{OpenStackWorkerCluster, OpenStackWorkerClusterStatus};
 use crate::api::conditions::{self, AUTOSCALER_READY, autoscaler_reasons as reasons};
 use crate::capi::{self, CLUSTER_NAME_LABEL, Cluster};
-use crate::controllers::Error;
-use crate::controllers::{Context, FIELD_MANAGER, describe_kube_error};
+use crate::controllers::{Context, Error, FIELD_MANAGER, describe_kube_error};
 
 /// Namespace of the workload cluster where the cluster-autoscaler keeps its status ConfigMap,
 /// its leader-election Lease and the priority expander's ConfigMap (CA's `--namespace`), and

@@ -38,10 +38,7 @@ use crate::api::cluster::{
 use crate::api::common::SubnetParam;
 use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
-use crate::controllers::Context;
-use crate::controllers::Error;
-use crate::controllers::machine::observe;
-use crate::controllers::status;
+use crate::controllers::{Context, Error, identity, invalid, resolve, status};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 
@@ -197,7 +194,7 @@ async fn run(
             None,
         ));
     }
-    let session = observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
+    let session = identity::session(ctx, &ns, Some(&c.spec.identity_ref)).await?;
     session
         .authenticate()
         .await
@@ -253,13 +250,6 @@ async fn run(
         ),
         requeue: Some(ctx.config.resync),
     })
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::InvalidSpec {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// How capow marks what it creates for one cluster, so that it finds it again after a crash.
@@ -395,9 +385,9 @@ async fn described(
 /// then the new description; the caller records the new UID only after every resource moved,
 /// so a crash makes the next reconcile adopt again. The machines' servers, ports, trunks and
 /// volumes are not touched here: each machine adopts its own, in one call per resource that
-/// names the new machine and cluster UIDs together (see
-/// [`crate::controllers::machine::execute::adopt`]), so the orphan sweep never sees a resource
-/// of the new cluster whose machine UID names no machine.
+/// names the new machine and cluster UIDs together (see `adopt` in
+/// `src/controllers/machine/execute.rs`), so the orphan sweep never sees a resource of the new
+/// cluster whose machine UID names no machine.
 ///
 /// # Errors
 /// [`Error::OpenStack`] when a listing or an update fails.
@@ -520,7 +510,7 @@ async fn resolve_subnet_param(
     network_id: &str,
     field: &str,
 ) -> Result<SubnetStatus, Error> {
-    let subnet = observe::resolve_subnet(session, p, network_id, field).await?;
+    let subnet = resolve::resolve_subnet(session, p, network_id, field).await?;
     Ok(SubnetStatus {
         id: subnet.id,
         name: subnet.name,
@@ -538,7 +528,7 @@ async fn ensure_network(
     let net = session.network();
     let spec = &c.spec;
     if let Some(p) = &spec.network {
-        let found = observe::resolve_network(session, p, "spec.network").await?;
+        let found = resolve::resolve_network(session, p, "spec.network").await?;
         let (id, name) = (found.id, found.name);
         let mut subnets = Vec::new();
         for (i, s) in spec.subnets.iter().enumerate() {
@@ -750,7 +740,7 @@ async fn ensure_router(
     }
     let external = match &spec.external_network {
         Some(p) => {
-            let found = observe::resolve_network(session, p, "spec.externalNetwork").await?;
+            let found = resolve::resolve_network(session, p, "spec.externalNetwork").await?;
             Some((found.id, found.name))
         }
         None => {
@@ -1047,7 +1037,7 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
         );
         return Err(Error::DeletionInProgress);
     }
-    let session = match observe::session(ctx, &ns, Some(&c.spec.identity_ref)).await {
+    let session = match identity::session(ctx, &ns, Some(&c.spec.identity_ref)).await {
         Ok(s) => s,
         Err(e) if status.initialization.is_none() && status.network.is_none() => {
             tracing::info!(error = %e, "Releasing the finalizer: nothing was created in OpenStack");

@@ -41,7 +41,7 @@ use crate::api::machine::{
 };
 use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
-use crate::controllers::{Context, Error, status};
+use crate::controllers::{Context, Error, identity, status};
 use crate::openstack;
 
 /// Finalizer capow puts on every `OpenStackWorkerMachine`.
@@ -313,7 +313,7 @@ async fn run(
         .identity_ref
         .as_ref()
         .or(owners.infra.as_ref().map(|c| &c.spec.identity_ref));
-    let session = observe::session(ctx, &ns, identity).await?;
+    let session = identity::session(ctx, &ns, identity).await?;
     session
         .authenticate()
         .await
@@ -770,7 +770,7 @@ async fn cleanup(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action
         Some(i) => Some(i),
         None => observe::cluster_identity(ctx, &m).await?,
     };
-    let session = match observe::session(ctx, &ns, identity.as_ref()).await {
+    let session = match identity::session(ctx, &ns, identity.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             return Err(report_delete(ctx, &m, &before, Error::DeletionBlocked(Box::new(e))).await);

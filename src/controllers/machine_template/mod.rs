@@ -23,10 +23,7 @@ use crate::api::machine_template::{
     OpenStackWorkerMachineTemplate, OpenStackWorkerMachineTemplateStatus, TemplateResolved,
 };
 use crate::capi;
-use crate::controllers::Context;
-use crate::controllers::Error;
-use crate::controllers::machine::observe;
-use crate::controllers::status;
+use crate::controllers::{Context, Error, identity, resolve, status};
 
 const CONTROLLER: &str = "openstackworkermachinetemplate";
 
@@ -53,7 +50,7 @@ async fn identity(
     let Some(cluster) = cluster else {
         return Ok(None);
     };
-    observe::identity_of_cluster(ctx, &ns, &cluster).await
+    identity::identity_of_cluster(ctx, &ns, &cluster).await
 }
 
 async fn compute_status(
@@ -67,11 +64,11 @@ async fn compute_status(
         ));
     };
     let ns = t.namespace().unwrap_or_default();
-    let session = observe::session(ctx, &ns, Some(&identity)).await?;
+    let session = identity::session(ctx, &ns, Some(&identity)).await?;
     // The template's spec is resolved the way a machine's would be (same `*Param` rules).
     let probe = OpenStackWorkerMachine::new(&t.name_any(), t.spec.template.spec.clone());
-    let flavor = observe::resolve_flavor(&session, &probe.spec.flavor).await?;
-    let image = observe::resolve_image_full(&session, &probe.spec.image).await?;
+    let flavor = resolve::resolve_flavor(&session, &probe.spec.flavor).await?;
+    let image = resolve::resolve_image_full(&session, &probe.spec.image).await?;
     let root = t
         .spec
         .template
