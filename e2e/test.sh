@@ -53,6 +53,6 @@ OSDEV_STATE="$OSDEV_STATE" "$E2E_DIR/openstack/sweep.sh"
 log "the environment's own smoke test: CAPI webhooks, conversion, scale, GC; workload cluster with kwok"
 "$E2E_DIR/capi/smoke.sh"
 log "all tests, including the e2e tests"
-cargo test --locked --workspace -- --include-ignored
+cargo test --locked --workspace --no-fail-fast -- --include-ignored
 log "measurements:"
 cat "$CAPOW_E2E_STATE/measurements.txt" >&2

@@ -546,9 +546,20 @@ async fn create(
                 // resourceVersion precondition: a deletion that started meanwhile (the
                 // autoscaler removing a refused instance) must not find the intent and wait
                 // out the settle time for a server that cannot exist.
+                // The write moves the object to a new resourceVersion: the reconcile's last
+                // status write (the refusal as the Ready condition) must be preconditioned on
+                // that one, or it conflicts with this write on every attempt and the refusal
+                // never reaches the object.
                 status.server_create_requested_at = None;
-                if let Err(write) = status::write_at(ctx, m, None, &written.status, status).await {
-                    tracing::warn!(error = %write, "Failed to clear the create intent after Nova refused");
+                match status::write_at(ctx, m, None, &written.status, status).await {
+                    Ok(Some(rv)) => {
+                        written.resource_version = Some(rv);
+                        written.status = status.clone();
+                    }
+                    Ok(None) => {}
+                    Err(write) => {
+                        tracing::warn!(error = %write, "Failed to clear the create intent after Nova refused");
+                    }
                 }
             }
             // Nova refused for good (bad input or quota): give the volumes back instead of
