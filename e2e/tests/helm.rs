@@ -318,7 +318,11 @@ async fn the_chart_installs_and_its_service_account_runs_the_manager() {
         !can("list", "", "secrets", "", &ns).await,
         "capow never lists Secrets"
     );
-    assert!(!can("delete", "cluster.x-k8s.io", "machines", "", &ns).await);
+    // The one CAPI delete capow has: the maximum node age replaces the oldest Machine of a
+    // group through CAPI (docs/node-lifecycle.md); never a MachineDeployment or a Cluster.
+    assert!(can("delete", "cluster.x-k8s.io", "machines", "", &ns).await);
+    assert!(!can("delete", "cluster.x-k8s.io", "machinedeployments", "", &ns).await);
+    assert!(!can("delete", "cluster.x-k8s.io", "clusters", "", &ns).await);
 
     // The manager, with the installed Deployment's arguments, as the chart's ServiceAccount.
     // Only the listen addresses change: loopback ports instead of the pod's.

@@ -109,14 +109,18 @@ async fn main() -> Result<()> {
         faults: set,
     })
     .await?;
-    println!("listening {}", proxy.url());
-    println!("auth_url {}", proxy.auth_url());
+    // The clouds.yaml is written before the address lines: whoever waits for those lines
+    // (`ProxyProcess::spawn`) may read the file at once.
     if let Some(out) = &cli.write_clouds_yaml {
         let from = cli
             .clouds_yaml
             .as_ref()
             .context("--write-clouds-yaml needs --clouds-yaml")?;
         osproxy::write_clouds_yaml_via_proxy(from, &cli.cloud, &proxy.url(), out)?;
+    }
+    println!("listening {}", proxy.url());
+    println!("auth_url {}", proxy.auth_url());
+    if let Some(out) = &cli.write_clouds_yaml {
         println!("clouds_yaml {}", out.display());
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
