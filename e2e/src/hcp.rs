@@ -33,6 +33,14 @@ pub const IDENTITY: &str = "cloud-config";
 /// Name of the Cluster (and of its infrastructure and control-plane objects).
 pub const CLUSTER: &str = "c1";
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
+/// The Kubernetes version of the fixture: the hosted control plane stand-in's, the
+/// MachineDeployments' `spec.template.spec.version` and the kubelet version the node registrar
+/// reports. CAPI v1.14 counts a Machine up to date only when its Node's
+/// `status.nodeInfo.kubeletVersion` equals the Machine's `spec.version`
+/// (`setUpToDateCondition` in `core/reconcilers/machine/machine_controller_status.go` of
+/// cluster-api v1.14.2), and
+/// capow's maximum node age waits while Machines are not up to date.
+pub const KUBERNETES_VERSION: &str = "v1.36.3";
 
 /// An `Api<DynamicObject>` for a namespaced kind, discovered on the API server.
 pub async fn dynamic(
@@ -120,6 +128,14 @@ pub struct Registration {
     /// Registers every Node labelled [`KWOK_DISABLED_LABEL`]: kwok leaves its status alone, so
     /// it stays NotReady until a test removes the label (`e2e/workload/up.sh`).
     pub not_ready: bool,
+}
+
+/// `status.nodeInfo` of a registered Node: kubelet and kube-proxy at [`KUBERNETES_VERSION`]
+/// (kwok keeps a kubelet version a Node registered with), the rest as a Linux amd64 host.
+fn node_info() -> serde_json::Value {
+    json!({"kubeletVersion": KUBERNETES_VERSION, "kubeProxyVersion": "", "architecture": "amd64",
+           "operatingSystem": "linux", "osImage": "kwok", "kernelVersion": "", "machineID": "",
+           "systemUUID": "", "bootID": "", "containerRuntimeVersion": ""})
 }
 
 /// The label kwok's `--disregard-status-with-label-selector` of the workload clusters matches
@@ -223,7 +239,7 @@ impl HcpCluster {
             workload_port % 250
         );
         let objects = [
-            json!({"apiVersion": format!("{STANDIN_GROUP}/v1alpha1"), "kind": "HostedControlPlane", "metadata": {"name": CLUSTER, "namespace": ns}, "spec": {"version": "v1.36.3", "gateway": {"name": "none", "namespace": "none"}}}),
+            json!({"apiVersion": format!("{STANDIN_GROUP}/v1alpha1"), "kind": "HostedControlPlane", "metadata": {"name": CLUSTER, "namespace": ns}, "spec": {"version": KUBERNETES_VERSION, "gateway": {"name": "none", "namespace": "none"}}}),
             json!({"apiVersion": format!("{INFRA_GROUP}/v1alpha1"), "kind": "OpenStackWorkerCluster",
                    "metadata": {"name": CLUSTER, "namespace": ns},
                    "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud},
@@ -250,7 +266,7 @@ impl HcpCluster {
         )
         .await;
         cp.patch_status(CLUSTER, &PatchParams::default(), &Patch::Merge(json!({"status": {
-            "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.36.3",
+            "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": KUBERNETES_VERSION,
             // A hosted control plane has no Machines; without this CAPI never deletes worker Nodes
             // ("no control plane members"). teutonet's HostedControlPlane sets it too.
             "externalManagedControlPlane": true}})))
@@ -380,7 +396,7 @@ impl HcpCluster {
                    "spec": {"clusterName": CLUSTER, "replicas": 0,
                             "selector": {"matchLabels": {"pool": name}},
                             "template": {"metadata": {"labels": {"pool": name}},
-                                         "spec": {"clusterName": CLUSTER, "bootstrap": {"dataSecretName": "workers-bootstrap"},
+                                         "spec": {"clusterName": CLUSTER, "version": KUBERNETES_VERSION, "bootstrap": {"dataSecretName": "workers-bootstrap"},
                                                   "infrastructureRef": {"apiGroup": INFRA_GROUP, "kind": "OpenStackWorkerMachineTemplate", "name": name}}}}}),
         ];
         for o in &objects {
@@ -749,7 +765,8 @@ pub fn node_registrar_for(
                         "metadata": {"name": name, "labels": labels,
                                      "annotations": {"kwok.x-k8s.io/node": "fake"}},
                         "spec": {"providerID": pid, "taints": registration.taints},
-                        "status": {"capacity": capacity, "allocatable": capacity}
+                        "status": {"capacity": capacity, "allocatable": capacity,
+                                   "nodeInfo": node_info()}
                     }))
                     .unwrap();
                     let _ = nodes.create(&PostParams::default(), &node).await;

@@ -8,9 +8,9 @@
 //! status as its kubelet would; a pod without a toleration is then scheduled onto it; the
 //! template node capow serves to the autoscaler declares the taint.
 //!
-//! Maximum node age has no test here yet: on this fixture CAPI v1.14 reports every Machine not
-//! up to date (the MachineDeployment has no `spec.template.spec.version` while kwok reports a
-//! kubelet version), so the controller rightly waits for a "rollout" that never ends.
+//! Maximum node age: both Machines of a group are over age; capow marks one at a time for
+//! deletion through CAPI, only while the MachineDeployment is fully available, and the
+//! MachineSet creates each successor.
 //!
 //! Delays are recorded (`measure:` lines, `docs/benchmarks.md`), never asserted.
 
@@ -334,4 +334,162 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
 
     c.set_replicas("workers", 0).await;
     c.wait_running("workers", 0, Duration::from_secs(180)).await;
+}
+/// Live (not deleting) Machines of MachineDeployment `md`: `(name, Running with a nodeRef)`.
+async fn machines_of(c: &HcpCluster, md: &str) -> (Vec<(String, bool)>, Vec<String>) {
+    let api: Api<capow::capi::Machine> = Api::namespaced(c.client.clone(), &c.ns);
+    let list = api
+        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/deployment-name={md}")))
+        .await
+        .unwrap()
+        .items;
+    let mut live = Vec::new();
+    let mut deleting = Vec::new();
+    for m in list {
+        let name = m.metadata.name.clone().unwrap_or_default();
+        if m.metadata.deletion_timestamp.is_some() {
+            deleting.push(name);
+            continue;
+        }
+        let running = m
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some());
+        live.push((name, running));
+    }
+    (live, deleting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn over_age_machines_are_replaced_one_at_a_time_while_the_group_stays_available() {
+    let env = Env::get();
+    let c = HcpCluster::start_with(
+        "lc-age",
+        HcpOptions {
+            // The annotation's floor is 1h in production; the test replaces after a minute.
+            manager_args: vec!["--max-node-age-floor=30s".into()],
+            ..HcpOptions::default()
+        },
+    )
+    .await;
+    let keeper = keep_node_lifecycle_schema(&c);
+    let outcome = AssertUnwindSafe(max_age(&c, env)).catch_unwind().await;
+    keeper.abort();
+    c.finish().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn max_age(c: &HcpCluster, env: &Env) {
+    ensure_node_lifecycle_schema(c).await;
+    let md = "workers";
+    c.add_machine_deployment(md, "m1.tiny", 3).await;
+    let n = 2;
+    c.set_replicas(md, n).await;
+    c.wait_running(md, n as usize, Duration::from_secs(240))
+        .await;
+    let (first, _) = machines_of(c, md).await;
+    let originals: BTreeSet<String> = first.into_iter().map(|(name, _)| name).collect();
+
+    // Both Machines are over 60s once the annotation is read.
+    let mds: Api<capow::capi::MachineDeployment> = Api::namespaced(c.client.clone(), &c.ns);
+    mds.patch(
+        md,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            capow::api::lifecycle::settings::MAX_NODE_AGE_ANNOTATION: "60s"}}})),
+    )
+    .await
+    .unwrap();
+
+    // Until both originals are gone: never more than one Machine deleting at a time, never
+    // fewer than n - 1 Running ones; each successor is timed from its predecessor's deletion.
+    let started = Instant::now();
+    let mut deleting_since: Option<(String, Instant)> = None;
+    let mut replaced: Vec<(String, f64)> = Vec::new();
+    loop {
+        let (live, deleting) = machines_of(c, md).await;
+        assert!(
+            deleting.len() <= 1,
+            "more than one Machine deleting at once: {deleting:?}"
+        );
+        let running = live.iter().filter(|(_, r)| *r).count();
+        assert!(
+            running + 1 >= n as usize,
+            "only {running} Machines Running: {live:?}, deleting {deleting:?}"
+        );
+        if let Some(d) = deleting.first()
+            && deleting_since.as_ref().is_none_or(|(x, _)| x != d)
+            && originals.contains(d)
+        {
+            deleting_since = Some((d.clone(), Instant::now()));
+        }
+        if let Some((old, since)) = &deleting_since
+            && !deleting.contains(old)
+            && running == n as usize
+            && live.len() == n as usize
+        {
+            replaced.push((old.clone(), since.elapsed().as_secs_f64()));
+            deleting_since = None;
+        }
+        let left: Vec<&String> = live
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| originals.contains(*name))
+            .collect();
+        if left.is_empty() && deleting_since.is_none() && running == n as usize {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(420) {
+            let d = mds.get(md).await.unwrap();
+            panic!(
+                "originals {originals:?} not replaced: live {live:?}, deleting {deleting:?}\n\
+                 MaxNodeAge condition: {}\nMachineDeployment status: {}\n{}",
+                lifecycle_condition(c, "MaxNodeAge").await,
+                serde_json::to_string(&d.status).unwrap(),
+                log_tail(&c.manager.log, 30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The condition reports the feature while it is on (it goes with the annotation).
+    let cond = lifecycle_condition(c, "MaxNodeAge").await;
+    assert!(cond.is_object(), "no MaxNodeAge condition");
+    // Stop replacing before scaling down.
+    mds.patch(
+        md,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            capow::api::lifecycle::settings::MAX_NODE_AGE_ANNOTATION: "off"}}})),
+    )
+    .await
+    .unwrap();
+    for (old, secs) in &replaced {
+        env.record(&format!(
+            "max node age: Machine {old} replaced in {secs:.1} s (deletion seen to successor Running with a Node)"
+        ));
+    }
+
+    // An event per replacement, on the MachineDeployment.
+    let events: Api<Event> = Api::namespaced(c.client.clone(), &c.ns);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("MachineReplacedForAge"))
+        .filter_map(|e| e.note)
+        .collect();
+    for old in &originals {
+        assert!(
+            notes.iter().any(|x| x.contains(old.as_str())),
+            "no MachineReplacedForAge event for {old}: {notes:?}"
+        );
+    }
+
+    c.set_replicas(md, 0).await;
+    c.wait_running(md, 0, Duration::from_secs(180)).await;
 }

@@ -67,8 +67,19 @@ pub enum Wait {
     Deleting(String),
     /// A Machine is marked `delete-machine`: a scale-down is pending.
     ScaleDownPending(String),
-    /// More than one MachineSet has Machines, or not all are up to date.
+    /// More than one MachineSet has Machines (a rollout).
     RollingOut,
+    /// Fewer Machines than `spec.replicas` are up to date (`status.upToDateReplicas`): CAPI
+    /// counts a Machine up to date when its MachineSet matches the MachineDeployment's template
+    /// and its Node's kubelet version equals the Machine's `spec.version`
+    /// (`setUpToDateCondition`, cluster-api v1.14.2
+    /// `core/reconcilers/machine/machine_controller_status.go`).
+    NotUpToDate {
+        /// `status.upToDateReplicas`.
+        up_to_date: i32,
+        /// `spec.replicas`.
+        replicas: i32,
+    },
     /// Not every Machine is available.
     NotFullyAvailable {
         /// `status.availableReplicas`.
@@ -102,6 +113,14 @@ impl Wait {
                 )
             }
             Wait::RollingOut => "a rollout is in progress".into(),
+            Wait::NotUpToDate {
+                up_to_date,
+                replicas,
+            } => format!(
+                "{up_to_date} of {replicas} Machines are up to date (see each Machine's UpToDate \
+                 condition: a rollout, or a Node whose kubelet version differs from the \
+                 Machine's spec.version)"
+            ),
             Wait::NotFullyAvailable {
                 available,
                 replicas,
@@ -210,9 +229,15 @@ pub fn max_age(d: &DeploymentView, settings: &MaxAge, now: Timestamp) -> AgeDeci
         .iter()
         .filter(|(_, replicas, machines)| *replicas > 0 || *machines > 0)
         .count();
-    let up_to_date = d.status.up_to_date_replicas.unwrap_or(0);
-    if active_sets > 1 || up_to_date < d.replicas {
+    if active_sets > 1 {
         return wait(Wait::RollingOut);
+    }
+    let up_to_date = d.status.up_to_date_replicas.unwrap_or(0);
+    if up_to_date < d.replicas {
+        return wait(Wait::NotUpToDate {
+            up_to_date,
+            replicas: d.replicas,
+        });
     }
     let available = d.status.available_replicas.unwrap_or(0);
     let fully = d.status.replicas == Some(d.replicas)
@@ -468,7 +493,10 @@ mod tests {
             (
                 "not all up to date",
                 |d| d.status.up_to_date_replicas = Some(2),
-                Wait::RollingOut,
+                Wait::NotUpToDate {
+                    up_to_date: 2,
+                    replicas: 3,
+                },
             ),
             (
                 "a scale-up in flight",
