@@ -4,7 +4,10 @@
 //! (variables ready) and a topology Cluster of it makes CAPI create capow's
 //! `OpenStackWorkerCluster` and the autoscaled MachineDeployments from the class's templates;
 //! the managed cluster-autoscaler's variables set the `OpenStackWorkerCluster`'s
-//! `spec.autoscaler`.
+//! `spec.autoscaler`. And every variable of the class (those of the SCS OpenStack
+//! hosted-control-plane Cluster Stack) reaches the object it patches through the real topology
+//! controller, bad values are refused, and the Cluster Stack's `cluster-addon` chart renders
+//! with the per-cluster values of such a cluster (docs/cluster-stack.md).
 
 #![allow(
     clippy::unwrap_used,
@@ -421,4 +424,494 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     );
     ns.delete().await;
     ns2.delete().await;
+}
+
+/// `helm` (the e2e components' build) with its state under the environment's directory.
+fn helm(args: &[&str]) -> String {
+    let env = Env::get();
+    let bin = std::env::var("CAPOW_E2E_HELM").expect("CAPOW_E2E_HELM (set by e2e/test.sh)");
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .env("HELM_CACHE_HOME", env.state.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", env.state.join("helm/config"))
+        .env("HELM_DATA_HOME", env.state.join("helm/data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+const SG_ID_1: &str = "0f0e0d0c-0b0a-4909-8807-060504030201";
+const SG_ID_2: &str = "1f1e1d1c-1b1a-4919-8817-161514131211";
+const EXTERNAL_NET: &str = "2f2e2d2c-2b2a-4929-8827-262524232221";
+const SERVER_GROUP: &str = "3f3e3d3c-3b3a-4939-8837-363534333231";
+
+/// Every variable of the class set to a value other than its default.
+fn every_variable() -> Vec<Value> {
+    [
+        ("controlPlaneReplicas", json!(3)),
+        ("gatewayName", json!("gw-e2e")),
+        ("gatewayNamespace", json!("gw-ns")),
+        (
+            "identityRef",
+            json!({"name": "c3-cloud", "cloudName": "mycloud", "region": "RegionTwo"}),
+        ),
+        ("sshKeyName", json!("e2e-key")),
+        ("securityGroups", json!(["sg-a", "shared"])),
+        ("securityGroupIDs", json!([SG_ID_1])),
+        ("workerSecurityGroups", json!(["shared", "sg-b"])),
+        ("workerSecurityGroupIDs", json!([SG_ID_2, SG_ID_1])),
+        ("nodeCIDR", json!("10.9.0.0/24")),
+        ("dnsNameservers", json!(["192.0.2.53", "2001:db8::53"])),
+        ("networkMTU", json!(1400)),
+        ("networkExternalID", json!(EXTERNAL_NET)),
+        ("workerFlavor", json!("m1.small")),
+        ("workerRootDisk", json!(30)),
+        ("workerServerGroupID", json!(SERVER_GROUP)),
+        (
+            "workerAdditionalBlockDevices",
+            json!([{"name": "data", "sizeGiB": 5, "type": "ssd"}, {"name": "scratch"}]),
+        ),
+        ("imageName", json!("ubuntu-capi")),
+        ("imageAddVersion", json!(true)),
+        ("workerMinSize", json!(1)),
+        ("workerMaxSize", json!(4)),
+    ]
+    .into_iter()
+    .map(|(name, value)| json!({"name": name, "value": value}))
+    .collect()
+}
+
+/// A Cluster of the class with every variable set: the real topology controller patches each
+/// into the HostedControlPlane, the OpenStackWorkerCluster and the MachineDeployment's
+/// OpenStackWorkerMachineTemplate; values the variables' schemas refuse never reach them, and
+/// duplicate block device names are refused by capow's schema with a Cluster condition. Then
+/// the Cluster Stack's per-cluster addon values, rendered over those live objects, reach each
+/// addon of the `cluster-addon` chart (its dependencies stubbed: the real charts cannot be
+/// downloaded here).
+#[tokio::test]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
+    let client = Env::get().client().await;
+    ensure_control_plane_standin(&client).await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::create(&client, "ccvars").await;
+    let class = repo().join("templates/clusterclass-openstack-hcp.yaml");
+    apply(
+        &ns.name,
+        &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]),
+    );
+    let classes = dynamic(
+        &client,
+        &ns.name,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "ClusterClass",
+    )
+    .await;
+    eventually("the ClusterClass's VariablesReady condition", || async {
+        let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
+        let ready = cc["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+        ready.then_some(cc)
+    })
+    .await;
+    // No spec.topology.controlPlane.replicas: controlPlaneReplicas decides. Zero replicas: no
+    // Machines, only the objects under test.
+    let cluster = json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": "c3", "namespace": ns.name},
+        "spec": {
+            "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}},
+            "topology": {
+                "classRef": {"name": "openstack-hcp"},
+                "version": "v1.34.2",
+                "workers": {"machineDeployments": [{"class": "default-worker", "name": "md-a", "replicas": 0}]},
+                "variables": every_variable(),
+            },
+        },
+    });
+    capow_e2e::apply_json(&client, &cluster).await.unwrap();
+
+    let hcps = dynamic(
+        &client,
+        &ns.name,
+        STANDIN_GROUP,
+        "v1alpha1",
+        "HostedControlPlane",
+    )
+    .await;
+    let hcp = eventually("the HostedControlPlane from the class", || async {
+        let items = hcps.list(&ListParams::default()).await.ok()?.items;
+        items
+            .into_iter()
+            .next()
+            .map(|o| serde_json::to_value(o).unwrap())
+    })
+    .await;
+    assert_eq!(hcp["spec"]["replicas"], 3, "{}", hcp["spec"]);
+    assert_eq!(
+        hcp["spec"]["gateway"],
+        json!({"name": "gw-e2e", "namespace": "gw-ns"})
+    );
+    let hcp_name = hcp["metadata"]["name"].as_str().unwrap().to_owned();
+    hcps.patch_status(&hcp_name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+        "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
+        "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "availableReplicas": 3, "upToDateReplicas": 3,
+        "externalManagedControlPlane": true}})))
+        .await
+        .unwrap();
+
+    let oswcs = dynamic(
+        &client,
+        &ns.name,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerCluster",
+    )
+    .await;
+    let infra = eventually("the OpenStackWorkerCluster from the class", || async {
+        let items = oswcs.list(&ListParams::default()).await.ok()?.items;
+        items
+            .into_iter()
+            .next()
+            .map(|o| serde_json::to_value(o).unwrap())
+    })
+    .await;
+    let spec = &infra["spec"];
+    assert_eq!(spec["identityRef"]["name"], "c3-cloud", "{spec}");
+    assert_eq!(spec["identityRef"]["cloudName"], "mycloud");
+    assert_eq!(spec["identityRef"]["region"], "RegionTwo");
+    assert_eq!(
+        spec["managedSubnets"],
+        json!([{"cidr": "10.9.0.0/24", "dnsNameservers": ["192.0.2.53", "2001:db8::53"]}])
+    );
+    assert_eq!(spec["managedNetwork"], json!({"mtu": 1400}));
+    assert_eq!(spec["externalNetwork"], json!({"id": EXTERNAL_NET}));
+
+    let mds = dynamic(
+        &client,
+        &ns.name,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "MachineDeployment",
+    )
+    .await;
+    let md = eventually("the topology's MachineDeployment", || async {
+        let items = mds.list(&ListParams::default()).await.ok()?.items;
+        items
+            .into_iter()
+            .next()
+            .map(|o| serde_json::to_value(o).unwrap())
+    })
+    .await;
+    let templates = dynamic(
+        &client,
+        &ns.name,
+        "infrastructure.cluster.x-k8s.io",
+        "v1alpha1",
+        "OpenStackWorkerMachineTemplate",
+    )
+    .await;
+    let template_name = md["spec"]["template"]["spec"]["infrastructureRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let template = serde_json::to_value(templates.get(&template_name).await.unwrap()).unwrap();
+    let t = &template["spec"]["template"];
+    let spec = &t["spec"];
+    assert_eq!(spec["flavor"], json!({"filter": {"name": "m1.small"}}));
+    assert_eq!(
+        spec["image"],
+        json!({"filter": {"name": "ubuntu-capi-v1.34.2"}}),
+        "imageAddVersion appends the MachineDeployment's version"
+    );
+    assert_eq!(spec["rootVolume"]["sizeGiB"], 30);
+    assert_eq!(spec["serverGroup"], json!({"id": SERVER_GROUP}));
+    assert_eq!(spec["sshKeyName"], "e2e-key");
+    assert_eq!(
+        spec["additionalBlockDevices"],
+        json!([
+            {"name": "data", "sizeGiB": 5, "storage": {"type": "Volume", "volume": {"type": "ssd"}}},
+            {"name": "scratch", "sizeGiB": 20, "storage": {"type": "Volume"}},
+        ])
+    );
+    assert_eq!(
+        spec["securityGroups"],
+        json!([
+            {"filter": {"name": "sg-a"}}, {"filter": {"name": "shared"}}, {"filter": {"name": "sg-b"}},
+            {"id": SG_ID_1}, {"id": SG_ID_2},
+        ]),
+        "the four security group variables joined without duplicates"
+    );
+    let annotations = &t["metadata"]["annotations"];
+    assert_eq!(
+        annotations["cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size"],
+        "1"
+    );
+    assert_eq!(
+        annotations["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
+        "4"
+    );
+
+    // Values the schemas refuse: the API server answers 422 and nothing changes.
+    let clusters = dynamic(&client, &ns.name, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
+    let bad = [
+        ("workerRootDisk", json!(-1)),
+        ("workerRootDisk", json!(20000)),
+        ("networkMTU", json!(10)),
+        ("networkMTU", json!(100_000)),
+        ("nodeCIDR", json!("10.0.0.0/33")),
+        ("dnsNameservers", json!(["not-an-ip"])),
+        ("networkExternalID", json!("external")),
+        ("workerServerGroupID", json!("group-a")),
+        ("workerSecurityGroupIDs", json!(["sg-a"])),
+        ("securityGroupIDs", json!(["sg-a"])),
+        ("workerAdditionalBlockDevices", json!([{"name": "root"}])),
+        (
+            "workerAdditionalBlockDevices",
+            json!([{"name": "a", "sizeGiB": 0}]),
+        ),
+        ("controlPlaneReplicas", json!(0)),
+        ("gatewayName", json!("Not_A_Name")),
+        ("identityRef", json!({"name": "", "cloudName": "x"})),
+        ("imageAddVersion", json!("yes")),
+        ("workerFlavor", json!("")),
+        ("workerMaxSize", json!(5000)),
+        ("sshKeyName", json!("k".repeat(256))),
+    ];
+    for (name, value) in bad {
+        let mut variables = every_variable();
+        for v in &mut variables {
+            if v["name"] == name {
+                v["value"] = value.clone();
+            }
+        }
+        let refused = clusters
+            .patch(
+                "c3",
+                &PatchParams {
+                    dry_run: true,
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(json!({"spec": {"topology": {"variables": variables}}})),
+            )
+            .await
+            .expect_err(&format!("{name} = {value} was accepted"));
+        assert!(
+            matches!(&refused, kube::Error::Api(s) if s.code == 422 && s.message.contains(name)),
+            "{name} = {value}: {refused}"
+        );
+    }
+    let after = serde_json::to_value(templates.get(&template_name).await.unwrap()).unwrap();
+    assert_eq!(after["spec"], template["spec"]);
+
+    // Duplicate block device names pass the variable's schema (CAPI v1.14 cannot compile a CEL
+    // rule on a whole list variable) and are refused by the OpenStackWorkerMachineTemplate's
+    // schema: the topology controller says so on the Cluster, and the template keeps its spec.
+    let mut duplicate = every_variable();
+    for v in &mut duplicate {
+        if v["name"] == "workerAdditionalBlockDevices" {
+            v["value"] = json!([{"name": "a"}, {"name": "a"}]);
+        }
+    }
+    clusters
+        .patch(
+            "c3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topology": {"variables": duplicate}}})),
+        )
+        .await
+        .unwrap();
+    let condition = eventually("the topology controller to report the refusal", || async {
+        let c = serde_json::to_value(clusters.get("c3").await.ok()?).ok()?;
+        c["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| {
+                c["type"] == "TopologyReconciled"
+                    && c["status"] == "False"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("block device names must be unique"))
+            })
+            .cloned()
+    })
+    .await;
+    let after = serde_json::to_value(templates.get(&template_name).await.unwrap()).unwrap();
+    assert_eq!(after["spec"], template["spec"], "{condition}");
+    clusters
+        .patch(
+            "c3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topology": {"variables": every_variable()}}})),
+        )
+        .await
+        .unwrap();
+
+    // The Cluster Stack's per-cluster addon values over these live objects, with the control
+    // plane endpoint the hosted control plane provider writes.
+    let mut cluster = serde_json::to_value(clusters.get("c3").await.unwrap()).unwrap();
+    cluster["spec"]["controlPlaneEndpoint"] = json!({"host": "c3.hcp.example", "port": 443});
+    let infra = serde_json::to_value(
+        oswcs
+            .get(infra["metadata"]["name"].as_str().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let hcp = serde_json::to_value(hcps.get(&hcp_name).await.unwrap()).unwrap();
+    render_cluster_addon(&ns.name, &cluster, &hcp, &infra);
+    ns.delete().await;
+}
+
+/// Renders `clusterstack/cluster-addon-values.yaml` as the Cluster Stack Operator does (a Go
+/// template with the sprig functions over `.Cluster`, `.ControlPlane`, `.InfraCluster`; here
+/// through helm's `tpl`), then the `cluster-addon` chart with those values and each dependency
+/// replaced by a stub chart of the same name and version that prints the values it receives.
+fn render_cluster_addon(ns: &str, cluster: &Value, control_plane: &Value, infra: &Value) {
+    let stack = repo().join("clusterstack");
+    let dir = Env::get().state.join(format!("cluster-addon-{ns}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let write = |path: &Path, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let tpl = dir.join("tpl");
+    write(
+        &tpl.join("Chart.yaml"),
+        "apiVersion: v2\nname: tpl\nversion: 0.0.1\n",
+    );
+    write(
+        &tpl.join("cav.yaml"),
+        &std::fs::read_to_string(stack.join("cluster-addon-values.yaml")).unwrap(),
+    );
+    write(
+        &tpl.join("templates/out.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: out}\ndata:\n  rendered: {{ tpl (.Files.Get \"cav.yaml\") (dict \"Cluster\" .Values.Cluster \"ControlPlane\" .Values.ControlPlane \"InfraCluster\" .Values.InfraCluster \"Template\" .Template) | toJson }}\n",
+    );
+    let objects = dir.join("objects.json");
+    write(
+        &objects,
+        &json!({"Cluster": cluster, "ControlPlane": control_plane, "InfraCluster": infra})
+            .to_string(),
+    );
+    let out = yaml_docs(&helm(&[
+        "template",
+        "tpl",
+        &tpl.display().to_string(),
+        "-f",
+        &objects.display().to_string(),
+    ]));
+    let rendered: Value =
+        serde_yaml::from_str(out[0]["data"]["rendered"].as_str().unwrap()).unwrap();
+    let values = dir.join("cluster-values.yaml");
+    write(&values, rendered["values"].as_str().unwrap());
+
+    // The chart as the stack ships it: every dependency pinned, none downloadable here.
+    let addon = stack.join("cluster-addon");
+    let listed = helm(&["dependency", "list", &addon.display().to_string()]);
+    for a in capow::manifests::ADDONS {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([a.chart, a.version])),
+            "{} {} in:\n{listed}",
+            a.chart,
+            a.version
+        );
+    }
+    // A copy with stub dependencies lints strictly and renders.
+    let copy = dir.join("cluster-addon");
+    for f in ["Chart.yaml", "values.yaml"] {
+        write(
+            &copy.join(f),
+            &std::fs::read_to_string(addon.join(f)).unwrap(),
+        );
+    }
+    for a in capow::manifests::ADDONS {
+        let sub = copy.join("charts").join(a.chart);
+        if a.chart == "openstack-cloud-controller-manager" {
+            // The real chart's default placement (kubernetes/cloud-provider-openstack
+            // charts/openstack-cloud-controller-manager/values.yaml), which the stack's values
+            // must remove: a hosted-control-plane cluster has no control-plane nodes.
+            write(
+                &sub.join("values.yaml"),
+                "nodeSelector:\n  node-role.kubernetes.io/control-plane: \"\"\n",
+            );
+        }
+        write(
+            &sub.join("Chart.yaml"),
+            &format!(
+                "apiVersion: v2\nname: {}\nversion: {}\ndescription: stub\n",
+                a.chart, a.version
+            ),
+        );
+        write(
+            &sub.join("templates/values.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Chart.Name }}-values\ndata:\n  values: {{ toJson .Values | quote }}\n",
+        );
+    }
+    let copy_s = copy.display().to_string();
+    let values_s = values.display().to_string();
+    helm(&["lint", "--strict", &copy_s, "-f", &values_s]);
+    let docs = yaml_docs(&helm(&[
+        "template",
+        "addon",
+        &copy_s,
+        "-f",
+        &values_s,
+        "--namespace",
+        "kube-system",
+    ]));
+    let of = |chart: &str| -> Value {
+        let cm = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == format!("{chart}-values"))
+            .unwrap_or_else(|| panic!("{chart} not rendered"));
+        serde_json::from_str(cm["data"]["values"].as_str().unwrap()).unwrap()
+    };
+    let occm = of("openstack-cloud-controller-manager");
+    assert_eq!(occm["cluster"]["name"], "c3");
+    assert_eq!(
+        occm["cloudConfig"]["global"],
+        json!({"use-clouds": "true", "clouds-file": "/etc/openstack/clouds.yaml", "cloud": "mycloud", "region": "RegionTwo"})
+    );
+    assert!(
+        occm.get("nodeSelector").is_none(),
+        "no control-plane node selector: {occm}"
+    );
+    let csi = of("openstack-cinder-csi");
+    assert_eq!(csi["clusterID"], "c3");
+    let conf = csi["secret"]["data"]["cloud.conf"].as_str().unwrap();
+    assert!(
+        conf.contains("cloud = \"mycloud\"") && conf.contains("region = \"RegionTwo\""),
+        "{conf}"
+    );
+    let cilium = of("cilium");
+    assert_eq!(cilium["k8sServiceHost"], "c3.hcp.example");
+    assert_eq!(cilium["k8sServicePort"], 443);
+    assert_eq!(cilium["ipam"]["mode"], "cluster-pool");
+    assert_eq!(
+        cilium["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"],
+        json!(["192.168.0.0/16"])
+    );
+    let metrics = of("metrics-server");
+    assert!(metrics["args"].as_array().is_some_and(|a| !a.is_empty()));
+    let _ = std::fs::remove_dir_all(&dir);
 }
