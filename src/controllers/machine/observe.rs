@@ -44,32 +44,51 @@ pub enum OwnerLookup {
     NoCluster(String),
 }
 
-/// Finds the owner Machine (ownerReference of kind `Machine` in group `cluster.x-k8s.io`) and
-/// its Cluster.
+/// Finds the owner Machine and its Cluster. The owner is the Machine named by an
+/// ownerReference of kind `Machine` in group `cluster.x-k8s.io`; before CAPI's Machine
+/// controller has written that reference, it is the Machine of the same name whose
+/// `spec.infrastructureRef` names this object ([`claims`]): CAPI's MachineSet creates the
+/// infrastructure machine and the Machine under one name, and the Machine controller adds the
+/// ownerReference only on its first reconcile of the Machine, about a second later on a busy
+/// management cluster (measured in docs/benchmarks.md, "IncreaseSize → first POST"). capow
+/// starts on the Machine's claim instead of waiting for that reference.
 ///
 /// # Errors
 /// [`Error::Kube`] when the API server fails (404s are [`OwnerLookup`] states).
 pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLookup, Error> {
     let ns = m.namespace().unwrap_or_default();
+    let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
     let owner = m
         .owner_references()
         .iter()
         .find(|o| o.kind == "Machine" && o.api_version.split('/').next() == Some(capi::GROUP));
-    let Some(owner) = owner else {
-        return Ok(OwnerLookup::NoMachine(
-            "waiting for a Machine to own this object".into(),
-        ));
-    };
-    let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(machine) = machines
-        .get_opt(&owner.name)
-        .await
-        .map_err(Error::kube("get the owner Machine"))?
-    else {
-        return Ok(OwnerLookup::NoMachine(format!(
-            "owner Machine {ns}/{} does not exist",
-            owner.name
-        )));
+    let machine = match owner {
+        Some(owner) => {
+            let Some(machine) = machines
+                .get_opt(&owner.name)
+                .await
+                .map_err(Error::kube("get the owner Machine"))?
+            else {
+                return Ok(OwnerLookup::NoMachine(format!(
+                    "owner Machine {ns}/{} does not exist",
+                    owner.name
+                )));
+            };
+            machine
+        }
+        None => {
+            let claimant = machines
+                .get_opt(&m.name_any())
+                .await
+                .map_err(Error::kube("get the Machine of the same name"))?
+                .filter(|machine| claims(machine, m));
+            let Some(machine) = claimant else {
+                return Ok(OwnerLookup::NoMachine(
+                    "waiting for a Machine to own this object".into(),
+                ));
+            };
+            machine
+        }
     };
     let cluster_name = if machine.spec.cluster_name.is_empty() {
         machine
@@ -104,6 +123,23 @@ pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLo
         cluster,
         infra,
     })))
+}
+
+/// True when `machine` claims `m` as its infrastructure machine: same namespace, its
+/// `spec.infrastructureRef` names `m` (kind `OpenStackWorkerMachine`, capow's API group), and
+/// `m` has no ownerReference to another Machine.
+pub fn claims(machine: &Machine, m: &OpenStackWorkerMachine) -> bool {
+    let r = &machine.spec.infrastructure_ref;
+    let owned_by_another = m.owner_references().iter().any(|o| {
+        o.kind == "Machine"
+            && o.api_version.split('/').next() == Some(capi::GROUP)
+            && o.name != machine.name_any()
+    });
+    r.kind == OpenStackWorkerMachine::kind(&())
+        && r.api_group == OpenStackWorkerMachine::group(&())
+        && r.name == m.name_any()
+        && machine.namespace() == m.namespace()
+        && !owned_by_another
 }
 
 /// The identityRef of the `OpenStackWorkerCluster` of `m`'s Cluster (found through the
@@ -418,33 +454,113 @@ pub async fn owned_ports(
 ) -> Result<Vec<Port>, Error> {
     let net = session.network();
     let uid_tag = ownership::machine_uid_tag(&m.uid().unwrap_or_default());
-    let mut ports = net
-        .list_ports(&ListFilter {
-            tags: vec![uid_tag],
-            ..ListFilter::default()
-        })
-        .await
-        .map_err(Error::openstack("look up ports by tag"))?;
+    // One listing by tag and one per port name, sent together: on a fresh machine these are
+    // the requests between the reconcile's start and the first port POST.
+    let tag_filter = ListFilter {
+        tags: vec![uid_tag],
+        ..ListFilter::default()
+    };
+    let name_filters: Vec<ListFilter> = plan::effective_ports(&m.spec.ports)
+        .iter()
+        .enumerate()
+        .map(|(i, opts)| ListFilter::attribute("name", plan::port_name(&m.name_any(), i, opts)))
+        .collect();
+    let by_tag = net.list_ports(&tag_filter);
+    let by_name = futures::future::try_join_all(name_filters.iter().map(|f| net.list_ports(f)));
+    let (tagged, named) = futures::future::join(by_tag, by_name).await;
+    let mut ports = tagged.map_err(Error::openstack("look up ports by tag"))?;
+    let named = named.map_err(Error::openstack("look up ports by name"))?;
     let created = m.meta().creation_timestamp.as_ref().map(|t| t.0);
-    for (i, opts) in plan::effective_ports(&m.spec.ports).iter().enumerate() {
-        let name = plan::port_name(&m.name_any(), i, opts);
-        let by_name = net
-            .list_ports(&ListFilter::attribute("name", name))
-            .await
-            .map_err(Error::openstack("look up ports by name"))?;
-        for p in by_name {
-            let untagged_orphan = p.tags.is_empty()
-                && p.device_id.is_empty()
-                && match (created, p.created_at.as_deref()) {
-                    (Some(c), Some(at)) => at
-                        .parse::<k8s_openapi::jiff::Timestamp>()
-                        .is_ok_and(|at| at >= c),
-                    _ => false,
-                };
-            if untagged_orphan && !ports.iter().any(|q| q.id == p.id) {
-                ports.push(p);
-            }
+    for p in named.into_iter().flatten() {
+        let untagged_orphan = p.tags.is_empty()
+            && p.device_id.is_empty()
+            && match (created, p.created_at.as_deref()) {
+                (Some(c), Some(at)) => at
+                    .parse::<k8s_openapi::jiff::Timestamp>()
+                    .is_ok_and(|at| at >= c),
+                _ => false,
+            };
+        if untagged_orphan && !ports.iter().any(|q| q.id == p.id) {
+            ports.push(p);
         }
     }
     Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use serde_json::json;
+
+    use super::*;
+
+    fn infra(owner: Option<&str>) -> OpenStackWorkerMachine {
+        let mut m: OpenStackWorkerMachine = serde_json::from_value(json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "OpenStackWorkerMachine",
+            "metadata": {"name": "md-abc-x1", "namespace": "ns"},
+            "spec": {"flavor": {"filter": {"name": "m1.small"}}, "image": {"filter": {"name": "img"}}}
+        }))
+        .expect("machine");
+        if let Some(name) = owner {
+            m.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "cluster.x-k8s.io/v1beta2".into(),
+                kind: "Machine".into(),
+                name: name.into(),
+                uid: "u".into(),
+                ..OwnerReference::default()
+            }]);
+        }
+        m
+    }
+
+    fn machine(ns: &str, kind: &str, group: &str, name: &str) -> Machine {
+        serde_json::from_value(json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "md-abc-x1", "namespace": ns},
+            "spec": {"clusterName": "c1", "infrastructureRef": {"kind": kind, "apiGroup": group, "name": name}}
+        }))
+        .expect("Machine")
+    }
+
+    #[test]
+    fn a_machine_claims_its_infrastructure_machine_only_by_an_exact_reference() {
+        let group = "infrastructure.cluster.x-k8s.io";
+        let m = infra(None);
+        assert!(claims(
+            &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            &m
+        ));
+        assert!(claims(
+            &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            &infra(Some("md-abc-x1"))
+        ));
+        for (why, other) in [
+            (
+                "another name",
+                machine("ns", "OpenStackWorkerMachine", group, "other"),
+            ),
+            (
+                "another kind",
+                machine("ns", "OpenStackMachine", group, "md-abc-x1"),
+            ),
+            (
+                "another group",
+                machine("ns", "OpenStackWorkerMachine", "example.com", "md-abc-x1"),
+            ),
+            (
+                "another namespace",
+                machine("ns2", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            ),
+        ] {
+            assert!(!claims(&other, &m), "{why}");
+        }
+        assert!(
+            !claims(
+                &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+                &infra(Some("someone-else"))
+            ),
+            "owned by another Machine"
+        );
+    }
 }
