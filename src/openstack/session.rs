@@ -280,6 +280,9 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     metrics: Metrics,
+    /// The identities this session serves and its last outcome per service
+    /// (`capow_openstack_reachable`).
+    reach: super::reachability::Reachability,
     lookups: LookupCache,
     /// Per service, when a `Retry-After` answer lets requests be sent again (see
     /// [`Session::honour_backoff`]).
@@ -387,6 +390,7 @@ impl Session {
                 limiter,
                 in_flight,
                 metrics,
+                reach: Default::default(),
                 lookups: LookupCache::default(),
                 backoff: std::sync::Mutex::default(),
             }),
@@ -404,6 +408,30 @@ impl Session {
             lookup_ttl: (!ttl.is_zero()).then_some(ttl),
             ..self.clone()
         }
+    }
+
+    /// Records whether `service` answered (`status`, `None` when no answer arrived) in the
+    /// reachability series of this session's identities ([`super::reachability`]).
+    fn reached(&self, service: &'static str, status: Option<u16>) {
+        let ok = super::reachability::reachable(status);
+        self.inner
+            .reach
+            .record(&self.inner.metrics.reachable, service, ok);
+    }
+
+    /// Makes this session record its reachability under `id`; true when `id` was new to it.
+    pub(crate) fn serve_identity(&self, id: &super::IdentityLabel) -> bool {
+        self.inner.reach.add(&self.inner.metrics.reachable, id)
+    }
+
+    /// Stops recording under `id` (it is served by another session now).
+    pub(crate) fn release_identity(&self, id: &super::IdentityLabel) {
+        self.inner.reach.release(id);
+    }
+
+    /// Removes the reachability series of the identities this session still serves.
+    pub(crate) fn forget_identities(&self) {
+        self.inner.reach.forget(&self.inner.metrics.reachable);
     }
 
     /// The cloud this session talks to.
@@ -607,6 +635,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(service, operation, "error", elapsed);
+                self.reached(service, None);
                 return Err(transport(service, operation, &url, source));
             }
         };
@@ -614,6 +643,7 @@ impl Session {
         self.inner
             .metrics
             .observe(service, operation, status.as_str(), elapsed);
+        self.reached(service, Some(status.as_u16()));
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
         if status.is_success() {
@@ -710,6 +740,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(SERVICE, OPERATION, "error", elapsed);
+                self.reached(SERVICE, None);
                 return Err(transport(SERVICE, OPERATION, &url, source));
             }
         };
@@ -717,6 +748,7 @@ impl Session {
         self.inner
             .metrics
             .observe(SERVICE, OPERATION, status.as_str(), elapsed);
+        self.reached(SERVICE, Some(status.as_u16()));
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
         let subject = response
