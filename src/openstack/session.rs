@@ -1308,6 +1308,104 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn reachability_follows_the_last_answer_of_each_service_per_identity() {
+        use crate::openstack::reachability::IdentityLabel;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let network = {
+            let calls = calls.clone();
+            axum::Router::new().route(
+                "/v2.0/networks",
+                axum::routing::get(move || {
+                    let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        // A 503 first, then a 404: the service answers again.
+                        if n == 0 {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            axum::http::StatusCode::NOT_FOUND
+                        }
+                    }
+                }),
+            )
+        };
+        let network = serve(network).await;
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": network}]}]}});
+        let keystone = axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let body = catalog.to_string();
+                async move { ([("X-Subject-Token", "tok")], body) }
+            }),
+        );
+        let keystone = serve(keystone).await;
+        let metrics = Metrics::default();
+        let clouds = crate::openstack::Clouds::new(
+            ClientOptions {
+                max_retries: 0,
+                ..ClientOptions::default()
+            },
+            metrics.clone(),
+        );
+        let id = IdentityLabel {
+            identity: "ns/cloud-config".into(),
+            cloud: "c".into(),
+            region: String::new(),
+        };
+        let value = |service: &str| {
+            let mut registry =
+                prometheus_client::registry::Registry::with_prefix("capow_openstack");
+            metrics.register(&mut registry);
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            let series = format!(
+                "capow_openstack_reachable{{identity=\"ns/cloud-config\",cloud=\"c\",region=\"\",service=\"{service}\"}}"
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.trim().to_owned())
+        };
+        let session = clouds
+            .session(cloud_at(&format!("{keystone}/v3")), None, Some(&id))
+            .unwrap();
+        assert_eq!(
+            value("identity"),
+            None,
+            "no series before the first request"
+        );
+        let filter = crate::openstack::network::ListFilter::attribute("name", "n");
+        session.network().list_networks(&filter).await.unwrap_err();
+        assert_eq!(value("identity").as_deref(), Some("1"));
+        assert_eq!(value("network").as_deref(), Some("0"), "503");
+        session.network().list_networks(&filter).await.unwrap_err();
+        assert_eq!(value("network").as_deref(), Some("1"), "404 is an answer");
+
+        // No answer at all: connection refused.
+        let port = closed_port().await;
+        let other = IdentityLabel {
+            identity: "ns/other".into(),
+            ..id.clone()
+        };
+        let session = clouds
+            .session(
+                cloud_at(&format!("http://127.0.0.1:{port}/v3")),
+                None,
+                Some(&other),
+            )
+            .unwrap();
+        session.authenticate().await.unwrap_err();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.lines().any(|l| l
+                == "reachable{identity=\"ns/other\",cloud=\"c\",region=\"\",service=\"identity\"} 0"),
+            "{text}"
+        );
+    }
+
     fn session_with_cacert(pem: &[u8]) -> Result<Session> {
         Session::new(
             cloud_at("https://keystone.example/v3"),
