@@ -264,6 +264,14 @@ impl Manager {
             .sum::<f64>() as u64
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest_get(&format!("http://{}/metrics", self.admin))
+            .await
+            .expect("scrape /metrics")
+            .1
+    }
+
     /// Peak resident set size (`VmHWM`) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status =
@@ -359,6 +367,20 @@ pub async fn reqwest_get(url: &str) -> Result<(u16, String)> {
     let resp = http.get(url).send().await?;
     let status = resp.status().as_u16();
     Ok((status, resp.text().await?))
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition (`labels` exactly as
+/// written, e.g. `a="1",b="2"`; empty for a series without labels); `None` when absent.
+pub fn metric_value(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    exposition.lines().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Polls `f` every 250 ms until it returns `Ok(true)`; panics after `timeout` with `what`.

@@ -4,7 +4,9 @@
 //! MachineDeployment through its `scale` subresource (0 → 3 → 1 → 0, and 0 → 10 → 0) creates and
 //! deletes exactly those Nova servers; Machines reach `Running` with a `nodeRef`; scaling
 //! through capow's externalgrpc API (grpc-go, as cluster-autoscaler dials it) works the same;
-//! deleting the Cluster leaves nothing tagged with it in OpenStack.
+//! deleting the Cluster leaves nothing tagged with it in OpenStack. At 3 replicas the manager's
+//! `/metrics` shows the group's node-group gauges (min, max, target, current, instances by state,
+//! last error class) and the cluster's identity reaching Keystone and Nova.
 //!
 //! Stand-ins (`capow_e2e::hcp`; why: README.md, "Honest limits of the demo and the tests"): a
 //! `HostedControlPlane` CRD without its controller, whose status and endpoint the test writes;
@@ -22,8 +24,8 @@
 use std::time::{Duration, Instant};
 
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{CLUSTER, HcpCluster, dynamic, probe, servers_of};
-use capow_e2e::{Env, log_tail, openstack};
+use capow_e2e::hcp::{CLUSTER, HcpCluster, IDENTITY, dynamic, probe, servers_of};
+use capow_e2e::{Env, log_tail, metric_value, openstack};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams};
 use prost::Message;
@@ -45,6 +47,73 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
     let t3 = c.wait_running("workers", 3, Duration::from_secs(180)).await;
     c.wait_servers(3, Duration::from_secs(10)).await;
     let requests_3 = manager.openstack_requests().await - requests_before;
+    // /metrics shows the group as the cluster-autoscaler sees it, and the cluster's identity
+    // reaching Keystone and Nova.
+    let group = format!(r#"node_group="MachineDeployment/{ns}/workers",cluster="{ns}/{CLUSTER}""#);
+    let expected = [
+        ("capow_node_group_min_size", group.clone(), 0.0),
+        ("capow_node_group_max_size", group.clone(), 10.0),
+        ("capow_node_group_target_size", group.clone(), 3.0),
+        ("capow_node_group_current_size", group.clone(), 3.0),
+        ("capow_node_group_last_error_class", group.clone(), 0.0),
+        (
+            "capow_node_group_instances",
+            format!(r#"{group},state="running""#),
+            3.0,
+        ),
+        (
+            "capow_node_group_instances",
+            format!(r#"{group},state="creating""#),
+            0.0,
+        ),
+        (
+            "capow_node_group_instances",
+            format!(r#"{group},state="failed""#),
+            0.0,
+        ),
+        (
+            "capow_node_group_instances",
+            format!(r#"{group},state="deleting""#),
+            0.0,
+        ),
+        (
+            "capow_openstack_reachable",
+            format!(
+                r#"identity="{ns}/{IDENTITY}",cloud="{}",region="",service="identity""#,
+                env.cloud
+            ),
+            1.0,
+        ),
+        (
+            "capow_openstack_reachable",
+            format!(
+                r#"identity="{ns}/{IDENTITY}",cloud="{}",region="",service="compute""#,
+                env.cloud
+            ),
+            1.0,
+        ),
+    ];
+    // The gauges are read from the manager's watch caches, which may trail the API server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = manager.metrics().await;
+        let wrong: Vec<_> = expected
+            .iter()
+            .filter(|(name, labels, v)| metric_value(&last, name, labels) != Some(*v))
+            .collect();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics does not show {wrong:?}:\n{}",
+            last.lines()
+                .filter(|l| l.contains("node_group") || l.contains("reachable"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // Every server sits on the cluster's managed network with the worker security group.
     let net = infra["status"]["network"]["name"]
         .as_str()

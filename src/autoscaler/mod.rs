@@ -3,6 +3,7 @@
 //! and the mTLS transport that scopes each caller to its own cluster.
 
 pub mod credentials;
+pub mod gauges;
 pub mod index;
 pub mod marks;
 pub mod node;

@@ -86,7 +86,12 @@ pub async fn session(
         CloudConfig::from_clouds_yaml(yaml, &identity.cloud_name, identity.region.as_deref())
             .map_err(|e| invalid(format!("Secret {ns}/{}: {e}", identity.name)))?;
     let cacert = data.get("cacert").map(|c| c.0.as_slice());
+    let label = crate::openstack::IdentityLabel {
+        identity: format!("{ns}/{}", identity.name),
+        cloud: identity.cloud_name.clone(),
+        region: identity.region.clone().unwrap_or_default(),
+    };
     ctx.clouds
-        .session(cloud, cacert)
+        .session(cloud, cacert, Some(&label))
         .map_err(|e| invalid(format!("Secret {ns}/{}: {e}", identity.name)))
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the OpenStack client: every request counted and timed by service,
-//! operation and HTTP status (`error` when no answer arrived).
+//! operation and HTTP status (`error` when no answer arrived), and whether each identity
+//! reaches each service ([`super::reachability`]).
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     lookup_cache_hits: Family<OperationLabels, Counter>,
+    pub(crate) reachable: super::reachability::ReachFamily,
 }
 
 impl Default for Metrics {
@@ -40,13 +42,15 @@ impl Default for Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(histogram as fn() -> Histogram),
             lookup_cache_hits: Family::default(),
+            reachable: Default::default(),
         }
     }
 }
 
 impl Metrics {
     /// Registers the metrics as `<prefix>_requests_total`,
-    /// `<prefix>_request_duration_seconds` and `<prefix>_lookup_cache_hits_total` in `registry`.
+    /// `<prefix>_request_duration_seconds`, `<prefix>_lookup_cache_hits_total` and
+    /// `<prefix>_reachable` (see [`super::reachability`]) in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "requests",
@@ -62,6 +66,11 @@ impl Metrics {
             "lookup_cache_hits",
             "OpenStack lookups answered from the per-identity lookup cache (no request sent)",
             self.lookup_cache_hits.clone(),
+        );
+        registry.register(
+            "reachable",
+            "1 when the last request of an identity to an OpenStack service got an HTTP answer below 500, 0 after a 5xx or no answer",
+            self.reachable.clone(),
         );
     }
 

@@ -21,6 +21,7 @@ pub mod error;
 pub mod image;
 pub mod metrics;
 pub mod network;
+pub mod reachability;
 pub mod session;
 pub mod volume;
 
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 pub use clouds::CloudConfig;
 pub use error::{ApiError, Error, Result};
 pub use metrics::Metrics;
+pub use reachability::IdentityLabel;
 pub use session::{ClientOptions, Session};
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -60,11 +62,18 @@ impl Clouds {
     }
 
     /// The session for `cloud` and `cacert`, created on first use. Changing the identity
-    /// Secret changes the key, so new credentials take effect at once.
+    /// Secret changes the key, so new credentials take effect at once. With `identity`, the
+    /// session records its reachability under that label ([`reachability`]); the label leaves
+    /// any other session that had it.
     ///
     /// # Errors
     /// As [`Session::new`].
-    pub fn session(&self, cloud: CloudConfig, cacert: Option<&[u8]>) -> Result<Session> {
+    pub fn session(
+        &self,
+        cloud: CloudConfig,
+        cacert: Option<&[u8]>,
+        identity: Option<&IdentityLabel>,
+    ) -> Result<Session> {
         let key = IdentityKey {
             cloud,
             cacert: cacert.map(<[u8]>::to_vec),
@@ -74,18 +83,38 @@ impl Clouds {
             Err(poisoned) => poisoned.into_inner(),
         };
         let now = Instant::now();
-        sessions.retain(|_, (_, used)| now.duration_since(*used) < self.idle_ttl);
-        if let Some((session, used)) = sessions.get_mut(&key) {
-            *used = now;
-            return Ok(session.clone());
+        sessions.retain(|_, (session, used)| {
+            let keep = now.duration_since(*used) < self.idle_ttl;
+            if !keep {
+                session.forget_identities();
+            }
+            keep
+        });
+        let session = match sessions.get_mut(&key) {
+            Some((session, used)) => {
+                *used = now;
+                session.clone()
+            }
+            None => {
+                let session = Session::new(
+                    key.cloud.clone(),
+                    cacert,
+                    self.options.clone(),
+                    self.metrics.clone(),
+                )?;
+                sessions.insert(key.clone(), (session.clone(), now));
+                session
+            }
+        };
+        if let Some(id) = identity
+            && session.serve_identity(id)
+        {
+            for (k, (other, _)) in sessions.iter() {
+                if *k != key {
+                    other.release_identity(id);
+                }
+            }
         }
-        let session = Session::new(
-            key.cloud.clone(),
-            cacert,
-            self.options.clone(),
-            self.metrics.clone(),
-        )?;
-        sessions.insert(key, (session.clone(), now));
         Ok(session)
     }
 }

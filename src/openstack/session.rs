@@ -280,6 +280,9 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     in_flight: Semaphore,
     metrics: Metrics,
+    /// The identities this session serves and its last outcome per service
+    /// (`capow_openstack_reachable`).
+    reach: super::reachability::Reachability,
     lookups: LookupCache,
     /// Per service, when a `Retry-After` answer lets requests be sent again (see
     /// [`Session::honour_backoff`]).
@@ -387,6 +390,7 @@ impl Session {
                 limiter,
                 in_flight,
                 metrics,
+                reach: Default::default(),
                 lookups: LookupCache::default(),
                 backoff: std::sync::Mutex::default(),
             }),
@@ -404,6 +408,30 @@ impl Session {
             lookup_ttl: (!ttl.is_zero()).then_some(ttl),
             ..self.clone()
         }
+    }
+
+    /// Records whether `service` answered (`status`, `None` when no answer arrived) in the
+    /// reachability series of this session's identities ([`super::reachability`]).
+    fn reached(&self, service: &'static str, status: Option<u16>) {
+        let ok = super::reachability::reachable(status);
+        self.inner
+            .reach
+            .record(&self.inner.metrics.reachable, service, ok);
+    }
+
+    /// Makes this session record its reachability under `id`; true when `id` was new to it.
+    pub(crate) fn serve_identity(&self, id: &super::IdentityLabel) -> bool {
+        self.inner.reach.add(&self.inner.metrics.reachable, id)
+    }
+
+    /// Stops recording under `id` (it is served by another session now).
+    pub(crate) fn release_identity(&self, id: &super::IdentityLabel) {
+        self.inner.reach.release(id);
+    }
+
+    /// Removes the reachability series of the identities this session still serves.
+    pub(crate) fn forget_identities(&self) {
+        self.inner.reach.forget(&self.inner.metrics.reachable);
     }
 
     /// The cloud this session talks to.
@@ -607,6 +635,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(service, operation, "error", elapsed);
+                self.reached(service, None);
                 return Err(transport(service, operation, &url, source));
             }
         };
@@ -614,6 +643,7 @@ impl Session {
         self.inner
             .metrics
             .observe(service, operation, status.as_str(), elapsed);
+        self.reached(service, Some(status.as_u16()));
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
         if status.is_success() {
@@ -710,6 +740,7 @@ impl Session {
                 self.inner
                     .metrics
                     .observe(SERVICE, OPERATION, "error", elapsed);
+                self.reached(SERVICE, None);
                 return Err(transport(SERVICE, OPERATION, &url, source));
             }
         };
@@ -717,6 +748,7 @@ impl Session {
         self.inner
             .metrics
             .observe(SERVICE, OPERATION, status.as_str(), elapsed);
+        self.reached(SERVICE, Some(status.as_u16()));
         let request_id = request_id(response.headers());
         let retry_after = retry_after(response.headers());
         let subject = response
@@ -1273,6 +1305,104 @@ mod tests {
             format!(
                 "cannot reach Neutron at http://127.0.0.1:{port}/v2.0/networks: connection refused"
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn reachability_follows_the_last_answer_of_each_service_per_identity() {
+        use crate::openstack::reachability::IdentityLabel;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let network = {
+            let calls = calls.clone();
+            axum::Router::new().route(
+                "/v2.0/networks",
+                axum::routing::get(move || {
+                    let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        // A 503 first, then a 404: the service answers again.
+                        if n == 0 {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            axum::http::StatusCode::NOT_FOUND
+                        }
+                    }
+                }),
+            )
+        };
+        let network = serve(network).await;
+        let catalog = json!({"token": {"expires_at": "2099-01-01T00:00:00Z", "project": {"id": "p"},
+            "catalog": [{"type": "network", "endpoints": [{"interface": "public", "region_id": "R", "url": network}]}]}});
+        let keystone = axum::Router::new().route(
+            "/v3/auth/tokens",
+            axum::routing::post(move || {
+                let body = catalog.to_string();
+                async move { ([("X-Subject-Token", "tok")], body) }
+            }),
+        );
+        let keystone = serve(keystone).await;
+        let metrics = Metrics::default();
+        let clouds = crate::openstack::Clouds::new(
+            ClientOptions {
+                max_retries: 0,
+                ..ClientOptions::default()
+            },
+            metrics.clone(),
+        );
+        let id = IdentityLabel {
+            identity: "ns/cloud-config".into(),
+            cloud: "c".into(),
+            region: String::new(),
+        };
+        let value = |service: &str| {
+            let mut registry =
+                prometheus_client::registry::Registry::with_prefix("capow_openstack");
+            metrics.register(&mut registry);
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            let series = format!(
+                "capow_openstack_reachable{{identity=\"ns/cloud-config\",cloud=\"c\",region=\"\",service=\"{service}\"}}"
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.trim().to_owned())
+        };
+        let session = clouds
+            .session(cloud_at(&format!("{keystone}/v3")), None, Some(&id))
+            .unwrap();
+        assert_eq!(
+            value("identity"),
+            None,
+            "no series before the first request"
+        );
+        let filter = crate::openstack::network::ListFilter::attribute("name", "n");
+        session.network().list_networks(&filter).await.unwrap_err();
+        assert_eq!(value("identity").as_deref(), Some("1"));
+        assert_eq!(value("network").as_deref(), Some("0"), "503");
+        session.network().list_networks(&filter).await.unwrap_err();
+        assert_eq!(value("network").as_deref(), Some("1"), "404 is an answer");
+
+        // No answer at all: connection refused.
+        let port = closed_port().await;
+        let other = IdentityLabel {
+            identity: "ns/other".into(),
+            ..id.clone()
+        };
+        let session = clouds
+            .session(
+                cloud_at(&format!("http://127.0.0.1:{port}/v3")),
+                None,
+                Some(&other),
+            )
+            .unwrap();
+        session.authenticate().await.unwrap_err();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.lines().any(|l| l
+                == "reachable{identity=\"ns/other\",cloud=\"c\",region=\"\",service=\"identity\"} 0"),
+            "{text}"
         );
     }
 

@@ -93,6 +93,9 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     annotation_metrics.register(registry.sub_registry_with_prefix("autoscaler"));
     let lifecycle_metrics = controllers::lifecycle::LifecycleMetrics::default();
     lifecycle_metrics.register(registry.sub_registry_with_prefix("lifecycle"));
+    // Node-group gauges, read from the externalgrpc server's caches at scrape time.
+    let node_groups = crate::autoscaler::gauges::NodeGroupCollector::default();
+    registry.register_collector(Box::new(node_groups.clone()));
     let lifecycle_config = controllers::lifecycle::LifecycleConfig {
         max_node_age_floor: lifecycle.max_node_age_floor,
     };
@@ -163,7 +166,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             namespace.as_deref(),
             addr,
             &autoscaler,
-            (rpc_metrics, annotation_metrics),
+            (rpc_metrics, annotation_metrics, &node_groups),
             &kube_timeouts.watcher_config(),
             &shutdown,
         )
@@ -329,16 +332,18 @@ fn lease_error(namespace: &str, e: kube_lease_manager::LeaseManagerError) -> any
 }
 
 /// Starts the externalgrpc server (TLS unless `--autoscaler-insecure`), the serving
-/// certificate's rotation and the sweeper of stray delete-machine marks; returns what the
+/// certificate's rotation and the sweeper of stray delete-machine marks, and attaches the
+/// node-group gauges to the server's watch caches; returns what the
 /// credentials publisher needs (TLS only).
 async fn start_autoscaler(
     client: &kube::Client,
     namespace: Option<&str>,
     addr: std::net::SocketAddr,
     args: &cli::AutoscalerArgs,
-    (metrics, annotation_metrics): (
+    (metrics, annotation_metrics, node_groups): (
         crate::autoscaler::service::RpcMetrics,
         crate::autoscaler::report::InvalidAnnotationMetrics,
+        &crate::autoscaler::gauges::NodeGroupCollector,
     ),
     watch: &kube::runtime::watcher::Config,
     shutdown: &CancellationToken,
@@ -355,6 +360,7 @@ async fn start_autoscaler(
         },
     };
     let stores: Arc<dyn service::Snapshots> = Arc::new(stores);
+    node_groups.attach(stores.clone());
     let reporter = report::AnnotationReporter::new(
         client.clone(),
         kube::runtime::events::Reporter {
