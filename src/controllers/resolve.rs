@@ -201,24 +201,12 @@ pub(crate) async fn resolve_network(
                 .map_err(Error::openstack("get the network"))
         },
         async |f| {
-            let filter = neutron_filter(
-                &f.tags,
-                &[
-                    ("name", f.name.clone()),
-                    ("description", f.description.clone()),
-                    ("project_id", f.project_id.clone()),
-                ],
-            );
+            let filter = neutron_filter(&f.tags, named(&f.name, &f.description, &f.project_id));
             let found = net
                 .list_networks(&filter)
                 .await
                 .map_err(Error::openstack("list networks"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "network",
-                &filter.to_string(),
-            )
+            one_found(found, field, "network", &filter)
         },
     )
     .await
@@ -258,28 +246,19 @@ pub(crate) async fn resolve_subnet(
             }
         },
         async |f| {
-            let filter = neutron_filter(
-                &f.tags,
-                &[
-                    ("network_id", Some(network_id.to_owned())),
-                    ("name", f.name.clone()),
-                    ("description", f.description.clone()),
-                    ("project_id", f.project_id.clone()),
+            let attributes = std::iter::once(("network_id", Some(network_id.to_owned())))
+                .chain(named(&f.name, &f.description, &f.project_id))
+                .chain([
                     ("cidr", f.cidr.clone()),
                     ("gateway_ip", f.gateway_ip.clone()),
                     ("ip_version", f.ip_version.map(|v| v.to_string())),
-                ],
-            );
+                ]);
+            let filter = neutron_filter(&f.tags, attributes);
             let found = net
                 .list_subnets(&filter)
                 .await
                 .map_err(Error::openstack("list subnets"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "subnet",
-                &filter.to_string(),
-            )
+            one_found(found, field, "subnet", &filter)
         },
     )
     .await
@@ -306,35 +285,41 @@ pub(crate) async fn resolve_security_group(
                 .map_err(Error::openstack("get the security group"))
         },
         async |f| {
-            let filter = neutron_filter(
-                &f.tags,
-                &[
-                    ("name", f.name.clone()),
-                    ("description", f.description.clone()),
-                    ("project_id", f.project_id.clone()),
-                ],
-            );
+            let filter = neutron_filter(&f.tags, named(&f.name, &f.description, &f.project_id));
             let found = net
                 .list_security_groups(&filter)
                 .await
                 .map_err(Error::openstack("list security groups"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "security group",
-                &filter.to_string(),
-            )
+            one_found(found, field, "security group", &filter)
         },
     )
     .await?;
     Ok(group.id)
 }
 
+/// [`exactly_one`] of what a Neutron list with `filter` found, at `{field}.filter`.
+fn one_found<T>(found: Vec<T>, field: &str, what: &str, filter: &ListFilter) -> Result<T, Error> {
+    exactly_one(found, &format!("{field}.filter"), what, &filter.to_string())
+}
+
+/// The `name`, `description` and `project_id` attributes every CAPO Neutron `*Filter` has.
+fn named(
+    name: &Option<String>,
+    description: &Option<String>,
+    project_id: &Option<String>,
+) -> [(&'static str, Option<String>); 3] {
+    [
+        ("name", name.clone()),
+        ("description", description.clone()),
+        ("project_id", project_id.clone()),
+    ]
+}
+
 /// A Neutron list filter with the tag filters of a CAPO `*Filter` and the `attributes` that
 /// are set and not empty, in their order.
 fn neutron_filter(
     tags: &crate::api::common::NeutronTagFilter,
-    attributes: &[(&'static str, Option<String>)],
+    attributes: impl IntoIterator<Item = (&'static str, Option<String>)>,
 ) -> ListFilter {
     ListFilter {
         tags: tags.tags.clone(),
@@ -342,11 +327,8 @@ fn neutron_filter(
         not_tags: tags.not_tags.clone(),
         not_tags_any: tags.not_tags_any.clone(),
         attributes: attributes
-            .iter()
-            .filter_map(|(key, value)| {
-                let v = value.as_ref().filter(|v| !v.is_empty())?;
-                Some((*key, v.clone()))
-            })
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value.filter(|v| !v.is_empty())?)))
             .collect(),
     }
 }

@@ -20,11 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -1216,14 +1214,8 @@ pub async fn run_controller(
     let clusters = run::api::<Cluster>(client, namespace);
     let deployments = run::api::<k8s_openapi::api::apps::v1::Deployment>(client, namespace);
     let filter = capi::ClusterEventFilter::default();
-    // Status writes of capow's own do not trigger reconciles (see `own_changes`).
-    let (store, writer) = kube::runtime::reflector::store();
     let watch = ctx.config.kube.watcher_config();
-    let objects = watcher::watcher(api, watch.clone())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(crate::controllers::own_changes, Default::default());
+    let (store, objects) = run::own_objects(api, watch.clone());
     let results = Controller::for_stream(objects, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
         .owns(deployments, autoscaler::owned_watch(watch.clone()))

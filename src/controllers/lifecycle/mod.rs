@@ -255,6 +255,24 @@ fn infra_of(
         .then(|| ObjectRef::new(&r.name).within(ns))
 }
 
+/// [`infra_of`] the Cluster a MachineDeployment or Machine belongs to: `spec_cluster` (its
+/// `spec.clusterName`), else its `cluster.x-k8s.io/cluster-name` label.
+fn infra_of_member<K: Resource>(
+    clusters: &Store<Cluster>,
+    member: &K,
+    spec_cluster: &str,
+) -> Option<ObjectRef<OpenStackWorkerCluster>> {
+    let cluster = if spec_cluster.is_empty() {
+        member
+            .labels()
+            .get(capi::CLUSTER_NAME_LABEL)
+            .map_or("", String::as_str)
+    } else {
+        spec_cluster
+    };
+    infra_of(clusters, &member.namespace().unwrap_or_default(), cluster)
+}
+
 fn created(meta: &kube::api::ObjectMeta) -> Timestamp {
     meta.creation_timestamp
         .as_ref()
@@ -1082,15 +1100,10 @@ pub async fn run_controller(
 ) {
     let client = ctx.client.clone();
     let watch = ctx.config.kube.watcher_config();
-    let (oswcs, oswc_writer) = reflector::store();
-    let oswc_stream = watcher(
+    let (oswcs, oswc_stream) = run::own_objects(
         api::<OpenStackWorkerCluster>(&client, namespace),
         watch.clone(),
-    )
-    .default_backoff()
-    .reflect(oswc_writer)
-    .applied_objects()
-    .predicate_filter(crate::controllers::own_changes, Default::default());
+    );
     let (clusters, cluster_writer) = reflector::store();
     let cluster_filter = capi::ClusterEventFilter::default();
     let cluster_stream = watcher(api::<Cluster>(&client, namespace), watch.clone())
@@ -1141,28 +1154,10 @@ pub async fn run_controller(
             infra_of(&c1, &c.namespace().unwrap_or_default(), &c.name_any())
         })
         .watches_stream(md_stream, move |md: MachineDeployment| {
-            let ns = md.namespace().unwrap_or_default();
-            let cluster = if md.spec.cluster_name.is_empty() {
-                md.labels()
-                    .get(capi::CLUSTER_NAME_LABEL)
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                md.spec.cluster_name.clone()
-            };
-            infra_of(&c2, &ns, &cluster)
+            infra_of_member(&c2, &md, &md.spec.cluster_name)
         })
         .watches_stream(machine_stream, move |m: Machine| {
-            let ns = m.namespace().unwrap_or_default();
-            let cluster = if m.spec.cluster_name.is_empty() {
-                m.labels()
-                    .get(capi::CLUSTER_NAME_LABEL)
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                m.spec.cluster_name.clone()
-            };
-            infra_of(&c3, &ns, &cluster)
+            infra_of_member(&c3, &m, &m.spec.cluster_name)
         })
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(triggered))
         .graceful_shutdown_on(shutdown.cancelled_owned())

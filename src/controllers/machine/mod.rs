@@ -943,13 +943,8 @@ pub async fn run_controller(
     // Only changes capow acts on trigger a reconcile: its own status writes (and CAPI's
     // Machine status updates that mirror them) would otherwise re-run a failing create at once,
     // and every write of a reconcile would queue the next one.
-    let (store, writer) = kube::runtime::reflector::store();
     let watch = ctx.config.kube.watcher_config();
-    let machines = watcher(machines_api, watch.clone())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(crate::controllers::own_changes, Default::default());
+    let (store, machines) = run::own_objects(machines_api, watch.clone());
     let capi_machines = watcher(capi_machines, watch.clone())
         .default_backoff()
         .applied_objects()
