@@ -14,10 +14,11 @@
 //! - [`controllers`]: the reconcilers of the machine, cluster and machine template kinds, the
 //!   node lifecycle controller and the orphan sweep, one folder each (observe → plan → execute
 //!   → status); what they share sits in `controllers/` itself: the reconcile
-//!   [`controllers::Error`] (categories, condition reasons, retries), the status writer
-//!   ([`controllers::status`]), the identity and OpenStack session ([`controllers::identity`])
-//!   and the "by ID or by a filter that matches exactly one" resolvers
-//!   ([`controllers::resolve`]). No controller imports another;
+//!   [`controllers::Error`] (categories, condition reasons as [`controllers::Reason`],
+//!   retries), the reconcile, error-policy and run-loop tails (`controllers/run.rs`), the
+//!   status writer ([`controllers::status`]), the identity and OpenStack session
+//!   ([`controllers::identity`]) and the "by ID or by a filter that matches exactly one"
+//!   resolvers ([`controllers::resolve`]). No controller imports another;
 //! - [`autoscaler`]: the externalgrpc cloud provider: the node-group index, template nodes,
 //!   options, pricing, the tonic service and its mTLS transport (it shares caches with the
 //!   controllers, not code: it does not import [`controllers`]);

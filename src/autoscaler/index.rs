@@ -469,42 +469,25 @@ fn instance_of(
     }
 }
 
-impl Index {
-    /// Builds the node groups of the clusters `scope` admits (`None`: all clusters).
-    pub fn build(snapshot: &Snapshot, scope: Option<&ClusterKey>) -> Index {
-        let in_scope = |ns: &str, cluster: &ClusterKey| match scope {
-            None => true,
-            Some(s) => s.namespace == ns && s.name == cluster.name,
-        };
-        // Lookups by namespace and name.
-        let templates: HashMap<(String, String), &Arc<OpenStackWorkerMachineTemplate>> = snapshot
-            .templates
-            .iter()
-            .map(|t| ((t.namespace().unwrap_or_default(), t.name_any()), t))
-            .collect();
-        let infra_machines: HashMap<(String, String), &Arc<OpenStackWorkerMachine>> = snapshot
-            .infra_machines
-            .iter()
-            .map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m))
-            .collect();
-        let regions: HashMap<(String, String), Option<String>> = snapshot
-            .infra_clusters
-            .iter()
-            .map(|c| {
-                let cluster = c
-                    .labels()
-                    .get(capi::CLUSTER_NAME_LABEL)
-                    .cloned()
-                    .unwrap_or_else(|| c.name_any());
-                (
-                    (c.namespace().unwrap_or_default(), cluster),
-                    c.spec.identity_ref.region.clone(),
-                )
-            })
-            .collect();
+/// The objects [`Index::build`] looks up by namespace and name.
+struct Lookups<'a> {
+    templates: HashMap<(String, String), &'a Arc<OpenStackWorkerMachineTemplate>>,
+    infra_machines: HashMap<(String, String), &'a Arc<OpenStackWorkerMachine>>,
+    /// By namespace and the name of the CAPI Cluster (its `cluster.x-k8s.io/cluster-name`
+    /// label, else its own name).
+    infra_clusters: HashMap<(String, String), &'a Arc<OpenStackWorkerCluster>>,
+}
 
-        let lifecycles: HashMap<(String, String), Option<crate::api::lifecycle::NodeLifecycle>> =
-            snapshot
+impl<'a> Lookups<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        Self {
+            templates: snapshot.templates.iter().map(|t| (key(&**t), t)).collect(),
+            infra_machines: snapshot
+                .infra_machines
+                .iter()
+                .map(|m| (key(&**m), m))
+                .collect(),
+            infra_clusters: snapshot
                 .infra_clusters
                 .iter()
                 .map(|c| {
@@ -513,132 +496,150 @@ impl Index {
                         .get(capi::CLUSTER_NAME_LABEL)
                         .cloned()
                         .unwrap_or_else(|| c.name_any());
-                    (
-                        (c.namespace().unwrap_or_default(), cluster),
-                        c.spec.node_lifecycle.clone(),
-                    )
+                    ((c.namespace().unwrap_or_default(), cluster), c)
                 })
-                .collect();
-
-        let mut groups: BTreeMap<String, NodeGroup> = BTreeMap::new();
-        let mut problems: Vec<AnnotationProblem> = Vec::new();
-        let mut add_group = |kind: GroupKind,
-                             ns: String,
-                             name: String,
-                             uid: Option<String>,
-                             cluster: ClusterKey,
-                             replicas: Option<i32>,
-                             own: &BTreeMap<String, String>,
-                             template: &MachineTemplateSpec| {
-            let r = &template.spec.infrastructure_ref;
-            if r.kind != "OpenStackWorkerMachineTemplate" || !in_scope(&ns, &cluster) {
-                return;
-            }
-            if capi::has_paused_annotation(own) {
-                return;
-            }
-            let infra_template = templates.get(&(ns.clone(), r.name.clone()));
-            let annotations = effective_annotations(own, infra_template.map(|t| t.as_ref()));
-            let limits = size_limits(&annotations);
-            if limits == SizeLimits::NotAutoscaled {
-                return;
-            }
-            let id = format!("{}/{ns}/{name}", kind.as_str());
-            let source = |key: &str| {
-                if own.contains_key(key) {
-                    format!("{} {ns}/{name}", kind.as_str())
-                } else {
-                    format!("OpenStackWorkerMachineTemplate {ns}/{}", r.name)
-                }
-            };
-            let problem = |annotation: String, value: String, rule: String, consequence: &str| {
-                AnnotationProblem {
-                    group: id.clone(),
-                    kind,
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                    cluster: cluster.clone(),
-                    source: source(&annotation),
-                    annotation,
-                    value,
-                    rule,
-                    consequence: consequence.to_owned(),
-                }
-            };
-            let target = replicas.unwrap_or(0);
-            let (min, max, frozen) = match limits {
-                SizeLimits::Valid { min, max } => (min, max, None),
-                SizeLimits::Invalid(bad) => {
-                    let why = bad
-                        .iter()
-                        .map(|(a, v, _)| format!("{a}={v:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    for (annotation, value, rule) in bad {
-                        problems.push(problem(annotation, value, rule, FROZEN_CONSEQUENCE));
-                    }
-                    (target, target, Some(format!("invalid {why}")))
-                }
-                SizeLimits::NotAutoscaled => return,
-            };
-            for e in options::validate(&annotations) {
-                problems.push(problem(
-                    e.annotation,
-                    e.value,
-                    e.rule,
-                    options::INVALID_CONSEQUENCE,
-                ));
-            }
-            let region = regions
-                .get(&(ns.clone(), cluster.name.clone()))
-                .cloned()
-                .flatten();
-            // An unusable annotation falls back to the cluster's taint, as the lifecycle
-            // controller does (which also reports it).
-            let lifecycle = lifecycles
-                .get(&(ns.clone(), cluster.name.clone()))
-                .and_then(Option::as_ref);
-            let startup_taint =
-                crate::api::lifecycle::settings::startup_taint(lifecycle, &annotations)
-                    .unwrap_or_else(|e| e.1);
-            groups.insert(
-                id.clone(),
-                NodeGroup {
-                    id,
-                    kind,
-                    template: infra_template.map(|t| Arc::clone(t)),
-                    namespace: ns,
-                    name,
-                    cluster,
-                    min_size: min,
-                    max_size: max,
-                    target_size: target,
-                    annotations,
-                    machine_template: template.clone(),
-                    region,
-                    instances: Vec::new(),
-                    frozen,
-                    startup_taint,
-                },
-            );
-        };
-        for md in &snapshot.machine_deployments {
-            let ns = md.namespace().unwrap_or_default();
-            let cluster = cluster_of(&ns, &md.spec.cluster_name, md.labels());
-            add_group(
-                GroupKind::MachineDeployment,
-                ns,
-                md.name_any(),
-                md.uid(),
-                cluster,
-                md.spec.replicas,
-                md.annotations(),
-                &md.spec.template,
-            );
+                .collect(),
         }
-        let mut set_owner: HashMap<(String, String), String> = HashMap::new();
-        for ms in &snapshot.machine_sets {
+    }
+}
+
+/// The namespace and name of an object, the key of [`Lookups`].
+fn key<K: kube::Resource>(o: &K) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A MachineDeployment or MachineSet that may be a node group.
+struct Owner<'a> {
+    kind: GroupKind,
+    ns: String,
+    name: String,
+    uid: Option<String>,
+    cluster: ClusterKey,
+    replicas: Option<i32>,
+    annotations: &'a BTreeMap<String, String>,
+    template: &'a MachineTemplateSpec,
+}
+
+/// The state of [`Index::build`]: the groups and annotation problems found so far.
+struct Builder<'a> {
+    lookups: Lookups<'a>,
+    scope: Option<&'a ClusterKey>,
+    groups: BTreeMap<String, NodeGroup>,
+    problems: Vec<AnnotationProblem>,
+}
+
+impl Builder<'_> {
+    /// Adds `owner` as a node group when it is in scope, not paused, uses an
+    /// OpenStackWorkerMachineTemplate and carries size annotations (its own or its
+    /// template's); records its unusable annotations.
+    fn add(&mut self, owner: Owner<'_>) {
+        let Owner {
+            kind,
+            ns,
+            name,
+            uid,
+            cluster,
+            replicas,
+            annotations: own,
+            template,
+        } = owner;
+        let r = &template.spec.infrastructure_ref;
+        let in_scope = self
+            .scope
+            .is_none_or(|s| s.namespace == ns && s.name == cluster.name);
+        if r.kind != "OpenStackWorkerMachineTemplate" || !in_scope {
+            return;
+        }
+        if capi::has_paused_annotation(own) {
+            return;
+        }
+        let infra_template = self.lookups.templates.get(&(ns.clone(), r.name.clone()));
+        let annotations = effective_annotations(own, infra_template.map(|t| t.as_ref()));
+        let limits = size_limits(&annotations);
+        let id = format!("{}/{ns}/{name}", kind.as_str());
+        let problem = |annotation: String, value: String, rule: String, consequence: &str| {
+            let source = if own.contains_key(&annotation) {
+                format!("{} {ns}/{name}", kind.as_str())
+            } else {
+                format!("OpenStackWorkerMachineTemplate {ns}/{}", r.name)
+            };
+            AnnotationProblem {
+                group: id.clone(),
+                kind,
+                namespace: ns.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+                cluster: cluster.clone(),
+                source,
+                annotation,
+                value,
+                rule,
+                consequence: consequence.to_owned(),
+            }
+        };
+        let target = replicas.unwrap_or(0);
+        let (min, max, frozen) = match limits {
+            SizeLimits::Valid { min, max } => (min, max, None),
+            SizeLimits::Invalid(bad) => {
+                let why = bad
+                    .iter()
+                    .map(|(a, v, _)| format!("{a}={v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                for (annotation, value, rule) in bad {
+                    self.problems
+                        .push(problem(annotation, value, rule, FROZEN_CONSEQUENCE));
+                }
+                (target, target, Some(format!("invalid {why}")))
+            }
+            SizeLimits::NotAutoscaled => return,
+        };
+        for e in options::validate(&annotations) {
+            self.problems.push(problem(
+                e.annotation,
+                e.value,
+                e.rule,
+                options::INVALID_CONSEQUENCE,
+            ));
+        }
+        let infra_cluster = self
+            .lookups
+            .infra_clusters
+            .get(&(ns.clone(), cluster.name.clone()));
+        let region = infra_cluster.and_then(|c| c.spec.identity_ref.region.clone());
+        // An unusable annotation falls back to the cluster's taint, as the lifecycle
+        // controller does (which also reports it).
+        let lifecycle = infra_cluster.and_then(|c| c.spec.node_lifecycle.as_ref());
+        let startup_taint = crate::api::lifecycle::settings::startup_taint(lifecycle, &annotations)
+            .unwrap_or_else(|e| e.1);
+        self.groups.insert(
+            id.clone(),
+            NodeGroup {
+                id,
+                kind,
+                template: infra_template.map(|t| Arc::clone(t)),
+                namespace: ns,
+                name,
+                cluster,
+                min_size: min,
+                max_size: max,
+                target_size: target,
+                annotations,
+                machine_template: template.clone(),
+                region,
+                instances: Vec::new(),
+                frozen,
+                startup_taint,
+            },
+        );
+    }
+
+    /// Adds the MachineSets no MachineDeployment owns as groups of their own; returns the
+    /// group id of every MachineSet by namespace and name (its MachineDeployment's, else its
+    /// own).
+    fn add_machine_sets(&mut self, sets: &[Arc<MachineSet>]) -> HashMap<(String, String), String> {
+        let mut set_owner = HashMap::new();
+        for ms in sets {
             let ns = ms.namespace().unwrap_or_default();
             let owner_md = ms
                 .owner_references()
@@ -646,36 +647,37 @@ impl Index {
                 .find(|o| o.kind == "MachineDeployment")
                 .map(|o| o.name.clone())
                 .or_else(|| ms.labels().get(capi::DEPLOYMENT_NAME_LABEL).cloned());
-            match owner_md {
-                Some(md) => {
-                    set_owner.insert(
-                        (ns, ms.name_any()),
-                        format!(
-                            "MachineDeployment/{}/{md}",
-                            ms.namespace().unwrap_or_default()
-                        ),
-                    );
-                }
-                None => {
-                    let cluster = cluster_of(&ns, &ms.spec.cluster_name, ms.labels());
-                    let id = format!("MachineSet/{ns}/{}", ms.name_any());
-                    set_owner.insert((ns.clone(), ms.name_any()), id);
-                    add_group(
-                        GroupKind::MachineSet,
-                        ns,
-                        ms.name_any(),
-                        ms.uid(),
-                        cluster,
-                        ms.spec.replicas,
-                        ms.annotations(),
-                        &ms.spec.template,
-                    );
-                }
+            if let Some(md) = owner_md {
+                let id = format!("MachineDeployment/{ns}/{md}");
+                set_owner.insert((ns, ms.name_any()), id);
+                continue;
             }
+            let cluster = cluster_of(&ns, &ms.spec.cluster_name, ms.labels());
+            let id = format!("MachineSet/{ns}/{}", ms.name_any());
+            set_owner.insert((ns.clone(), ms.name_any()), id);
+            self.add(Owner {
+                kind: GroupKind::MachineSet,
+                ns,
+                name: ms.name_any(),
+                uid: ms.uid(),
+                cluster,
+                replicas: ms.spec.replicas,
+                annotations: ms.annotations(),
+                template: &ms.spec.template,
+            });
         }
+        set_owner
+    }
 
+    /// Adds every Machine of a group as its instance (by its MachineSet's group, else its
+    /// MachineDeployment label); returns the group id of every instance id.
+    fn add_machines(
+        &mut self,
+        machines: &[Arc<Machine>],
+        set_owner: &HashMap<(String, String), String>,
+    ) -> HashMap<String, String> {
         let mut by_instance = HashMap::new();
-        for machine in &snapshot.machines {
+        for machine in machines {
             let ns = machine.namespace().unwrap_or_default();
             let labels = machine.labels();
             // CAPI labels every Machine with its MachineSet and MachineDeployment.
@@ -687,12 +689,14 @@ impl Index {
                         .get(capi::DEPLOYMENT_NAME_LABEL)
                         .map(|md| format!("MachineDeployment/{ns}/{md}"))
                 });
-            let Some(group) = group_id.and_then(|id| groups.get_mut(&id)) else {
+            let Some(group) = group_id.and_then(|id| self.groups.get_mut(&id)) else {
                 continue;
             };
             let infra = (machine.spec.infrastructure_ref.kind == "OpenStackWorkerMachine")
                 .then(|| {
-                    infra_machines.get(&(ns.clone(), machine.spec.infrastructure_ref.name.clone()))
+                    self.lookups
+                        .infra_machines
+                        .get(&(ns.clone(), machine.spec.infrastructure_ref.name.clone()))
                 })
                 .flatten()
                 .map(|m| m.as_ref());
@@ -700,6 +704,40 @@ impl Index {
             by_instance.insert(instance.id.clone(), group.id.clone());
             group.instances.push(instance);
         }
+        by_instance
+    }
+}
+
+impl Index {
+    /// Builds the node groups of the clusters `scope` admits (`None`: all clusters).
+    pub fn build(snapshot: &Snapshot, scope: Option<&ClusterKey>) -> Index {
+        let mut builder = Builder {
+            lookups: Lookups::new(snapshot),
+            scope,
+            groups: BTreeMap::new(),
+            problems: Vec::new(),
+        };
+        for md in &snapshot.machine_deployments {
+            let ns = md.namespace().unwrap_or_default();
+            let cluster = cluster_of(&ns, &md.spec.cluster_name, md.labels());
+            builder.add(Owner {
+                kind: GroupKind::MachineDeployment,
+                ns,
+                name: md.name_any(),
+                uid: md.uid(),
+                cluster,
+                replicas: md.spec.replicas,
+                annotations: md.annotations(),
+                template: &md.spec.template,
+            });
+        }
+        let set_owner = builder.add_machine_sets(&snapshot.machine_sets);
+        let by_instance = builder.add_machines(&snapshot.machines, &set_owner);
+        let Builder {
+            mut groups,
+            mut problems,
+            ..
+        } = builder;
         for g in groups.values_mut() {
             g.instances.sort_by(|a, b| a.id.cmp(&b.id));
         }

@@ -87,40 +87,98 @@ pub struct TemplateOptions {
     pub gpu_label: String,
 }
 
-/// Builds the template Node of `group`.
+/// Builds the template Node of `group`: its [`capacity`], [`allocatable`], [`labels`] and
+/// [`taints`], `Ready=True`.
 ///
 /// # Errors
 /// [`TemplateError::NoCapacity`] when cpu or memory are unknown; [`TemplateError::BadAnnotation`]
 /// when an override does not parse.
 pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Node, TemplateError> {
-    let bad = |annotation: &str, message: String| TemplateError::BadAnnotation {
+    let status = group.template.as_ref().and_then(|t| t.status.as_ref());
+    let (capacity, gpu_type) = capacity(group)?;
+    let allocatable = allocatable(group, &capacity)?;
+    let node_info = status.and_then(|s| s.node_info.clone()).unwrap_or_default();
+    let os = node_info.operating_system.unwrap_or_else(|| "linux".into());
+    let arch = node_info.architecture.unwrap_or_else(|| "amd64".into());
+    let name = format!(
+        "template-node-for-{}",
+        group.id.replace('/', "-").to_lowercase()
+    );
+    let labels = labels(group, options, &name, &os, &arch, gpu_type);
+    Ok(Node {
+        metadata: Some(ObjectMeta {
+            name,
+            labels: labels.into_iter().collect(),
+            annotations: [(NODE_GROUP_ANNOTATION.to_owned(), group.id.clone())].into(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            provider_id: String::new(),
+            unschedulable: false,
+            taints: taints(group)?,
+        }),
+        status: Some(NodeStatus {
+            capacity: quantities(&capacity),
+            allocatable: quantities(&allocatable),
+            conditions: vec![NodeCondition {
+                r#type: "Ready".into(),
+                status: "True".into(),
+                reason: "KubeletReady".into(),
+                message: "template node of a capow node group".into(),
+                ..Default::default()
+            }],
+            node_info: Some(NodeSystemInfo {
+                kubelet_version: group
+                    .machine_template
+                    .spec
+                    .version
+                    .clone()
+                    .unwrap_or_default(),
+                operating_system: os,
+                architecture: arch,
+            }),
+        }),
+    })
+}
+
+/// The group's `capacity.cluster-autoscaler.kubernetes.io/<name>` annotation.
+fn capacity_annotation<'a>(group: &'a NodeGroup, name: &str) -> Option<&'a String> {
+    group.annotations.get(&format!("{CAPACITY_PREFIX}{name}"))
+}
+
+/// A [`TemplateError::BadAnnotation`] of `group` at `annotation`.
+fn bad(group: &NodeGroup, annotation: &str, message: String) -> TemplateError {
+    TemplateError::BadAnnotation {
         group: group.id.clone(),
         annotation: annotation.to_owned(),
         message,
-    };
-    let status = group.template.as_ref().and_then(|t| t.status.as_ref());
+    }
+}
+
+/// The node's capacity by resource name (the template's `status.capacity` overridden by the
+/// `capacity.cluster-autoscaler.kubernetes.io/*` annotations; `pods` from `maxPods` or
+/// [`DEFAULT_MAX_PODS`]; a GPU count under its type's resource name) and its GPU type (the
+/// part after the last `/` of the annotated type, else the flavor's).
+fn capacity(group: &NodeGroup) -> Result<(BTreeMap<String, Milli>, Option<String>), TemplateError> {
+    let resolved = group.template.as_ref().and_then(|t| t.status.as_ref());
     let mut capacity: BTreeMap<String, Milli> = BTreeMap::new();
-    if let Some(s) = status {
-        for (k, v) in &s.capacity {
-            if let Ok(q) = quantity::parse(&v.0) {
-                capacity.insert(k.clone(), q);
-            }
+    for (k, v) in resolved.iter().flat_map(|s| &s.capacity) {
+        if let Ok(q) = quantity::parse(&v.0) {
+            capacity.insert(k.clone(), q);
         }
     }
-    let ann = &group.annotations;
-    let cap_ann = |name: &str| ann.get(&format!("{CAPACITY_PREFIX}{name}"));
     for (name, resource) in [
         ("cpu", "cpu"),
         ("memory", "memory"),
         ("ephemeral-disk", "ephemeral-storage"),
     ] {
-        if let Some(v) = cap_ann(name) {
+        if let Some(v) = capacity_annotation(group, name) {
             let q = quantity::parse(v)
-                .map_err(|e| bad(&format!("{CAPACITY_PREFIX}{name}"), e.to_string()))?;
+                .map_err(|e| bad(group, &format!("{CAPACITY_PREFIX}{name}"), e.to_string()))?;
             capacity.insert(resource.to_owned(), q);
         }
     }
-    let pods = match cap_ann("maxPods") {
+    let pods = match capacity_annotation(group, "maxPods") {
         Some(v) => v
             .trim()
             .parse::<i64>()
@@ -128,6 +186,7 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
             .filter(|p| *p > 0)
             .ok_or_else(|| {
                 bad(
+                    group,
                     &format!("{CAPACITY_PREFIX}maxPods"),
                     format!("{v:?} is not a positive integer"),
                 )
@@ -135,15 +194,16 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
         None => DEFAULT_MAX_PODS,
     };
     capacity.insert("pods".to_owned(), Milli(i128::from(pods) * 1000));
-    let mut gpu_type = group
-        .template
-        .as_ref()
-        .and_then(|t| t.status.as_ref())
+    let mut gpu_type = resolved
         .and_then(|s| s.resolved.as_ref())
         .and_then(|r| r.gpu_type.clone());
-    if let (Some(t), Some(c)) = (cap_ann("gpu-type"), cap_ann("gpu-count")) {
+    if let (Some(t), Some(c)) = (
+        capacity_annotation(group, "gpu-type"),
+        capacity_annotation(group, "gpu-count"),
+    ) {
         let count = c.trim().parse::<i64>().map_err(|_| {
             bad(
+                group,
                 &format!("{CAPACITY_PREFIX}gpu-count"),
                 format!("{c:?} is not an integer"),
             )
@@ -154,13 +214,21 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
     if !capacity.contains_key("cpu") || !capacity.contains_key("memory") {
         return Err(TemplateError::NoCapacity(group.id.clone()));
     }
+    Ok((capacity, gpu_type))
+}
 
-    // allocatable = capacity - kube-reserved - system-reserved - hard eviction thresholds
+/// allocatable = capacity - kube-reserved - system-reserved - hard eviction thresholds (the
+/// group's annotations, else [`DEFAULT_EVICTION_HARD`]), at least zero.
+fn allocatable(
+    group: &NodeGroup,
+    capacity: &BTreeMap<String, Milli>,
+) -> Result<BTreeMap<String, Milli>, TemplateError> {
+    let ann = &group.annotations;
     let mut allocatable = capacity.clone();
     for key in [KUBE_RESERVED_ANNOTATION, SYSTEM_RESERVED_ANNOTATION] {
         if let Some(v) = ann.get(key) {
             for (resource, amount) in kv_list(v) {
-                let q = quantity::parse(amount).map_err(|e| bad(key, e.to_string()))?;
+                let q = quantity::parse(amount).map_err(|e| bad(group, key, e.to_string()))?;
                 if let Some(a) = allocatable.get_mut(resource) {
                     a.0 -= q.0;
                 }
@@ -183,50 +251,61 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
             Some(pct) => {
                 let pct: i128 = pct.trim().parse().map_err(|_| {
                     bad(
+                        group,
                         EVICTION_HARD_ANNOTATION,
                         format!("{amount:?} is not a percentage"),
                     )
                 })?;
                 Milli(cap.0 * pct / 100)
             }
-            None => {
-                quantity::parse(amount).map_err(|e| bad(EVICTION_HARD_ANNOTATION, e.to_string()))?
-            }
+            None => quantity::parse(amount)
+                .map_err(|e| bad(group, EVICTION_HARD_ANNOTATION, e.to_string()))?,
         };
         if let Some(a) = allocatable.get_mut(resource) {
             a.0 -= q.0;
         }
     }
+    for a in allocatable.values_mut() {
+        a.0 = a.0.max(0);
+    }
+    Ok(allocatable)
+}
 
-    let format = |resource: &str, q: Milli| -> Quantity {
-        let string = match resource {
-            "cpu" => quantity::format_cpu(q),
-            "memory" | "ephemeral-storage" => quantity::format_bytes(q),
-            _ => quantity::format_count(q),
-        };
-        Quantity { string }
-    };
-    let capacity_pb = capacity
+/// Resources as the Node's quantities (cpu in cores or millicores, memory and storage in
+/// bytes, counts as integers).
+fn quantities(resources: &BTreeMap<String, Milli>) -> std::collections::HashMap<String, Quantity> {
+    resources
         .iter()
-        .map(|(k, v)| (k.clone(), format(k, *v)))
-        .collect();
-    let allocatable_pb = allocatable
-        .iter()
-        .map(|(k, v)| (k.clone(), format(k, Milli(v.0.max(0)))))
-        .collect();
+        .map(|(resource, &q)| {
+            let string = match resource.as_str() {
+                "cpu" => quantity::format_cpu(q),
+                "memory" | "ephemeral-storage" => quantity::format_bytes(q),
+                _ => quantity::format_count(q),
+            };
+            (resource.clone(), Quantity { string })
+        })
+        .collect()
+}
 
-    let node_info = status.and_then(|s| s.node_info.clone()).unwrap_or_default();
-    let os = node_info.operating_system.unwrap_or_else(|| "linux".into());
-    let arch = node_info.architecture.unwrap_or_else(|| "amd64".into());
-    let name = format!(
-        "template-node-for-{}",
-        group.id.replace('/', "-").to_lowercase()
-    );
+/// The labels the group's nodes carry: well-known OS, architecture, host name, instance type
+/// (the flavor), zone (the failure domain) and region; the template Machine's labels CAPI
+/// propagates ([`is_propagated_label`]); the `labels` capacity annotation; the GPU label.
+fn labels(
+    group: &NodeGroup,
+    options: &TemplateOptions,
+    name: &str,
+    os: &str,
+    arch: &str,
+    gpu_type: Option<String>,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
-    labels.insert("kubernetes.io/os".to_owned(), os.clone());
-    labels.insert("kubernetes.io/arch".to_owned(), arch.clone());
-    labels.insert("kubernetes.io/hostname".to_owned(), name.clone());
-    if let Some(flavor) = status
+    labels.insert("kubernetes.io/os".to_owned(), os.to_owned());
+    labels.insert("kubernetes.io/arch".to_owned(), arch.to_owned());
+    labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+    if let Some(flavor) = group
+        .template
+        .as_ref()
+        .and_then(|t| t.status.as_ref())
         .and_then(|s| s.resolved.as_ref())
         .and_then(|r| r.flavor_name.clone())
     {
@@ -249,7 +328,7 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
             labels.insert(k.clone(), v.clone());
         }
     }
-    if let Some(extra) = cap_ann("labels") {
+    if let Some(extra) = capacity_annotation(group, "labels") {
         for (k, v) in kv_list(extra) {
             labels.insert(k.to_owned(), v.to_owned());
         }
@@ -257,7 +336,13 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
     if let Some(t) = gpu_type.filter(|_| !options.gpu_label.is_empty()) {
         labels.insert(options.gpu_label.clone(), t);
     }
+    labels
+}
 
+/// The taints the group's nodes carry: the template Machine's, the `taints` capacity
+/// annotation's (`key=value:Effect,...`; it wins over a template taint with the same key and
+/// effect) and the group's startup taint when cluster-autoscaler counts it as one.
+fn taints(group: &NodeGroup) -> Result<Vec<Taint>, TemplateError> {
     let mut taints: Vec<Taint> = group
         .machine_template
         .spec
@@ -269,25 +354,27 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
             effect: t.effect.clone(),
         })
         .collect();
-    if let Some(extra) = cap_ann("taints") {
+    let mut put = |key: &str, value: &str, effect: &str| {
+        taints.retain(|t| !(t.key == key && t.effect == effect));
+        taints.push(Taint {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            effect: effect.to_owned(),
+        });
+    };
+    if let Some(extra) = capacity_annotation(group, "taints") {
         for entry in extra.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (kv, effect) = entry.rsplit_once(':').ok_or_else(|| {
                 bad(
+                    group,
                     &format!("{CAPACITY_PREFIX}taints"),
                     format!("{entry:?} is not key=value:Effect"),
                 )
             })?;
             let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-            // The annotation wins over a template taint with the same key and effect.
-            taints.retain(|t| !(t.key == key && t.effect == effect));
-            taints.push(Taint {
-                key: key.to_owned(),
-                value: value.to_owned(),
-                effect: effect.to_owned(),
-            });
+            put(key, value, effect);
         }
     }
-
     // The startup taint, declared as one: only a key cluster-autoscaler itself counts as a
     // startup taint (its `startup-taint.cluster-autoscaler.kubernetes.io/` prefixes) is put
     // on the template. CA drops such taints from every template it simulates with
@@ -301,48 +388,9 @@ pub fn template_node(group: &NodeGroup, options: &TemplateOptions) -> Result<Nod
             .iter()
             .any(|p| t.key.starts_with(p))
     }) {
-        taints.retain(|x| !(x.key == t.key && x.effect == t.effect));
-        taints.push(Taint {
-            key: t.key.clone(),
-            value: t.value.clone(),
-            effect: t.effect.clone(),
-        });
+        put(&t.key, &t.value, &t.effect);
     }
-
-    Ok(Node {
-        metadata: Some(ObjectMeta {
-            name,
-            labels: labels.into_iter().collect(),
-            annotations: [(NODE_GROUP_ANNOTATION.to_owned(), group.id.clone())].into(),
-            ..Default::default()
-        }),
-        spec: Some(NodeSpec {
-            provider_id: String::new(),
-            unschedulable: false,
-            taints,
-        }),
-        status: Some(NodeStatus {
-            capacity: capacity_pb,
-            allocatable: allocatable_pb,
-            conditions: vec![NodeCondition {
-                r#type: "Ready".into(),
-                status: "True".into(),
-                reason: "KubeletReady".into(),
-                message: "template node of a capow node group".into(),
-                ..Default::default()
-            }],
-            node_info: Some(NodeSystemInfo {
-                kubelet_version: group
-                    .machine_template
-                    .spec
-                    .version
-                    .clone()
-                    .unwrap_or_default(),
-                operating_system: os,
-                architecture: arch,
-            }),
-        }),
-    })
+    Ok(taints)
 }
 
 #[cfg(test)]

@@ -269,6 +269,52 @@ impl CloudProviderService {
         }
     }
 
+    /// Measures `method` ([`Self::measure`]) around `f`, called with the caller's scope
+    /// ([`Self::scope`]): the preamble of every RPC.
+    async fn with_scope<R: Sync, T>(
+        &self,
+        method: &'static str,
+        request: &Request<R>,
+        f: impl AsyncFnOnce(&Option<ClusterKey>) -> Result<T, Status>,
+    ) -> RpcResult<T> {
+        self.measure(method, async {
+            let scope = self.scope(request)?;
+            f(&scope).await
+        })
+        .await
+    }
+
+    /// [`Self::with_scope`] for the RPCs that read the index: `f` gets the scope's index too.
+    async fn with_index<R: Sync, T>(
+        &self,
+        method: &'static str,
+        request: &Request<R>,
+        f: impl AsyncFnOnce(&Option<ClusterKey>, &Index) -> Result<T, Status>,
+    ) -> RpcResult<T> {
+        self.with_scope(method, request, async |scope| {
+            f(scope, &self.index(scope)).await
+        })
+        .await
+    }
+
+    /// [`Self::with_scope`] for the RPCs about one node group: the request's own check
+    /// ([`GroupRequest::check`], before the index is read), then `f` with the group the request
+    /// names (`NotFound` when the scope's index has none).
+    async fn with_group<R: GroupRequest, T>(
+        &self,
+        method: &'static str,
+        request: &Request<R>,
+        f: impl AsyncFnOnce(&Option<ClusterKey>, &NodeGroup) -> Result<T, Status>,
+    ) -> RpcResult<T> {
+        self.with_scope(method, request, async |scope| {
+            let r = request.get_ref();
+            r.check()?;
+            let index = self.index(scope);
+            f(scope, Self::group(&index, r.id())?).await
+        })
+        .await
+    }
+
     async fn measure<T>(
         &self,
         method: &'static str,
@@ -318,6 +364,68 @@ fn to_pb_instance(i: &super::index::Instance) -> pb::Instance {
     }
 }
 
+/// A request naming one node group by `id`, for [`CloudProviderService::with_group`].
+trait GroupRequest: Sync {
+    /// The node group id the request names.
+    fn id(&self) -> &str;
+
+    /// Refuses a malformed request (`InvalidArgument`) before any group is looked up.
+    #[allow(clippy::result_large_err)]
+    fn check(&self) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+macro_rules! group_request {
+    ($($t:ty),*) => {$(
+        impl GroupRequest for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+        }
+    )*};
+}
+
+group_request!(
+    pb::NodeGroupTargetSizeRequest,
+    pb::NodeGroupDeleteNodesRequest,
+    pb::NodeGroupNodesRequest,
+    pb::NodeGroupTemplateNodeInfoRequest,
+    pb::NodeGroupAutoscalingOptionsRequest
+);
+
+impl GroupRequest for pb::NodeGroupIncreaseSizeRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        if self.delta <= 0 {
+            return Err(Status::invalid_argument(format!(
+                "delta must be positive, got {}",
+                self.delta
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl GroupRequest for pb::NodeGroupDecreaseTargetSizeRequest {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        if self.delta >= 0 {
+            return Err(Status::invalid_argument(format!(
+                "delta must be negative, got {}",
+                self.delta
+            )));
+        }
+        Ok(())
+    }
+}
+
 type RpcResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -326,9 +434,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupsRequest>,
     ) -> RpcResult<pb::NodeGroupsResponse> {
-        self.measure("NodeGroups", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_index("NodeGroups", &request, async |_, index| {
             Ok(pb::NodeGroupsResponse {
                 node_groups: index.groups().map(to_pb_group).collect(),
             })
@@ -340,9 +446,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupForNodeRequest>,
     ) -> RpcResult<pb::NodeGroupForNodeResponse> {
-        self.measure("NodeGroupForNode", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_index("NodeGroupForNode", &request, async |_, index| {
             let provider_id = request
                 .get_ref()
                 .node
@@ -369,14 +473,12 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::PricingNodePriceRequest>,
     ) -> RpcResult<pb::PricingNodePriceResponse> {
-        self.measure("PricingNodePrice", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_index("PricingNodePrice", &request, async |_, index| {
             let r = request.get_ref();
             let node = r.node.clone().unwrap_or_default();
             // Real nodes by providerID; CA's template nodes (no providerID) by capow's
             // annotation or their name (pricing module docs).
-            let group = pricing::group_of_node(&index, &node).ok_or_else(|| {
+            let group = pricing::group_of_node(index, &node).ok_or_else(|| {
                 Status::not_found(format!(
                     "node {:?} (providerID {:?}) is not in a node group",
                     node.name, node.provider_id
@@ -403,9 +505,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::PricingPodPriceRequest>,
     ) -> RpcResult<pb::PricingPodPriceResponse> {
-        self.measure("PricingPodPrice", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_index("PricingPodPrice", &request, async |_, index| {
             let r = request.get_ref();
             // CA ≥ 1.34.2 sends the v1.Pod protobuf in pod_bytes, older ones in field 1.
             let pod = if r.pod_bytes.is_empty() {
@@ -415,7 +515,7 @@ impl CloudProvider for CloudProviderService {
                     Status::invalid_argument(format!("pod_bytes is not a v1.Pod: {e}"))
                 })?
             };
-            let rates = pricing::index_rates(&index).ok_or_else(|| {
+            let rates = pricing::index_rates(index).ok_or_else(|| {
                 Status::unimplemented(
                     "no node group has a price: set the flavors' capow:price-per-hour extra spec",
                 )
@@ -437,8 +537,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::GpuLabelRequest>,
     ) -> RpcResult<pb::GpuLabelResponse> {
-        self.measure("GPULabel", async {
-            self.scope(&request)?;
+        self.with_scope("GPULabel", &request, async |_| {
             Ok(pb::GpuLabelResponse {
                 label: self.options.template.gpu_label.clone(),
             })
@@ -450,9 +549,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::GetAvailableGpuTypesRequest>,
     ) -> RpcResult<pb::GetAvailableGpuTypesResponse> {
-        self.measure("GetAvailableGPUTypes", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_index("GetAvailableGPUTypes", &request, async |_, index| {
             let gpu_types = index
                 .groups()
                 .filter_map(|g| {
@@ -476,9 +573,8 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::CleanupRequest>,
     ) -> RpcResult<pb::CleanupResponse> {
-        self.measure("Cleanup", async {
-            let scope = self.scope(&request)?;
-            self.lock_cache().remove(&scope);
+        self.with_scope("Cleanup", &request, async |scope| {
+            self.lock_cache().remove(scope);
             Ok(pb::CleanupResponse {})
         })
         .await
@@ -488,8 +584,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::RefreshRequest>,
     ) -> RpcResult<pb::RefreshResponse> {
-        self.measure("Refresh", async {
-            let scope = self.scope(&request)?;
+        self.with_scope("Refresh", &request, async |scope| {
             if let Some(stale) = self
                 .sources
                 .stale_for()
@@ -502,7 +597,7 @@ impl CloudProvider for CloudProviderService {
                     MAX_WATCH_STALENESS.as_secs()
                 )));
             }
-            self.rebuild(&scope);
+            self.rebuild(scope);
             Ok(pb::RefreshResponse {})
         })
         .await
@@ -512,10 +607,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupTargetSizeRequest>,
     ) -> RpcResult<pb::NodeGroupTargetSizeResponse> {
-        self.measure("NodeGroupTargetSize", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
-            let g = Self::group(&index, &request.get_ref().id)?;
+        self.with_group("NodeGroupTargetSize", &request, async |_, g| {
             Ok(pb::NodeGroupTargetSizeResponse {
                 target_size: g.target_size,
             })
@@ -527,14 +619,9 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupIncreaseSizeRequest>,
     ) -> RpcResult<pb::NodeGroupIncreaseSizeResponse> {
-        self.measure("NodeGroupIncreaseSize", async {
-            let scope = self.scope(&request)?;
+        self.with_group("NodeGroupIncreaseSize", &request, async |scope, g| {
             let r = request.get_ref();
-            if r.delta <= 0 {
-                return Err(Status::invalid_argument(format!("delta must be positive, got {}", r.delta)));
-            }
-            let index = self.index(&scope);
-            let g = Self::group(&index, &r.id)?.clone();
+            let g = g.clone();
             Self::writable(&g)?;
             let (writer, delta) = (self.writer.clone(), r.delta);
             let (from, to) = detached(async move {
@@ -554,7 +641,7 @@ impl CloudProvider for CloudProviderService {
             })
             .await?;
             tracing::info!(group = %r.id, from, to, "Scaled up");
-            self.rebuild(&scope);
+            self.rebuild(scope);
             Ok(pb::NodeGroupIncreaseSizeResponse {})
         })
         .await
@@ -564,11 +651,8 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupDeleteNodesRequest>,
     ) -> RpcResult<pb::NodeGroupDeleteNodesResponse> {
-        self.measure("NodeGroupDeleteNodes", async {
-            let scope = self.scope(&request)?;
+        self.with_group("NodeGroupDeleteNodes", &request, async |scope, g| {
             let r = request.get_ref();
-            let index = self.index(&scope);
-            let g = Self::group(&index, &r.id)?;
             // Membership first: every node must be an instance of this group. CA's fake nodes
             // (unregistered or create-error instances) carry the instance id as providerID.
             let mut machines = Vec::with_capacity(r.nodes.len());
@@ -610,7 +694,7 @@ impl CloudProvider for CloudProviderService {
             let (from, to) =
                 detached(async move { writer.delete_nodes(&group, &task_machines).await }).await?;
             tracing::info!(group = %r.id, machines = ?machines, from, to, "Deleted nodes");
-            self.rebuild(&scope);
+            self.rebuild(scope);
             Ok(pb::NodeGroupDeleteNodesResponse {})
         })
         .await
@@ -620,14 +704,8 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupDecreaseTargetSizeRequest>,
     ) -> RpcResult<pb::NodeGroupDecreaseTargetSizeResponse> {
-        self.measure("NodeGroupDecreaseTargetSize", async {
-            let scope = self.scope(&request)?;
+        self.with_group("NodeGroupDecreaseTargetSize", &request, async |scope, g| {
             let r = request.get_ref();
-            if r.delta >= 0 {
-                return Err(Status::invalid_argument(format!("delta must be negative, got {}", r.delta)));
-            }
-            let index = self.index(&scope);
-            let g = Self::group(&index, &r.id)?;
             Self::writable(g)?;
             // Only requests not fulfilled yet may be cancelled: never below the instances that
             // already have a server (the in-tree provider's rule, cluster-autoscaler-1.36.1
@@ -651,7 +729,7 @@ impl CloudProvider for CloudProviderService {
                     .await
             })
             .await?;
-            self.rebuild(&scope);
+            self.rebuild(scope);
             Ok(pb::NodeGroupDecreaseTargetSizeResponse {})
         })
         .await
@@ -661,10 +739,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupNodesRequest>,
     ) -> RpcResult<pb::NodeGroupNodesResponse> {
-        self.measure("NodeGroupNodes", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
-            let g = Self::group(&index, &request.get_ref().id)?;
+        self.with_group("NodeGroupNodes", &request, async |_, g| {
             Ok(pb::NodeGroupNodesResponse {
                 instances: g.instances.iter().map(to_pb_instance).collect(),
             })
@@ -676,10 +751,7 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupTemplateNodeInfoRequest>,
     ) -> RpcResult<pb::NodeGroupTemplateNodeInfoResponse> {
-        self.measure("NodeGroupTemplateNodeInfo", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
-            let g = Self::group(&index, &request.get_ref().id)?;
+        self.with_group("NodeGroupTemplateNodeInfo", &request, async |_, g| {
             let node = template_node(g, &self.options.template)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             // Both generations of the field (`proto/externalgrpc.proto`): CA ≤ 1.34.1 reads
@@ -697,11 +769,8 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupAutoscalingOptionsRequest>,
     ) -> RpcResult<pb::NodeGroupAutoscalingOptionsResponse> {
-        self.measure("NodeGroupGetOptions", async {
-            let scope = self.scope(&request)?;
-            let index = self.index(&scope);
+        self.with_group("NodeGroupGetOptions", &request, async |_, g| {
             let r = request.get_ref();
-            let g = Self::group(&index, &r.id)?;
             let defaults = r.defaults.unwrap_or_default();
             // Bad values fall back to CA's default field by field; the index reported them.
             match options::options(&g.annotations, &defaults).0 {

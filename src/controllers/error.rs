@@ -1,13 +1,56 @@
 //! The error of a reconcile shared by every controller: its variants, the metrics category and
-//! `Ready` condition reason of each, and when a failed reconcile is retried.
+//! `Ready` condition reason ([`Reason`]) of each, and when a failed reconcile is retried.
 
 use std::time::Duration;
 
 use crate::api::conditions::reasons;
 use crate::openstack;
 
+/// The `Ready` condition reason a failed reconcile reports ([`reasons`] in
+/// `src/api/conditions.rs`; CAPO v1beta2 names where CAPO has one). An [`Error::OpenStack`]
+/// carries the one its call site states ([`Error::openstack_as`]); the other variants have a
+/// fixed one ([`Error::failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// [`reasons::INVALID_MACHINE_SPEC`]: the spec names something missing or ambiguous.
+    InvalidMachineSpec,
+    /// [`reasons::INVALID_IDENTITY`]: the identityRef or its Secret is unusable.
+    InvalidIdentity,
+    /// [`reasons::OPENSTACK_AUTHENTICATION_FAILED`]: Keystone refused the credentials.
+    OpenStackAuthenticationFailed,
+    /// [`reasons::OPENSTACK_ERROR`]: any other failed call (OpenStack or Kubernetes).
+    OpenStackError,
+    /// [`reasons::INSTANCE_CREATE_FAILED`]: Nova refused to create the server.
+    InstanceCreateFailed,
+    /// [`reasons::PORT_CREATE_FAILED`]: Neutron refused to create a port.
+    PortCreateFailed,
+    /// [`reasons::VOLUME_CREATE_FAILED`]: Cinder refused a volume or the volume failed.
+    VolumeCreateFailed,
+    /// [`reasons::DELETING`]: deletion is under way (not a failure).
+    Deleting,
+    /// [`reasons::INSTANCE_DELETE_FAILED`]: deleting the OpenStack resources failed.
+    InstanceDeleteFailed,
+}
+
+impl Reason {
+    /// The condition reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidMachineSpec => reasons::INVALID_MACHINE_SPEC,
+            Reason::InvalidIdentity => reasons::INVALID_IDENTITY,
+            Reason::OpenStackAuthenticationFailed => reasons::OPENSTACK_AUTHENTICATION_FAILED,
+            Reason::OpenStackError => reasons::OPENSTACK_ERROR,
+            Reason::InstanceCreateFailed => reasons::INSTANCE_CREATE_FAILED,
+            Reason::PortCreateFailed => reasons::PORT_CREATE_FAILED,
+            Reason::VolumeCreateFailed => reasons::VOLUME_CREATE_FAILED,
+            Reason::Deleting => reasons::DELETING,
+            Reason::InstanceDeleteFailed => reasons::INSTANCE_DELETE_FAILED,
+        }
+    }
+}
+
 /// Errors of a reconcile, shared by the machine, cluster and machine template controllers and
-/// the orphan sweep. Each maps to a `Ready` condition reason via [`Error::reason`] and to a
+/// the orphan sweep. Each maps to a `Ready` condition reason via [`Error::failure`] and to a
 /// metrics label via [`Error::category`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +77,9 @@ pub enum Error {
     OpenStack {
         /// What capow was doing.
         action: &'static str,
+        /// The condition reason of this step's failure (unless Keystone refused the
+        /// credentials: then [`Reason::OpenStackAuthenticationFailed`]).
+        reason: Reason,
         /// The OpenStack error (service, status, request id, message).
         #[source]
         source: openstack::Error,
@@ -79,8 +125,21 @@ impl Error {
         move |source| Error::Kube { action, source }
     }
 
+    /// An [`Error::OpenStack`] of `action` reported as [`Reason::OpenStackError`].
     pub(crate) fn openstack(action: &'static str) -> impl FnOnce(openstack::Error) -> Error {
-        move |source| Error::OpenStack { action, source }
+        Self::openstack_as(Reason::OpenStackError, action)
+    }
+
+    /// An [`Error::OpenStack`] of `action` reported as `reason` (a create step of its own).
+    pub(crate) fn openstack_as(
+        reason: Reason,
+        action: &'static str,
+    ) -> impl FnOnce(openstack::Error) -> Error {
+        move |source| Error::OpenStack {
+            action,
+            reason,
+            source,
+        }
     }
 
     /// Metrics label (the variant name).
@@ -103,31 +162,27 @@ impl Error {
         }
     }
 
-    /// `Ready` condition reason for this error (CAPO v1beta2 reasons where they exist).
-    pub fn reason(&self) -> &'static str {
+    /// The `Ready` condition reason of this error.
+    pub fn failure(&self) -> Reason {
         match self {
-            Error::InvalidSpec { .. } => reasons::INVALID_MACHINE_SPEC,
-            Error::InvalidIdentity { .. } => reasons::INVALID_IDENTITY,
-            Error::OpenStack { action, source } => {
-                if source.is_unauthorized() {
-                    reasons::OPENSTACK_AUTHENTICATION_FAILED
-                } else if *action == "create the server" {
-                    reasons::INSTANCE_CREATE_FAILED
-                } else if *action == "create a port" {
-                    reasons::PORT_CREATE_FAILED
-                } else if *action == "create a volume" {
-                    reasons::VOLUME_CREATE_FAILED
-                } else {
-                    reasons::OPENSTACK_ERROR
-                }
+            Error::InvalidSpec { .. } => Reason::InvalidMachineSpec,
+            Error::InvalidIdentity { .. } => Reason::InvalidIdentity,
+            Error::OpenStack { source, .. } if source.is_unauthorized() => {
+                Reason::OpenStackAuthenticationFailed
             }
-            Error::DeletionInProgress => reasons::DELETING,
-            Error::DeletionBlocked(_) => reasons::INSTANCE_DELETE_FAILED,
-            Error::VolumeFailed(_) => reasons::VOLUME_CREATE_FAILED,
+            Error::OpenStack { reason, .. } => *reason,
+            Error::DeletionInProgress => Reason::Deleting,
+            Error::DeletionBlocked(_) => Reason::InstanceDeleteFailed,
+            Error::VolumeFailed(_) => Reason::VolumeCreateFailed,
             Error::Kube { .. } | Error::Duplicate(_) | Error::Finalizer(_) | Error::TimedOut(_) => {
-                reasons::OPENSTACK_ERROR
+                Reason::OpenStackError
             }
         }
+    }
+
+    /// `Ready` condition reason string of this error ([`Error::failure`]).
+    pub fn reason(&self) -> &'static str {
+        self.failure().as_str()
     }
 
     /// The apply/cleanup error inside a [`Error::Finalizer`]; `self` for any other error or

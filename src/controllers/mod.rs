@@ -1,8 +1,9 @@
 //! Controllers of the capow kinds. Each reconciles in the steps observe (I/O) → plan (pure)
 //! → execute (I/O) → status in its own folder and imports no other controller. What they
-//! share lives here: the [`Context`], the reconcile [`Error`] (`error.rs`), the status writer
-//! ([`status`]), the identity and OpenStack session ([`identity`]) and the resolvers of CAPO's
-//! `*Param` references ([`resolve`]).
+//! share lives here: the [`Context`], the reconcile [`Error`] (`error.rs`), the reconcile,
+//! error policy and run-loop tails (`run.rs`), the status writer ([`status`]), the identity
+//! and OpenStack session ([`identity`]) and the resolvers of CAPO's `*Param` references
+//! ([`resolve`]).
 
 pub mod cluster;
 mod error;
@@ -12,6 +13,7 @@ pub mod machine;
 pub mod machine_template;
 pub mod orphans;
 pub mod resolve;
+mod run;
 pub mod status;
 
 use std::sync::Arc;
@@ -27,8 +29,8 @@ use prometheus_client::registry::Registry;
 
 use crate::openstack::Clouds;
 
-pub use error::Error;
 pub(crate) use error::invalid;
+pub use error::{Error, Reason};
 
 /// Field manager of every server-side apply capow makes.
 pub const FIELD_MANAGER: &str = "capow";

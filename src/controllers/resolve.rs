@@ -27,6 +27,30 @@ fn exactly_one<T>(mut found: Vec<T>, field: &str, what: &str, filter: &str) -> R
     }
 }
 
+/// The lookup of a CAPO `*Param` at `field` (e.g. `spec.flavor`): by its `id` with `get`
+/// ([`Error::InvalidSpec`] at `{field}.id` naming the `what` when it does not exist), by its
+/// `filter` with `list` (which applies [`exactly_one`]), and an [`Error::InvalidSpec`] at
+/// `field` when neither is set.
+async fn id_or_filter<F, T>(
+    id: &Option<String>,
+    filter: &Option<F>,
+    field: &str,
+    what: &str,
+    get: impl AsyncFnOnce(&str) -> Result<Option<T>, Error>,
+    list: impl AsyncFnOnce(&F) -> Result<T, Error>,
+) -> Result<T, Error> {
+    match (id, filter) {
+        (Some(id), _) => get(id).await?.ok_or_else(|| {
+            invalid(
+                format!("{field}.id"),
+                format!("{what} {id:?} does not exist"),
+            )
+        }),
+        (None, Some(f)) => list(f).await,
+        (None, None) => Err(invalid(field, "one of id or filter is required")),
+    }
+}
+
 /// Resolves a server group by ID or by name (exactly one must match) to its UUID.
 ///
 /// # Errors
@@ -36,37 +60,32 @@ pub(crate) async fn resolve_server_group(
     p: &crate::api::common::ServerGroupParam,
 ) -> Result<String, Error> {
     let compute = session.compute();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => compute
-            .get_server_group(id)
-            .await
-            .map_err(Error::openstack("get the server group"))?
-            .map(|g| g.id)
-            .ok_or_else(|| {
-                invalid(
-                    "spec.serverGroup.id",
-                    format!("server group {id:?} does not exist"),
-                )
-            }),
-        (None, Some(f)) => {
+    let group = id_or_filter(
+        &p.id,
+        &p.filter,
+        "spec.serverGroup",
+        "server group",
+        async |id| {
+            compute
+                .get_server_group(id)
+                .await
+                .map_err(Error::openstack("get the server group"))
+        },
+        async |f| {
             let all = compute
                 .list_server_groups()
                 .await
                 .map_err(Error::openstack("list server groups"))?;
-            let found = all.into_iter().filter(|g| g.name == f.name).collect();
             exactly_one(
-                found,
+                all.into_iter().filter(|g| g.name == f.name).collect(),
                 "spec.serverGroup.filter.name",
                 "server group",
                 &format!("name={}", f.name),
             )
-            .map(|g| g.id)
-        }
-        (None, None) => Err(invalid(
-            "spec.serverGroup",
-            "one of id or filter is required",
-        )),
-    }
+        },
+    )
+    .await?;
+    Ok(group.id)
 }
 
 /// Resolves a flavor by ID or by name.
@@ -75,27 +94,31 @@ pub(crate) async fn resolve_server_group(
 /// [`Error::InvalidSpec`] (`spec.flavor...`) when it does not exist or is ambiguous.
 pub async fn resolve_flavor(session: &Session, p: &FlavorParam) -> Result<Flavor, Error> {
     let compute = session.compute();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => compute
-            .get_flavor(id)
-            .await
-            .map_err(Error::openstack("get the flavor"))?
-            .ok_or_else(|| invalid("spec.flavor.id", format!("flavor {id:?} does not exist"))),
-        (None, Some(f)) => {
+    id_or_filter(
+        &p.id,
+        &p.filter,
+        "spec.flavor",
+        "flavor",
+        async |id| {
+            compute
+                .get_flavor(id)
+                .await
+                .map_err(Error::openstack("get the flavor"))
+        },
+        async |f| {
             let all = compute
                 .list_flavors()
                 .await
                 .map_err(Error::openstack("list flavors"))?;
-            let found = all.into_iter().filter(|x| x.name == f.name).collect();
             exactly_one(
-                found,
+                all.into_iter().filter(|x| x.name == f.name).collect(),
                 "spec.flavor.filter.name",
                 "flavor",
                 &format!("name={}", f.name),
             )
-        }
-        (None, None) => Err(invalid("spec.flavor", "one of id or filter is required")),
-    }
+        },
+    )
+    .await
 }
 
 /// Resolves an image like [`resolve_image_full`], to its UUID.
@@ -116,25 +139,25 @@ pub async fn resolve_image_full(
     p: &ImageParam,
 ) -> Result<crate::openstack::image::Image, Error> {
     let image = session.image();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => {
+    id_or_filter(
+        &p.id,
+        &p.filter,
+        "spec.image",
+        "image",
+        async |id| {
             let found = image
                 .get_image(id)
                 .await
                 .map_err(Error::openstack("get the image"))?;
             match found {
-                None => Err(invalid(
-                    "spec.image.id",
-                    format!("image {id:?} does not exist"),
-                )),
                 Some(i) if i.status != "active" => Err(invalid(
                     "spec.image.id",
                     format!("image {id:?} is {}, not active", i.status),
                 )),
-                Some(i) => Ok(i),
+                found => Ok(found),
             }
-        }
-        (None, Some(f)) => {
+        },
+        async |f| {
             let found = image
                 .list_active_images(f.name.as_deref(), &f.tags)
                 .await
@@ -152,9 +175,9 @@ pub async fn resolve_image_full(
                 "active image",
                 &filter.join(", "),
             )
-        }
-        (None, None) => Err(invalid("spec.image", "one of id or filter is required")),
-    }
+        },
+    )
+    .await
 }
 
 /// Resolves a network by ID or filter (exactly one must match).
@@ -167,35 +190,26 @@ pub(crate) async fn resolve_network(
     field: &str,
 ) -> Result<crate::openstack::network::Network, Error> {
     let net = session.network();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => net
-            .get_network(id)
-            .await
-            .map_err(Error::openstack("get the network"))?
-            .ok_or_else(|| {
-                invalid(
-                    format!("{field}.id"),
-                    format!("network {id:?} does not exist"),
-                )
-            }),
-        (None, Some(f)) => {
-            let mut filter = neutron_filter(&f.tags);
-            push_attr(&mut filter, "name", &f.name);
-            push_attr(&mut filter, "description", &f.description);
-            push_attr(&mut filter, "project_id", &f.project_id);
+    id_or_filter(
+        &p.id,
+        &p.filter,
+        field,
+        "network",
+        async |id| {
+            net.get_network(id)
+                .await
+                .map_err(Error::openstack("get the network"))
+        },
+        async |f| {
+            let filter = neutron_filter(&f.tags, named(&f.name, &f.description, &f.project_id));
             let found = net
                 .list_networks(&filter)
                 .await
                 .map_err(Error::openstack("list networks"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "network",
-                &filter.to_string(),
-            )
-        }
-        (None, None) => Err(invalid(field, "one of id or filter is required")),
-    }
+            one_found(found, field, "network", &filter)
+        },
+    )
+    .await
 }
 
 /// Resolves a subnet of `network_id` by ID or filter (exactly one must match).
@@ -210,57 +224,44 @@ pub(crate) async fn resolve_subnet(
     field: &str,
 ) -> Result<crate::openstack::network::Subnet, Error> {
     let net = session.network();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => {
+    id_or_filter(
+        &p.id,
+        &p.filter,
+        field,
+        "subnet",
+        async |id| {
             let subnet = net
                 .get_subnet(id)
                 .await
-                .map_err(Error::openstack("get the subnet"))?
-                .ok_or_else(|| {
-                    invalid(
-                        format!("{field}.id"),
-                        format!("subnet {id:?} does not exist"),
-                    )
-                })?;
-            if subnet.network_id != network_id {
-                return Err(invalid(
+                .map_err(Error::openstack("get the subnet"))?;
+            match subnet {
+                Some(s) if s.network_id != network_id => Err(invalid(
                     format!("{field}.id"),
                     format!(
                         "subnet {id:?} belongs to network {}, not the port's network {network_id}",
-                        subnet.network_id
+                        s.network_id
                     ),
-                ));
+                )),
+                subnet => Ok(subnet),
             }
-            Ok(subnet)
-        }
-        (None, Some(f)) => {
-            let mut filter = neutron_filter(&f.tags);
-            filter
-                .attributes
-                .push(("network_id", network_id.to_owned()));
-            push_attr(&mut filter, "name", &f.name);
-            push_attr(&mut filter, "description", &f.description);
-            push_attr(&mut filter, "project_id", &f.project_id);
-            push_attr(&mut filter, "cidr", &f.cidr);
-            push_attr(&mut filter, "gateway_ip", &f.gateway_ip);
-            push_attr(
-                &mut filter,
-                "ip_version",
-                &f.ip_version.map(|v| v.to_string()),
-            );
+        },
+        async |f| {
+            let attributes = std::iter::once(("network_id", Some(network_id.to_owned())))
+                .chain(named(&f.name, &f.description, &f.project_id))
+                .chain([
+                    ("cidr", f.cidr.clone()),
+                    ("gateway_ip", f.gateway_ip.clone()),
+                    ("ip_version", f.ip_version.map(|v| v.to_string())),
+                ]);
+            let filter = neutron_filter(&f.tags, attributes);
             let found = net
                 .list_subnets(&filter)
                 .await
                 .map_err(Error::openstack("list subnets"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "subnet",
-                &filter.to_string(),
-            )
-        }
-        (None, None) => Err(invalid(field, "one of id or filter is required")),
-    }
+            one_found(found, field, "subnet", &filter)
+        },
+    )
+    .await
 }
 
 /// Resolves a security group by ID or filter (exactly one must match) to its UUID.
@@ -273,53 +274,61 @@ pub(crate) async fn resolve_security_group(
     field: &str,
 ) -> Result<String, Error> {
     let net = session.network();
-    match (&p.id, &p.filter) {
-        (Some(id), _) => net
-            .get_security_group(id)
-            .await
-            .map_err(Error::openstack("get the security group"))?
-            .map(|g| g.id)
-            .ok_or_else(|| {
-                invalid(
-                    format!("{field}.id"),
-                    format!("security group {id:?} does not exist"),
-                )
-            }),
-        (None, Some(f)) => {
-            let mut filter = neutron_filter(&f.tags);
-            push_attr(&mut filter, "name", &f.name);
-            push_attr(&mut filter, "description", &f.description);
-            push_attr(&mut filter, "project_id", &f.project_id);
+    let group = id_or_filter(
+        &p.id,
+        &p.filter,
+        field,
+        "security group",
+        async |id| {
+            net.get_security_group(id)
+                .await
+                .map_err(Error::openstack("get the security group"))
+        },
+        async |f| {
+            let filter = neutron_filter(&f.tags, named(&f.name, &f.description, &f.project_id));
             let found = net
                 .list_security_groups(&filter)
                 .await
                 .map_err(Error::openstack("list security groups"))?;
-            exactly_one(
-                found,
-                &format!("{field}.filter"),
-                "security group",
-                &filter.to_string(),
-            )
-            .map(|g| g.id)
-        }
-        (None, None) => Err(invalid(field, "one of id or filter is required")),
-    }
+            one_found(found, field, "security group", &filter)
+        },
+    )
+    .await?;
+    Ok(group.id)
 }
 
-/// A Neutron list filter with the tag filters of a CAPO `*Filter`.
-fn neutron_filter(tags: &crate::api::common::NeutronTagFilter) -> ListFilter {
+/// [`exactly_one`] of what a Neutron list with `filter` found, at `{field}.filter`.
+fn one_found<T>(found: Vec<T>, field: &str, what: &str, filter: &ListFilter) -> Result<T, Error> {
+    exactly_one(found, &format!("{field}.filter"), what, &filter.to_string())
+}
+
+/// The `name`, `description` and `project_id` attributes every CAPO Neutron `*Filter` has.
+fn named(
+    name: &Option<String>,
+    description: &Option<String>,
+    project_id: &Option<String>,
+) -> [(&'static str, Option<String>); 3] {
+    [
+        ("name", name.clone()),
+        ("description", description.clone()),
+        ("project_id", project_id.clone()),
+    ]
+}
+
+/// A Neutron list filter with the tag filters of a CAPO `*Filter` and the `attributes` that
+/// are set and not empty, in their order.
+fn neutron_filter(
+    tags: &crate::api::common::NeutronTagFilter,
+    attributes: impl IntoIterator<Item = (&'static str, Option<String>)>,
+) -> ListFilter {
     ListFilter {
         tags: tags.tags.clone(),
         tags_any: tags.tags_any.clone(),
         not_tags: tags.not_tags.clone(),
         not_tags_any: tags.not_tags_any.clone(),
-        ..ListFilter::default()
-    }
-}
-
-/// Adds `key=value` to `filter` when `value` is set and not empty.
-fn push_attr(filter: &mut ListFilter, key: &'static str, value: &Option<String>) {
-    if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
-        filter.attributes.push((key, v.clone()));
+        attributes: attributes
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value.filter(|v| !v.is_empty())?)))
+            .collect(),
     }
 }

@@ -54,6 +54,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The manager: [`Metrics`], the controllers' [`controller_config`], the admin server, the
+/// externalgrpc server ([`start_autoscaler`]), [`Leadership`], then the controllers
+/// ([`spawn_controllers`]) until shutdown or lost leadership.
 async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let ManagerArgs {
         namespace,
@@ -79,70 +82,12 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         read: controller.kube_api_timeout,
     };
     let client = kube_timeouts.client().await?;
-
-    let mut registry = Registry::with_prefix("capow");
-    let openstack_metrics = OpenStackMetrics::default();
-    openstack_metrics.register(registry.sub_registry_with_prefix("openstack"));
-    let reconcile_metrics = ReconcileMetrics::default();
-    reconcile_metrics.register(registry.sub_registry_with_prefix("reconcile"));
-    let orphan_metrics = controllers::orphans::OrphanMetrics::default();
-    orphan_metrics.register(&mut registry);
-    let rpc_metrics = crate::autoscaler::service::RpcMetrics::default();
-    rpc_metrics.register(registry.sub_registry_with_prefix("grpc_server"));
-    let annotation_metrics = crate::autoscaler::report::InvalidAnnotationMetrics::default();
-    annotation_metrics.register(registry.sub_registry_with_prefix("autoscaler"));
-    let lifecycle_metrics = controllers::lifecycle::LifecycleMetrics::default();
-    lifecycle_metrics.register(registry.sub_registry_with_prefix("lifecycle"));
-    // Node-group gauges, read from the externalgrpc server's caches at scrape time.
-    let node_groups = crate::autoscaler::gauges::NodeGroupCollector::default();
-    registry.register_collector(Box::new(node_groups.clone()));
-    let lifecycle_config = controllers::lifecycle::LifecycleConfig {
-        max_node_age_floor: lifecycle.max_node_age_floor,
-    };
-
-    let clouds = Arc::new(Clouds::new(
-        ClientOptions {
-            request_timeout: openstack.openstack_timeout,
-            requests_per_second: openstack.openstack_requests_per_second,
-            burst: openstack.openstack_burst,
-            max_in_flight: openstack.openstack_max_in_flight,
-            lookup_cache_ttl: openstack.openstack_lookup_cache_ttl,
-            ..ClientOptions::default()
-        },
-        openstack_metrics,
-    ));
-    let config = ControllerConfig {
-        build_poll: controller.build_poll_interval,
-        resync: controller.resync_interval,
-        concurrency: controller.concurrency,
-        server_create_settle: controller.server_create_settle,
-        reconcile_timeout: controller.reconcile_timeout,
-        kube: kube_timeouts,
-        managed_autoscaler: controllers::ManagedAutoscalerConfig {
-            image_repository: Some(autoscaler.autoscaler_image_repository.clone())
-                .filter(|r| !r.is_empty()),
-            credentials_mount_dir: autoscaler.autoscaler_mount_dir.clone(),
-            credentials_published: autoscaler.autoscaler_address.is_some(),
-        },
-        fault: controller
-            .fault_injection
-            .map(|point| controllers::FaultInjection {
-                point,
-                hit: controller.fault_injection_hit.max(1),
-                hits: Arc::default(),
-            }),
-        ..ControllerConfig::default()
-    };
-    let sweep = controllers::orphans::SweepConfig {
-        mode: controller.orphan_sweep,
-        interval: controller.orphan_sweep_interval,
-        grace: controller.orphan_grace_period,
-    };
+    let metrics = Metrics::new();
     let ctx = Arc::new(controllers::Context::new(
         client.clone(),
-        clouds,
-        reconcile_metrics,
-        config,
+        Arc::new(clouds(&openstack, metrics.openstack)),
+        metrics.reconcile,
+        controller_config(&controller, &autoscaler, kube_timeouts),
         std::env::var("POD_NAME").ok(),
     ));
 
@@ -151,7 +96,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let admin = tokio::spawn(admin::serve(
         admin_address,
         admin::AdminState {
-            registry: Arc::new(registry),
+            registry: Arc::new(metrics.registry),
             ready: ready.clone(),
         },
         shutdown.clone(),
@@ -166,7 +111,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             namespace.as_deref(),
             addr,
             &autoscaler,
-            (rpc_metrics, annotation_metrics, &node_groups),
+            (metrics.rpc, metrics.annotation, &metrics.node_groups),
             &kube_timeouts.watcher_config(),
             &shutdown,
         )
@@ -180,14 +125,166 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     // update can finish (a new pod must become ready while the old one still holds the Lease).
     ready.store(true, Ordering::Relaxed);
 
-    // Leadership: without election this replica reconciles at once; with it, only after the
-    // Lease is held, and losing it ends the process (the Deployment restarts it as a follower).
-    let mut leadership = None;
-    if leader.leader_elect {
+    let mut leadership =
+        match Leadership::acquire(&client, leader, namespace.as_deref(), &shutdown).await? {
+            Some(leadership) => leadership,
+            None => return Ok(()),
+        };
+
+    let controllers = spawn_controllers(
+        ctx,
+        namespace,
+        publisher,
+        Background {
+            sweep: controllers::orphans::SweepConfig {
+                mode: controller.orphan_sweep,
+                interval: controller.orphan_sweep_interval,
+                grace: controller.orphan_grace_period,
+            },
+            orphan_metrics: metrics.orphan,
+            lifecycle: controllers::lifecycle::LifecycleConfig {
+                max_node_age_floor: lifecycle.max_node_age_floor,
+            },
+            lifecycle_metrics: metrics.lifecycle,
+        },
+        shutdown.clone(),
+    );
+
+    let mut lost_leadership = false;
+    tokio::select! {
+        () = leadership.lost() => {
+            tracing::error!("Lost leadership; exiting");
+            lost_leadership = true;
+            shutdown.cancel();
+        }
+        () = shutdown.cancelled() => {}
+    }
+    ready.store(false, Ordering::Relaxed);
+    controllers.await.context("controller task failed")?;
+    leadership.release().await;
+    admin.await.context("admin task failed")??;
+    if lost_leadership {
+        anyhow::bail!("lost leadership");
+    }
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+/// The manager's metrics, registered under the `capow` prefix of `registry`.
+struct Metrics {
+    registry: Registry,
+    openstack: OpenStackMetrics,
+    reconcile: ReconcileMetrics,
+    orphan: controllers::orphans::OrphanMetrics,
+    rpc: crate::autoscaler::service::RpcMetrics,
+    annotation: crate::autoscaler::report::InvalidAnnotationMetrics,
+    lifecycle: controllers::lifecycle::LifecycleMetrics,
+    /// Node-group gauges, read from the externalgrpc server's caches at scrape time.
+    node_groups: crate::autoscaler::gauges::NodeGroupCollector,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("capow");
+        let openstack = OpenStackMetrics::default();
+        openstack.register(registry.sub_registry_with_prefix("openstack"));
+        let reconcile = ReconcileMetrics::default();
+        reconcile.register(registry.sub_registry_with_prefix("reconcile"));
+        let orphan = controllers::orphans::OrphanMetrics::default();
+        orphan.register(&mut registry);
+        let rpc = crate::autoscaler::service::RpcMetrics::default();
+        rpc.register(registry.sub_registry_with_prefix("grpc_server"));
+        let annotation = crate::autoscaler::report::InvalidAnnotationMetrics::default();
+        annotation.register(registry.sub_registry_with_prefix("autoscaler"));
+        let lifecycle = controllers::lifecycle::LifecycleMetrics::default();
+        lifecycle.register(registry.sub_registry_with_prefix("lifecycle"));
+        let node_groups = crate::autoscaler::gauges::NodeGroupCollector::default();
+        registry.register_collector(Box::new(node_groups.clone()));
+        Self {
+            registry,
+            openstack,
+            reconcile,
+            orphan,
+            rpc,
+            annotation,
+            lifecycle,
+            node_groups,
+        }
+    }
+}
+
+/// The OpenStack sessions, with the client settings of the `--openstack-*` flags.
+fn clouds(args: &cli::OpenStackArgs, metrics: OpenStackMetrics) -> Clouds {
+    Clouds::new(
+        ClientOptions {
+            request_timeout: args.openstack_timeout,
+            requests_per_second: args.openstack_requests_per_second,
+            burst: args.openstack_burst,
+            max_in_flight: args.openstack_max_in_flight,
+            lookup_cache_ttl: args.openstack_lookup_cache_ttl,
+            ..ClientOptions::default()
+        },
+        metrics,
+    )
+}
+
+/// The controllers' timings and settings from the manager's flags.
+fn controller_config(
+    controller: &cli::ControllerArgs,
+    autoscaler: &cli::AutoscalerArgs,
+    kube: crate::kubeapi::Timeouts,
+) -> ControllerConfig {
+    ControllerConfig {
+        build_poll: controller.build_poll_interval,
+        resync: controller.resync_interval,
+        concurrency: controller.concurrency,
+        server_create_settle: controller.server_create_settle,
+        reconcile_timeout: controller.reconcile_timeout,
+        kube,
+        managed_autoscaler: controllers::ManagedAutoscalerConfig {
+            image_repository: Some(autoscaler.autoscaler_image_repository.clone())
+                .filter(|r| !r.is_empty()),
+            credentials_mount_dir: autoscaler.autoscaler_mount_dir.clone(),
+            credentials_published: autoscaler.autoscaler_address.is_some(),
+        },
+        fault: controller
+            .fault_injection
+            .map(|point| controllers::FaultInjection {
+                point,
+                hit: controller.fault_injection_hit.max(1),
+                hits: Arc::default(),
+            }),
+        ..ControllerConfig::default()
+    }
+}
+
+/// The leader-election Lease this replica holds, if election is on.
+struct Leadership(
+    Option<(
+        tokio::sync::watch::Receiver<bool>,
+        tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    )>,
+);
+
+impl Leadership {
+    /// Without election, at once (this replica reconciles); with it, once the Lease is held.
+    /// `None` when shutdown comes first.
+    ///
+    /// # Errors
+    /// The Lease cannot be set up ([`lease_error`]) or the election stopped.
+    async fn acquire(
+        client: &kube::Client,
+        leader: cli::LeaderArgs,
+        namespace: Option<&str>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Self>> {
+        if !leader.leader_elect {
+            return Ok(Some(Self(None)));
+        }
         let lease_ns = leader
             .leader_election_namespace
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| namespace.clone())
+            .or_else(|| namespace.map(str::to_owned))
             .unwrap_or_else(|| "default".into());
         let identity =
             std::env::var("POD_NAME").unwrap_or_else(|_| format!("capow-{}", std::process::id()));
@@ -211,69 +308,17 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             }
             tokio::select! {
                 changed = channel.changed() => changed.context("leader election stopped")?,
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => return Ok(None),
             }
         }
         tracing::info!("Acquired leadership");
-        leadership = Some((channel, task));
+        Ok(Some(Self(Some((channel, task)))))
     }
 
-    let controller = {
-        let token = shutdown.clone();
-        let ctx = ctx.clone();
-        let namespace = namespace.clone();
-        tokio::spawn(async move {
-            let ns = namespace.as_deref();
-            let credentials = async {
-                if let Some((ca, settings)) = publisher {
-                    crate::autoscaler::credentials::run(
-                        ctx.client.clone(),
-                        ns,
-                        ca,
-                        settings,
-                        ctx.config.kube.watcher_config(),
-                        token.clone().cancelled_owned(),
-                    )
-                    .await;
-                }
-            };
-            tokio::join!(
-                credentials,
-                controllers::machine::run_controller(
-                    ctx.clone(),
-                    ns,
-                    token.clone().cancelled_owned()
-                ),
-                controllers::cluster::run_controller(
-                    ctx.clone(),
-                    ns,
-                    token.clone().cancelled_owned()
-                ),
-                controllers::machine_template::run_controller(
-                    ctx.clone(),
-                    ns,
-                    token.clone().cancelled_owned()
-                ),
-                controllers::orphans::run(
-                    ctx.clone(),
-                    namespace.clone(),
-                    sweep,
-                    orphan_metrics,
-                    token.clone().cancelled_owned()
-                ),
-                controllers::lifecycle::run_controller(
-                    ctx.clone(),
-                    lifecycle_config,
-                    lifecycle_metrics,
-                    ns,
-                    token.clone()
-                ),
-            );
-        })
-    };
-
-    let lost = async {
-        match &mut leadership {
+    /// Resolves when the Lease is lost (never without election): losing it ends the process
+    /// (the Deployment restarts it as a follower).
+    async fn lost(&mut self) {
+        match &mut self.0 {
             Some((channel, _)) => loop {
                 if channel.changed().await.is_err() || !*channel.borrow_and_update() {
                     break;
@@ -281,30 +326,78 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             },
             None => std::future::pending::<()>().await,
         }
-    };
-    let mut lost_leadership = false;
-    tokio::select! {
-        () = lost => {
-            tracing::error!("Lost leadership; exiting");
-            lost_leadership = true;
-            shutdown.cancel();
-        }
-        () = shutdown.cancelled() => {}
     }
-    ready.store(false, Ordering::Relaxed);
-    controller.await.context("controller task failed")?;
-    if let Some((channel, task)) = leadership {
-        drop(channel);
-        if let Ok(Ok(manager)) = task.await {
-            let _ = manager.release().await;
+
+    /// Releases the Lease, best effort.
+    async fn release(self) {
+        if let Some((channel, task)) = self.0 {
+            drop(channel);
+            if let Ok(Ok(manager)) = task.await {
+                let _ = manager.release().await;
+            }
         }
     }
-    admin.await.context("admin task failed")??;
-    if lost_leadership {
-        anyhow::bail!("lost leadership");
-    }
-    tracing::info!("Stopped");
-    Ok(())
+}
+
+/// What the leader runs besides the controllers' watches: the orphan sweep and the lifecycle
+/// controller's settings, with their metrics.
+struct Background {
+    sweep: controllers::orphans::SweepConfig,
+    orphan_metrics: controllers::orphans::OrphanMetrics,
+    lifecycle: controllers::lifecycle::LifecycleConfig,
+    lifecycle_metrics: controllers::lifecycle::LifecycleMetrics,
+}
+
+/// Runs the leader's work until `token` is cancelled: the credentials publisher (with
+/// `publisher`, the CA and settings of [`start_autoscaler`]), the machine, cluster, template
+/// and lifecycle controllers and the orphan sweep.
+fn spawn_controllers(
+    ctx: Arc<controllers::Context>,
+    namespace: Option<String>,
+    publisher: Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>,
+    background: Background,
+    token: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let ns = namespace.as_deref();
+        let credentials = async {
+            if let Some((ca, settings)) = publisher {
+                crate::autoscaler::credentials::run(
+                    ctx.client.clone(),
+                    ns,
+                    ca,
+                    settings,
+                    ctx.config.kube.watcher_config(),
+                    token.clone().cancelled_owned(),
+                )
+                .await;
+            }
+        };
+        tokio::join!(
+            credentials,
+            controllers::machine::run_controller(ctx.clone(), ns, token.clone().cancelled_owned()),
+            controllers::cluster::run_controller(ctx.clone(), ns, token.clone().cancelled_owned()),
+            controllers::machine_template::run_controller(
+                ctx.clone(),
+                ns,
+                token.clone().cancelled_owned()
+            ),
+            controllers::orphans::run(
+                ctx.clone(),
+                namespace.clone(),
+                background.sweep,
+                background.orphan_metrics,
+                token.clone().cancelled_owned()
+            ),
+            controllers::lifecycle::run_controller(
+                ctx.clone(),
+                background.lifecycle,
+                background.lifecycle_metrics,
+                ns,
+                token.clone()
+            ),
+        );
+    })
 }
 
 /// A leader-election setup error in words: a Lease namespace that does not exist or that the

@@ -19,17 +19,12 @@ pub mod plan;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, ListParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::Instrument;
 
 use crate::api::cluster::{
     ClusterInitialization, NetworkStatus, NetworkStatusWithSubnets, OpenStackWorkerCluster,
@@ -38,7 +33,7 @@ use crate::api::cluster::{
 use crate::api::common::SubnetParam;
 use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
-use crate::controllers::{Context, Error, identity, invalid, resolve, status};
+use crate::controllers::{Context, Error, identity, invalid, resolve, run, status};
 use crate::openstack::Session;
 use crate::openstack::network::{ListFilter, TaggedResource};
 
@@ -61,35 +56,28 @@ fn owner_cluster(c: &OpenStackWorkerCluster) -> Option<(String, String)> {
 }
 
 async fn reconcile(c: Arc<OpenStackWorkerCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = c.namespace().unwrap_or_default();
-    let api: Api<OpenStackWorkerCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", OpenStackWorkerCluster = %format!("{ns}/{}", c.name_any()));
-    let bound = ctx.config.reconcile_timeout;
-    let run = finalizer(&api, FINALIZER, c, |event| async {
-        match event {
-            FinalizerEvent::Apply(c) => apply(c, &ctx).await,
-            FinalizerEvent::Cleanup(c) => match cleanup(c.clone(), &ctx).await {
+    let ctx = &*ctx;
+    run::finalized(
+        ctx,
+        CONTROLLER,
+        FINALIZER,
+        c,
+        |c| apply(c, ctx),
+        |c| async move {
+            match cleanup(c.clone(), ctx).await {
                 Err(e) if !matches!(e, Error::DeletionInProgress) => {
-                    Err(report_delete(&ctx, &c, e).await)
+                    Err(report_delete(ctx, &c, e).await)
                 }
                 other => other,
-            },
-        }
-    })
-    .instrument(span);
-    match tokio::time::timeout(bound, run).await {
-        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
-        Err(_) => Err(Error::TimedOut(bound)),
-    }
+            }
+        },
+    )
+    .await
 }
 
 fn error_policy(c: Arc<OpenStackWorkerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
-        ctx.metrics.failure(CONTROLLER, error.category());
-        tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any()), error = %error, "Reconcile failed");
-    }
-    Action::requeue(error.retry_after(&ctx.config))
+    let retry = error.retry_after(&ctx.config);
+    run::requeue(&ctx.metrics, CONTROLLER, &*c, error, retry)
 }
 
 async fn apply(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action, Error> {
@@ -645,10 +633,7 @@ async fn ensure_network(
                     crate::openstack::Error::Api(a) if a.status.as_u16() == 400 => {
                         invalid(format!("spec.managedSubnets[{i}]"), a.message.clone())
                     }
-                    _ => Error::OpenStack {
-                        action: "create a subnet",
-                        source: e,
-                    },
+                    _ => Error::openstack("create a subnet")(e),
                 })?;
                 tracing::info!(subnet = %s.id, cidr = %s.cidr, "Created subnet");
                 ctx.config
@@ -930,10 +915,7 @@ async fn ensure_security_group(
                     "spec.managedSecurityGroups.workerNodesSecurityGroupRules",
                     a.message.clone(),
                 ),
-                _ => Error::OpenStack {
-                    action: "create a security group rule",
-                    source: e,
-                },
+                _ => Error::openstack("create a security group rule")(e),
             })?;
         ctx.config
             .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSecurityGroupRuleCreate);
@@ -1078,10 +1060,7 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
             if e.status().map(|s| s.as_u16()) == Some(409) {
                 return Err(Error::DeletionInProgress);
             }
-            return Err(Error::OpenStack {
-                action: "delete the worker security group",
-                source: e,
-            });
+            return Err(Error::openstack("delete the worker security group")(e));
         }
         ctx.config
             .maybe_crash(crate::controllers::FaultPoint::ClusterAfterSecurityGroupDelete);
@@ -1141,10 +1120,7 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
             if e.status().map(|s| s.as_u16()) == Some(409) {
                 return Err(Error::DeletionInProgress);
             }
-            return Err(Error::OpenStack {
-                action: "delete the network",
-                source: e,
-            });
+            return Err(Error::openstack("delete the network")(e));
         }
         ctx.config
             .maybe_crash(crate::controllers::FaultPoint::ClusterAfterNetworkDelete);
@@ -1233,28 +1209,14 @@ pub async fn run_controller(
     namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (api, clusters): (Api<OpenStackWorkerCluster>, Api<Cluster>) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
+    let client = &ctx.client;
+    let api = run::api::<OpenStackWorkerCluster>(client, namespace);
+    let clusters = run::api::<Cluster>(client, namespace);
+    let deployments = run::api::<k8s_openapi::api::apps::v1::Deployment>(client, namespace);
     let filter = capi::ClusterEventFilter::default();
-    // Status writes of capow's own do not trigger reconciles (see `own_changes`).
-    let (store, writer) = kube::runtime::reflector::store();
     let watch = ctx.config.kube.watcher_config();
-    let objects = watcher::watcher(api, watch.clone())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(crate::controllers::own_changes, Default::default());
-    Controller::for_stream(objects, store)
+    let (store, objects) = run::own_objects(api, watch.clone());
+    let results = Controller::for_stream(objects, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
         .owns(deployments, autoscaler::owned_watch(watch.clone()))
         .watches(clusters, watch, move |cluster: Cluster| {
@@ -1269,11 +1231,6 @@ pub async fn run_controller(
                 .map(|r| ObjectRef::new(&r.name).within(&cluster.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "Controller event");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    run::drain(CONTROLLER, results).await;
 }

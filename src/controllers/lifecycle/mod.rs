@@ -53,6 +53,7 @@ use crate::api::lifecycle::{
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
 use crate::autoscaler::index::{SizeLimits, effective_annotations, size_limits};
 use crate::capi::{self, Cluster, Machine, MachineDeployment, MachineSet};
+use crate::controllers::run::{self, api};
 use crate::controllers::{Context, describe_kube_error};
 
 /// Controller name (metrics, logs).
@@ -254,6 +255,24 @@ fn infra_of(
         .then(|| ObjectRef::new(&r.name).within(ns))
 }
 
+/// [`infra_of`] the Cluster a MachineDeployment or Machine belongs to: `spec_cluster` (its
+/// `spec.clusterName`), else its `cluster.x-k8s.io/cluster-name` label.
+fn infra_of_member<K: Resource>(
+    clusters: &Store<Cluster>,
+    member: &K,
+    spec_cluster: &str,
+) -> Option<ObjectRef<OpenStackWorkerCluster>> {
+    let cluster = if spec_cluster.is_empty() {
+        member
+            .labels()
+            .get(capi::CLUSTER_NAME_LABEL)
+            .map_or("", String::as_str)
+    } else {
+        spec_cluster
+    };
+    infra_of(clusters, &member.namespace().unwrap_or_default(), cluster)
+}
+
 fn created(meta: &kube::api::ObjectMeta) -> Timestamp {
     meta.creation_timestamp
         .as_ref()
@@ -384,11 +403,8 @@ async fn reconcile(oswc: Arc<OpenStackWorkerCluster>, s: Arc<Shared>) -> Result<
     let bound = s.ctx.config.reconcile_timeout;
     let ns = oswc.namespace().unwrap_or_default();
     let span = tracing::info_span!("lifecycle", OpenStackWorkerCluster = %format!("{ns}/{}", oswc.name_any()));
-    let run = tracing::Instrument::instrument(reconcile_bounded(oswc, s.clone()), span);
-    let result = match tokio::time::timeout(bound, run).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::TimedOut(bound)),
-    };
+    let reconcile = tracing::Instrument::instrument(reconcile_bounded(oswc, s.clone()), span);
+    let result = run::bounded(bound, reconcile).await;
     s.metrics
         .workload_clusters
         .set(i64::try_from(s.workloads.len()).unwrap_or(i64::MAX));
@@ -1005,19 +1021,27 @@ async fn write_status(
     Ok(())
 }
 
+impl run::Failure for Error {
+    fn timed_out(bound: Duration) -> Self {
+        Error::TimedOut(bound)
+    }
+
+    fn category(&self) -> &'static str {
+        match self {
+            Error::NotSynced => "not_synced",
+            Error::Kube { .. } => "kube",
+            Error::TimedOut(_) => "timeout",
+        }
+    }
+}
+
 fn error_policy(oswc: Arc<OpenStackWorkerCluster>, error: &Error, s: Arc<Shared>) -> Action {
-    let category = match error {
-        Error::NotSynced => "not_synced",
-        Error::Kube { .. } => "kube",
-        Error::TimedOut(_) => "timeout",
-    };
-    s.ctx.metrics.failure(CONTROLLER, category);
-    tracing::warn!(OpenStackWorkerCluster = %format!("{}/{}", oswc.namespace().unwrap_or_default(), oswc.name_any()), error = %error, "Lifecycle reconcile failed");
-    Action::requeue(Duration::from_secs(if matches!(error, Error::NotSynced) {
+    let retry = Duration::from_secs(if matches!(error, Error::NotSynced) {
         5
     } else {
         30
-    }))
+    });
+    run::requeue(&s.ctx.metrics, CONTROLLER, &*oswc, error, retry)
 }
 
 /// What of a Machine the controller reacts to: deletion, annotations, node and providerID.
@@ -1033,16 +1057,6 @@ fn machine_fingerprint(m: &Machine) -> Option<u64> {
         .map(|n| n.name.clone())
         .hash(&mut h);
     Some(h.finish())
-}
-
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// A reflector whose events nobody else consumes, driven until `shutdown`.
@@ -1086,15 +1100,10 @@ pub async fn run_controller(
 ) {
     let client = ctx.client.clone();
     let watch = ctx.config.kube.watcher_config();
-    let (oswcs, oswc_writer) = reflector::store();
-    let oswc_stream = watcher(
+    let (oswcs, oswc_stream) = run::own_objects(
         api::<OpenStackWorkerCluster>(&client, namespace),
         watch.clone(),
-    )
-    .default_backoff()
-    .reflect(oswc_writer)
-    .applied_objects()
-    .predicate_filter(crate::controllers::own_changes, Default::default());
+    );
     let (clusters, cluster_writer) = reflector::store();
     let cluster_filter = capi::ClusterEventFilter::default();
     let cluster_stream = watcher(api::<Cluster>(&client, namespace), watch.clone())
@@ -1136,7 +1145,7 @@ pub async fn run_controller(
         templates,
     });
     let (c1, c2, c3) = (clusters.clone(), clusters.clone(), clusters);
-    Controller::for_stream(oswc_stream, oswcs)
+    let results = Controller::for_stream(oswc_stream, oswcs)
         .with_config(ControllerRunConfig::default().concurrency(4))
         .watches_stream(cluster_stream, move |c: Cluster| {
             if !cluster_filter.relevant(&c) {
@@ -1145,36 +1154,13 @@ pub async fn run_controller(
             infra_of(&c1, &c.namespace().unwrap_or_default(), &c.name_any())
         })
         .watches_stream(md_stream, move |md: MachineDeployment| {
-            let ns = md.namespace().unwrap_or_default();
-            let cluster = if md.spec.cluster_name.is_empty() {
-                md.labels()
-                    .get(capi::CLUSTER_NAME_LABEL)
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                md.spec.cluster_name.clone()
-            };
-            infra_of(&c2, &ns, &cluster)
+            infra_of_member(&c2, &md, &md.spec.cluster_name)
         })
         .watches_stream(machine_stream, move |m: Machine| {
-            let ns = m.namespace().unwrap_or_default();
-            let cluster = if m.spec.cluster_name.is_empty() {
-                m.labels()
-                    .get(capi::CLUSTER_NAME_LABEL)
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                m.spec.cluster_name.clone()
-            };
-            infra_of(&c3, &ns, &cluster)
+            infra_of_member(&c3, &m, &m.spec.cluster_name)
         })
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(triggered))
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, shared)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "Lifecycle controller event");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, shared);
+    run::drain(CONTROLLER, results).await;
 }

@@ -9,7 +9,7 @@ use super::observe::{self, Resolved};
 use super::plan::{self, Ownership, ServerPlan, VolumePlan};
 use crate::api::machine::{MachineResources, OpenStackWorkerMachine, PortStatus, VolumeStatus};
 use crate::api::ownership;
-use crate::controllers::{Context, Error};
+use crate::controllers::{Context, Error, Reason};
 use crate::openstack::Session;
 use crate::openstack::network::{CreatePort, ListFilter, PortFixedIp, TaggedResource};
 use crate::openstack::volume::CreateVolume;
@@ -120,10 +120,9 @@ pub async fn ensure_ports(
         let port = match reuse {
             Some(p) => p,
             None => {
-                let port = net
-                    .create_port(&port_request(m, i, want))
-                    .await
-                    .map_err(Error::openstack("create a port"))?;
+                let port = net.create_port(&port_request(m, i, want)).await.map_err(
+                    Error::openstack_as(Reason::PortCreateFailed, "create a port"),
+                )?;
                 ctx.config
                     .maybe_crash(crate::controllers::FaultPoint::MachineAfterPortCreate);
                 record(&mut resources.ports, &port.id);
@@ -226,7 +225,10 @@ pub async fn ensure_volumes(
                         metadata,
                     })
                     .await
-                    .map_err(Error::openstack("create a volume"))?;
+                    .map_err(Error::openstack_as(
+                        Reason::VolumeCreateFailed,
+                        "create a volume",
+                    ))?;
                 tracing::info!(volume = %v.id, name = %name, "Created volume");
                 ctx.config
                     .maybe_crash(crate::controllers::FaultPoint::MachineAfterVolumeCreate);
@@ -305,7 +307,10 @@ pub async fn create_server(
     let id = compute
         .create_server(&request, hints)
         .await
-        .map_err(Error::openstack("create the server"))?;
+        .map_err(Error::openstack_as(
+            Reason::InstanceCreateFailed,
+            "create the server",
+        ))?;
     ctx.config
         .maybe_crash(crate::controllers::FaultPoint::MachineAfterServerCreate);
     compute.invalidate_server_cache().await;

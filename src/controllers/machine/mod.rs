@@ -22,16 +22,13 @@ pub mod plan;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::Instrument;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -41,7 +38,7 @@ use crate::api::machine::{
 };
 use crate::api::ownership;
 use crate::capi::{self, Cluster, Machine};
-use crate::controllers::{Context, Error, identity, status};
+use crate::controllers::{Context, Error, identity, run, status};
 use crate::openstack;
 
 /// Finalizer capow puts on every `OpenStackWorkerMachine`.
@@ -76,22 +73,15 @@ impl Outcome {
 
 /// Reconciles one object: the finalizer wraps [`apply`] and [`cleanup`].
 async fn reconcile(m: Arc<OpenStackWorkerMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = m.namespace().unwrap_or_default();
-    let api: Api<OpenStackWorkerMachine> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", OpenStackWorkerMachine = %format!("{ns}/{}", m.name_any()));
-    let bound = ctx.config.reconcile_timeout;
-    let run = finalizer(&api, FINALIZER, m, |event| async {
-        match event {
-            FinalizerEvent::Apply(m) => apply(m, &ctx).await,
-            FinalizerEvent::Cleanup(m) => cleanup(m, &ctx).await,
-        }
-    })
-    .instrument(span);
-    match tokio::time::timeout(bound, run).await {
-        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
-        Err(_) => Err(Error::TimedOut(bound)),
-    }
+    run::finalized(
+        &ctx,
+        CONTROLLER,
+        FINALIZER,
+        m,
+        |m| apply(m, &ctx),
+        |m| cleanup(m, &ctx),
+    )
+    .await
 }
 
 /// Sets `spec.providerID` (immutable once set; the CRD's CEL rule enforces it). Returns the
@@ -124,13 +114,8 @@ async fn write_provider_id(
 }
 
 fn error_policy(m: Arc<OpenStackWorkerMachine>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_conflict() || error.is_stale_finalizer_add() {
-        tracing::debug!(error = %error, "Reconcile started from a stale object; retrying");
-    } else if !matches!(error.unwrap_finalizer(), Error::DeletionInProgress) {
-        ctx.metrics.failure(CONTROLLER, error.category());
-        tracing::warn!(OpenStackWorkerMachine = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), error = %error, "Reconcile failed");
-    }
-    Action::requeue(error.retry_after(&ctx.config))
+    let retry = error.retry_after(&ctx.config);
+    run::requeue(&ctx.metrics, CONTROLLER, &*m, error, retry)
 }
 
 fn paused(m: &OpenStackWorkerMachine, cluster: Option<&Cluster>) -> bool {
@@ -951,39 +936,21 @@ pub async fn run_controller(
     namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (machines_api, capi_machines, clusters): (
-        Api<OpenStackWorkerMachine>,
-        Api<Machine>,
-        Api<Cluster>,
-    ) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
+    let client = &ctx.client;
+    let machines_api = run::api::<OpenStackWorkerMachine>(client, namespace);
+    let capi_machines = run::api::<Machine>(client, namespace);
+    let clusters = run::api::<Cluster>(client, namespace);
     // Only changes capow acts on trigger a reconcile: its own status writes (and CAPI's
     // Machine status updates that mirror them) would otherwise re-run a failing create at once,
     // and every write of a reconcile would queue the next one.
-    let (store, writer) = kube::runtime::reflector::store();
     let watch = ctx.config.kube.watcher_config();
-    let machines = watcher(machines_api, watch.clone())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(crate::controllers::own_changes, Default::default());
+    let (store, machines) = run::own_objects(machines_api, watch.clone());
     let capi_machines = watcher(capi_machines, watch.clone())
         .default_backoff()
         .applied_objects()
         .predicate_filter(machine_changes, Default::default());
     let filter = capi::ClusterEventFilter::default();
-    Controller::for_stream(machines, store.clone())
+    let results = Controller::for_stream(machines, store.clone())
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
         .watches_stream(capi_machines, |machine: Machine| {
             let r = &machine.spec.infrastructure_ref;
@@ -1007,13 +974,8 @@ pub async fn run_controller(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "Controller event");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    run::drain(CONTROLLER, results).await;
 }
 
 #[cfg(test)]

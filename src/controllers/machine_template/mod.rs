@@ -11,8 +11,6 @@ pub mod plan;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::{Resource, ResourceExt};
 
@@ -23,7 +21,7 @@ use crate::api::machine_template::{
     OpenStackWorkerMachineTemplate, OpenStackWorkerMachineTemplateStatus, TemplateResolved,
 };
 use crate::capi;
-use crate::controllers::{Context, Error, identity, resolve, status};
+use crate::controllers::{Context, Error, identity, resolve, run, status};
 
 const CONTROLLER: &str = "openstackworkermachinetemplate";
 
@@ -92,11 +90,7 @@ async fn reconcile(
     t: Arc<OpenStackWorkerMachineTemplate>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let bound = ctx.config.reconcile_timeout;
-    match tokio::time::timeout(bound, reconcile_bounded(t, ctx)).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::TimedOut(bound)),
-    }
+    run::bounded(ctx.config.reconcile_timeout, reconcile_bounded(t, ctx)).await
 }
 
 async fn reconcile_bounded(
@@ -142,18 +136,15 @@ async fn reconcile_bounded(
 }
 
 fn error_policy(
-    _t: Arc<OpenStackWorkerMachineTemplate>,
+    t: Arc<OpenStackWorkerMachineTemplate>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.failure(CONTROLLER, error.category());
-    tracing::warn!(error = %error, "Template reconcile failed");
-    match error {
-        Error::InvalidSpec { .. } | Error::InvalidIdentity { .. } => {
-            Action::requeue(ctx.config.input_retry)
-        }
-        _ => Action::requeue(Duration::from_secs(30)),
-    }
+    let retry = match error {
+        Error::InvalidSpec { .. } | Error::InvalidIdentity { .. } => ctx.config.input_retry,
+        _ => Duration::from_secs(30),
+    };
+    run::requeue(&ctx.metrics, CONTROLLER, &*t, error, retry)
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -162,19 +153,10 @@ pub async fn run_controller(
     namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let api: Api<OpenStackWorkerMachineTemplate> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    Controller::new(api, ctx.config.kube.watcher_config())
+    let api = run::api::<OpenStackWorkerMachineTemplate>(&ctx.client, namespace);
+    let results = Controller::new(api, ctx.config.kube.watcher_config())
         .with_config(ControllerRunConfig::default().concurrency(4))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "Controller event");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    run::drain(CONTROLLER, results).await;
 }
