@@ -2,11 +2,13 @@
 //! hosted-control-plane clusters, with a built-in cluster-autoscaler `externalgrpc` cloud
 //! provider.
 //!
-//! Module map (each module's `//!` header says what it owns; README.md, "Layout"):
+//! Module map (each module's `//!` header says what it owns; README.md, "Layout"; the layers
+//! and what may import what: docs/architecture.md, checked by `tests/layering.rs`):
 //! - [`api`]: CRD types of the capow kinds and the pure logic on them that several parts
 //!   share: the ownership tags and metadata keys on OpenStack resources and the providerID
 //!   ([`api::ownership`]), the node lifecycle settings of a MachineDeployment
-//!   ([`api::lifecycle::settings`]); no I/O;
+//!   ([`api::lifecycle::settings`]), the autoscaler's size annotations ([`api::autoscaling`]);
+//!   no I/O;
 //! - [`capi`]: read-only views of the CAPI v1beta2 kinds capow reads;
 //! - [`kubeapi`]: the Kubernetes client timeouts every request and watch shares;
 //! - [`openstack`]: the OpenStack client seam (Keystone v3, the service catalog, Nova, Neutron,

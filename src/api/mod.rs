@@ -5,6 +5,7 @@
 //! (cluster-api `docs/book/src/developer/providers/contracts/overview.md`).
 
 pub mod autoscaler;
+pub mod autoscaling;
 pub mod cluster;
 pub mod common;
 pub mod conditions;

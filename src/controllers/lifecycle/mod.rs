@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::plan::{AgeDecision, DeploymentView, Hold, MachineView, NodeView, Release};
 use self::workload::{Workload, Workloads};
+use crate::api::autoscaling::{SizeLimits, effective_annotations, size_limits};
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::conditions;
 use crate::api::lifecycle::settings::{self, GroupSettings, Taint};
@@ -51,7 +52,6 @@ use crate::api::lifecycle::{
     AUTOSCALER_STARTUP_TAINT_PREFIXES, NodeLifecycle, NodeLifecycleStatus,
 };
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
-use crate::autoscaler::index::{SizeLimits, effective_annotations, size_limits};
 use crate::capi::{self, Cluster, Machine, MachineDeployment, MachineSet};
 use crate::controllers::run::{self, api};
 use crate::controllers::{Context, describe_kube_error};
