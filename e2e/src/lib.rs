@@ -18,8 +18,11 @@ pub mod bench;
 pub mod cloud;
 pub mod hcp;
 pub mod osproxy;
+pub mod poll;
 pub mod stall;
 pub mod workload;
+
+pub use poll::Poll;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -233,12 +237,13 @@ impl Manager {
         let child = cmd.spawn().expect("start capow");
         let m = Manager { child, admin, log };
         let url = format!("http://{admin}/ready");
-        wait_until("capow /ready", Duration::from_secs(30), || async {
-            Ok(reqwest_get(&url)
-                .await
-                .is_ok_and(|(status, _)| status == 200))
-        })
-        .await;
+        Poll::new("capow /ready", Duration::from_secs(30))
+            .until(|| async {
+                reqwest_get(&url)
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            })
+            .await;
         m
     }
 
@@ -359,27 +364,6 @@ pub async fn reqwest_get(url: &str) -> Result<(u16, String)> {
     let resp = http.get(url).send().await?;
     let status = resp.status().as_u16();
     Ok((status, resp.text().await?))
-}
-
-/// Polls `f` every 250 ms until it returns `Ok(true)`; panics after `timeout` with `what`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Runs the `openstack` CLI as `cloud` and parses its JSON output.
@@ -514,7 +498,6 @@ pub const STANDIN_GROUP: &str = "controlplane.cluster.x-k8s.io";
 /// `status.initialization.controlPlaneInitialized` and, as the real one does,
 /// `spec.controlPlaneEndpoint` onto the OpenStackWorkerCluster.
 pub async fn ensure_control_plane_standin(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use serde::Deserialize;
     let text = include_str!("../manifests/hostedcontrolplane-standin.yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -528,19 +511,43 @@ pub async fn ensure_control_plane_standin(client: &Client) {
         )
         .await
         .expect("apply a stand-in CRD");
-        wait_until(
-            "the stand-in CRD to be established",
-            Duration::from_secs(30),
-            || async {
-                let c = api.get(&name).await?;
-                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                }))
-            },
-        )
-        .await;
+        crds_established(client, &[&name], Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
+}
+
+/// Waits until the API server reports every CRD of `names` (`<plural>.<group>`) `Established`
+/// (condition `Established=True`).
+///
+/// # Errors
+/// When one is not within `timeout`; the message names those that were not.
+pub async fn crds_established(client: &Client, names: &[&str], timeout: Duration) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Poll::new("the CRDs established", timeout)
+        .try_until(|| async {
+            let mut pending = Vec::new();
+            for &name in names {
+                match api.get(name).await {
+                    Ok(c)
+                        if c.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c.type_ == "Established" && c.status == "True")
+                            }) => {}
+                    Ok(_) => pending.push(name.to_owned()),
+                    Err(e) => pending.push(format!("{name} ({e})")),
+                }
+            }
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not established: {}", pending.join(", ")))
+            }
+        })
+        .await
 }
 
 /// Applies capow's CRDs as this checkout's code defines them (`capow::api::crds()`) and waits
@@ -548,7 +555,6 @@ pub async fn ensure_control_plane_standin(client: &Client) {
 /// started it; a test of a field added since then calls this first (adding a field changes
 /// nothing for objects without it).
 pub async fn ensure_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in capow::api::crds() {
         let name = crd.metadata.name.clone().expect("CRD name");
@@ -562,18 +568,9 @@ pub async fn ensure_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("apply the CRD {name}: {e}"));
-        wait_until(
-            "the CRD to be established",
-            Duration::from_secs(30),
-            || async {
-                let c = api.get(&name).await?;
-                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                }))
-            },
-        )
-        .await;
+        crds_established(client, &[&name], Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use capow::controllers::cluster::autoscaler as managed;
 use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, dynamic};
-use capow_e2e::{Env, ensure_crds, log_tail, wait_until};
+use capow_e2e::{Env, Poll, ensure_crds, log_tail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -486,16 +486,7 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .unwrap();
 
     // Scenario 2a: a Deployment whose pods no node can take.
-    let accounts: Api<ServiceAccount> = Api::namespaced(c.workload.clone(), "default");
-    wait_until(
-        "the workload's default ServiceAccount",
-        Duration::from_secs(60),
-        || {
-            let accounts = accounts.clone();
-            async move { Ok(accounts.get_opt("default").await?.is_some()) }
-        },
-    )
-    .await;
+    capow_e2e::workload::wait_default_service_account(&c.workload, "default").await;
     let load: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "load", "namespace": "default"},
         "spec": {"replicas": PODS, "selector": {"matchLabels": {"app": "load"}},
@@ -593,35 +584,33 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .patch(CLUSTER, &PatchParams::default(), &Patch::Merge(poke(1)))
         .await
         .unwrap();
-    wait_until(
-        "a new client certificate",
-        Duration::from_secs(30),
-        || async {
-            Ok(secrets
-                .get_opt(&credentials)
-                .await?
-                .and_then(|s| s.data)
-                .is_some_and(|d| d.get("tls.crt") != Some(&old_cert)))
-        },
-    )
-    .await;
+    Poll::new("a new client certificate", Duration::from_secs(30))
+        .until(|| async {
+            anyhow::Ok(
+                secrets
+                    .get_opt(&credentials)
+                    .await?
+                    .and_then(|s| s.data)
+                    .is_some_and(|d| d.get("tls.crt") != Some(&old_cert)),
+            )
+        })
+        .await;
     patch_oswc(&c, poke(2)).await.unwrap();
-    wait_until(
-        "the Deployment to roll",
-        Duration::from_secs(30),
-        || async {
+    Poll::new("the Deployment to roll", Duration::from_secs(30))
+        .until(|| async {
             let d = deployments.get(&name).await?;
-            Ok(d.spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[managed::CHECKSUM_ANNOTATION]
-                != checksum)
-        },
-    )
-    .await;
+            anyhow::Ok(
+                d.spec
+                    .unwrap()
+                    .template
+                    .metadata
+                    .unwrap()
+                    .annotations
+                    .unwrap()[managed::CHECKSUM_ANNOTATION]
+                    != checksum,
+            )
+        })
+        .await;
     // The new pod template is a new generation: not available until it has rolled out.
     wait_condition(&c, Some("AutoscalerDeployed"), Duration::from_secs(30)).await;
     play_rollout(&deployments, &name).await;

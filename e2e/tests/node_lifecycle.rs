@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use capow::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY;
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe};
-use capow_e2e::{Env, log_tail, workload};
+use capow_e2e::{Env, Poll, workload};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
@@ -177,7 +177,11 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     let group_id = format!("MachineDeployment/{}/workers", c.ns);
     // Polled: while another checkout's test has the shared CRD without this field, the API
     // server serves the object without it until the keeper adds the field back.
-    let started = Instant::now();
+    let poll = Poll::new(
+        "the startup taint on the template node",
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_secs(1));
     loop {
         probe(&cc, "Refresh", &pb::RefreshRequest {});
         let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
@@ -201,11 +205,8 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
         if keys.iter().any(|k| k == DEFAULT_STARTUP_TAINT_KEY) {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "template node taints {keys:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        poll.tick(format_args!("template node taints {keys:?}"))
+            .await;
     }
 
     let n = 2;
@@ -224,23 +225,24 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     assert_eq!(names.len(), n as usize, "{names:?}");
 
     // NotReady: capow reports it keeps the taint, and the taint is still there.
-    let started = Instant::now();
-    loop {
+    Poll::new(
+        "the StartupTaint condition to hold the NotReady Nodes",
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
         let cond = lifecycle_condition(c, "StartupTaint").await;
         let msg = cond["message"].as_str().unwrap_or_default();
         if names
             .iter()
             .all(|name| msg.contains(&format!("{name} (not Ready)")))
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("condition {cond}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "StartupTaint condition does not hold the NotReady Nodes: {cond}\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
     for name in &names {
         let node = nodes.get(name).await.unwrap();
         assert!(!is_ready(&node), "{name} is Ready before kwok manages it");
@@ -268,6 +270,12 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
             .unwrap();
         let released = Instant::now();
         let mut ready_at: Option<Instant> = None;
+        let poll = Poll::new(
+            format!("the startup taint removed from {name}"),
+            Duration::from_secs(60),
+        )
+        .every(Duration::from_millis(100))
+        .log_tail(&c.manager.log, 30);
         loop {
             let node = nodes.get(name).await.unwrap();
             if ready_at.is_none() && is_ready(&node) {
@@ -285,20 +293,17 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
                 ));
                 break;
             }
-            assert!(
-                released.elapsed() < Duration::from_secs(60),
-                "startup taint not removed from {name} (ready: {})\n{}",
-                is_ready(&node),
-                log_tail(&c.manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            poll.tick(format_args!("ready: {}", is_ready(&node))).await;
         }
     }
 
     // An event per removal, on the OpenStackWorkerCluster.
     let events: Api<Event> = Api::namespaced(c.client.clone(), &c.ns);
-    let started = Instant::now();
-    loop {
+    Poll::new(
+        format!("StartupTaintRemoved events for {names:?}"),
+        Duration::from_secs(30),
+    )
+    .until(|| async {
         let about: BTreeSet<String> = events
             .list(&ListParams::default())
             .await
@@ -309,14 +314,12 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
             .filter_map(|e| e.related.and_then(|r| r.name))
             .collect();
         if names.iter().all(|n| about.contains(n)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("events for {about:?}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "StartupTaintRemoved events for {about:?}, want {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
 
     // A pod without a toleration lands on the now untainted Nodes.
     workload::wait_default_service_account(&c.workload, "default").await;
