@@ -19,11 +19,11 @@
     reason = "test code"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow_e2e::hcp::{CLUSTER, HcpCluster, dynamic, probe, servers_of};
-use capow_e2e::{Env, log_tail, openstack};
+use capow_e2e::{Env, Poll, openstack};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams};
 use prost::Message;
@@ -196,17 +196,14 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
         .delete(CLUSTER, &DeleteParams::default())
         .await
         .unwrap();
-    let started = Instant::now();
-    while clusters.get_opt(CLUSTER).await.unwrap().is_some()
-        || oswc.get_opt(CLUSTER).await.unwrap().is_some()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "Cluster not deleted\n{}",
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Poll::new("the Cluster deleted", Duration::from_secs(180))
+        .every(Duration::from_millis(500))
+        .log_tail(&manager.log, 30)
+        .until(|| async {
+            clusters.get_opt(CLUSTER).await.unwrap().is_none()
+                && oswc.get_opt(CLUSTER).await.unwrap().is_none()
+        })
+        .await;
     let tag = format!("capow-cluster-uid={cluster_uid}");
     let admin = &env.admin_cloud;
     assert!(servers_of(cluster_uid).is_empty(), "servers left");

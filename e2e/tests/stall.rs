@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use capow_e2e::stall::StallRelay;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
+    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text,
     manager_kubeconfig,
 };
 use serde_json::json;
@@ -80,15 +80,12 @@ async fn a_stalled_api_connection_does_not_stall_the_manager() {
         .unwrap();
     let clusters =
         capow_e2e::hcp::dynamic(&client, &ns.name, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
-        if c["status"]["initialization"]["infrastructureProvisioned"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster not provisioned");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the Cluster provisioned", Duration::from_secs(90))
+        .until(|| async {
+            let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
+            c["status"]["initialization"]["infrastructureProvisioned"] == true
+        })
+        .await;
 
     // Every connection the manager holds goes silent; then a machine is created.
     relay.stall_existing();
@@ -121,37 +118,33 @@ async fn a_stalled_api_connection_does_not_stall_the_manager() {
         "OpenStackWorkerMachine",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    Poll::new(
+        "the manager to recover from the stalled connections (m1 provisioned)",
+        Duration::from_secs(90),
+    )
+    .log_tail(&manager.log, 30)
+    .until(|| async {
         let m = serde_json::to_value(machines.get("m1").await.unwrap()).unwrap();
         if m["status"]["initialization"]["provisioned"] == true {
-            break;
+            Ok(())
+        } else {
+            Err(format!("status {}", m["status"]))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the manager did not recover from the stalled connections: {}\n{}",
-            m["status"],
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
     env.record(&format!(
         "stalled API connections (read timeout 6 s): the machine created meanwhile was provisioned {:.1} s after the stall",
         stalled.elapsed().as_secs_f64()
     ));
 
     let _ = machines.delete("m1", &Default::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while machines.get_opt("m1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "machine not deleted");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the machine deleted", Duration::from_secs(90))
+        .until(|| async { machines.get_opt("m1").await.unwrap().is_none() })
+        .await;
     let _ = clusters.delete("c1", &Default::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while clusters.get_opt("c1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "cluster not deleted");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the Cluster deleted", Duration::from_secs(90))
+        .until(|| async { clusters.get_opt("c1").await.unwrap().is_none() })
+        .await;
     manager.stop().await;
     ns.delete().await;
 }

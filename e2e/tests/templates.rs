@@ -14,12 +14,13 @@
 )]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use capow_e2e::hcp::dynamic;
 use capow_e2e::{
-    Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin, ensure_crds,
+    Env, Poll, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
+    ensure_crds,
 };
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -112,22 +113,9 @@ fn apply(ns: &str, yaml: &str) {
     );
 }
 
-async fn eventually<F, Fut>(what: &str, f: F) -> Value
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+/// A wait of the template test: up to 90 s, looking every 500 ms.
+fn eventually(what: &str) -> Poll {
+    Poll::new(what, Duration::from_secs(90)).every(Duration::from_millis(500))
 }
 
 #[tokio::test]
@@ -202,15 +190,16 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "ClusterClass",
     )
     .await;
-    eventually("the ClusterClass's VariablesReady condition", || async {
-        let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-        let ready = cc["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
-        ready.then_some(cc)
-    })
-    .await;
+    eventually("the ClusterClass's VariablesReady condition")
+        .until(|| async {
+            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
+            let ready = cc["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+            ready.then_some(cc)
+        })
+        .await;
     let topology = repo().join("templates/cluster-template-topology.yaml");
     let rendered = clusterctl(&[
         "generate",
@@ -239,16 +228,17 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "HostedControlPlane",
     )
     .await;
-    let hcp = eventually("the HostedControlPlane from the class", || async {
-        hcps.list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let hcp = eventually("the HostedControlPlane from the class")
+        .until(|| async {
+            hcps.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     assert_eq!(
         hcp["spec"]["gateway"]["name"], "capi-gateway",
         "gateway patched from the variable"
@@ -268,17 +258,18 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "OpenStackWorkerCluster",
     )
     .await;
-    let infra = eventually("the OpenStackWorkerCluster from the class", || async {
-        oswc2
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let infra = eventually("the OpenStackWorkerCluster from the class")
+        .until(|| async {
+            oswc2
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     assert_eq!(
         infra["spec"]["identityRef"]["name"], "c2-cloud-config",
         "identityRef patched from the variable"
@@ -297,11 +288,12 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "MachineDeployment",
     )
     .await;
-    let list = eventually("the topology's two MachineDeployments", || async {
-        let items = mds2.list(&ListParams::default()).await.ok()?.items;
-        (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
-    })
-    .await;
+    let list = eventually("the topology's two MachineDeployments")
+        .until(|| async {
+            let items = mds2.list(&ListParams::default()).await.ok()?.items;
+            (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
+        })
+        .await;
     let templates = dynamic(
         &client,
         &ns2.name,
@@ -344,22 +336,24 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         )
         .await
         .unwrap();
-    let index = eventually("the override in capow's index", || async {
-        let snapshot = capow::autoscaler::index::Snapshot {
-            machine_deployments: typed::<capow::capi::MachineDeployment>(&client, &ns2.name).await,
-            templates: typed::<capow::api::machine_template::OpenStackWorkerMachineTemplate>(
-                &client, &ns2.name,
-            )
-            .await,
-            ..Default::default()
-        };
-        let index = capow::autoscaler::index::Index::build(&snapshot, None);
-        let sizes: Vec<(i32, i32)> = index.groups().map(|g| (g.min_size, g.max_size)).collect();
-        let mut sorted = sizes.clone();
-        sorted.sort_unstable();
-        (sorted == [(0, 3), (0, 5)]).then(|| json!(sizes))
-    })
-    .await;
+    let index = eventually("the override in capow's index")
+        .until(|| async {
+            let snapshot = capow::autoscaler::index::Snapshot {
+                machine_deployments: typed::<capow::capi::MachineDeployment>(&client, &ns2.name)
+                    .await,
+                templates: typed::<capow::api::machine_template::OpenStackWorkerMachineTemplate>(
+                    &client, &ns2.name,
+                )
+                .await,
+                ..Default::default()
+            };
+            let index = capow::autoscaler::index::Index::build(&snapshot, None);
+            let sizes: Vec<(i32, i32)> = index.groups().map(|g| (g.min_size, g.max_size)).collect();
+            let mut sorted = sizes.clone();
+            sorted.sort_unstable();
+            (sorted == [(0, 3), (0, 5)]).then(|| json!(sizes))
+        })
+        .await;
     assert_eq!(index.as_array().map(Vec::len), Some(2));
 
     // The managed cluster-autoscaler's variables reach the OpenStackWorkerCluster.
@@ -390,12 +384,13 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         .await
         .unwrap();
     let infra_name = infra["metadata"]["name"].as_str().unwrap().to_owned();
-    let autoscaler = eventually("spec.autoscaler patched from the variables", || async {
-        let o = serde_json::to_value(oswc2.get(&infra_name).await.ok()?).ok()?;
-        let a = o["spec"]["autoscaler"].clone();
-        (!a.is_null()).then_some(a)
-    })
-    .await;
+    let autoscaler = eventually("spec.autoscaler patched from the variables")
+        .until(|| async {
+            let o = serde_json::to_value(oswc2.get(&infra_name).await.ok()?).ok()?;
+            let a = o["spec"]["autoscaler"].clone();
+            (!a.is_null()).then_some(a)
+        })
+        .await;
     assert_eq!(
         autoscaler,
         json!({"enabled": true, "expander": "price,random", "scaleDown": {"unneededTime": "5m"}})
