@@ -489,41 +489,7 @@ impl HcpCluster {
     /// Waits until the MachineDeployment `md` has exactly `n` Machines, all `Running` with a
     /// nodeRef; returns how long that took. Fails after `timeout`.
     pub async fn wait_running(&self, md: &str, n: usize, timeout: Duration) -> Duration {
-        let machines: Api<capow::capi::Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        let poll = Poll::new(format!("{n} Running machines in {md}"), timeout)
-            .log_tail(&self.manager.log, 30);
-        loop {
-            let list = machines
-                .list(
-                    &ListParams::default()
-                        .labels(&format!("cluster.x-k8s.io/deployment-name={md}")),
-                )
-                .await
-                .unwrap()
-                .items;
-            let running = list
-                .iter()
-                .filter(|m| m.metadata.deletion_timestamp.is_none())
-                .filter(|m| {
-                    m.status.as_ref().is_some_and(|s| {
-                        s.phase.as_deref() == Some("Running") && s.node_ref.is_some()
-                    })
-                })
-                .count();
-            if running == n && list.len() == n {
-                return poll.elapsed();
-            }
-            let phases: Vec<_> = list
-                .iter()
-                .map(|m| {
-                    m.status
-                        .as_ref()
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            poll.tick(format_args!("phases {phases:?}")).await;
-        }
+        wait_running(&self.client, &self.ns, md, n, timeout, &self.manager.log).await
     }
 
     /// Waits until Nova has exactly `n` servers tagged with the cluster.
@@ -602,6 +568,74 @@ impl HcpCluster {
         self.manager.stop().await;
         self.guard.delete().await;
         workload_down(&self.workload_name);
+    }
+}
+
+/// The Machines of a MachineDeployment (label `cluster.x-k8s.io/deployment-name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineCounts {
+    /// All of them, including those being deleted.
+    pub all: usize,
+    /// Those not being deleted whose `status.phase` is `Running` with a `status.nodeRef`.
+    pub running: usize,
+    /// `status.phase` of each (empty when unset).
+    pub phases: Vec<String>,
+}
+
+/// Counts the Machines of MachineDeployment `md` in namespace `ns` of `client`.
+///
+/// # Errors
+/// When the API server fails the list.
+pub async fn machines_of(client: &Client, ns: &str, md: &str) -> kube::Result<MachineCounts> {
+    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), ns);
+    let list = machines
+        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/deployment-name={md}")))
+        .await?
+        .items;
+    let running = list
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some())
+        })
+        .count();
+    let phases = list
+        .iter()
+        .map(|m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(MachineCounts {
+        all: list.len(),
+        running,
+        phases,
+    })
+}
+
+/// Waits until MachineDeployment `md` in namespace `ns` of `client` has exactly `n` Machines, all
+/// Running with a nodeRef; returns how long that took. Panics after `timeout` with the phases and
+/// the tail of the manager's log at `manager_log`.
+pub async fn wait_running(
+    client: &Client,
+    ns: &str,
+    md: &str,
+    n: usize,
+    timeout: Duration,
+    manager_log: &std::path::Path,
+) -> Duration {
+    let poll =
+        Poll::new(format!("{n} Running machines in {md}"), timeout).log_tail(manager_log, 30);
+    loop {
+        let c = machines_of(client, ns, md).await.unwrap();
+        if c.running == n && c.all == n {
+            return poll.elapsed();
+        }
+        poll.tick(format_args!("phases {:?}", c.phases)).await;
     }
 }
 

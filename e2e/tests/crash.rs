@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
+    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
 };
 use futures::StreamExt;
 use kube::Client;
@@ -310,21 +310,21 @@ impl Case {
 
     async fn wait_cluster_provisioned(&self, manager: &Manager) {
         let clusters = self.api("cluster.x-k8s.io", "v1beta2", "Cluster").await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        Poll::new(
+            format!("{}: the Cluster provisioned", self.point.name),
+            Duration::from_secs(120),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
             let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
             if c["status"]["initialization"]["infrastructureProvisioned"] == true {
-                return;
+                Ok(())
+            } else {
+                Err(format!("status {}", c["status"]))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: Cluster not provisioned: {}\n{}",
-                self.point.name,
-                c["status"],
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        })
+        .await;
     }
 
     async fn create_machine(&self) -> String {
@@ -379,23 +379,24 @@ impl Case {
     }
 
     async fn wait_machine_ready(&self, manager: &Manager) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
-            if let Some(m) = self.machine().await
-                && m["status"]["initialization"]["provisioned"] == true
-                && m["spec"]["providerID"].is_string()
-            {
-                return m;
+        Poll::new(
+            format!("{}: the machine ready", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
+            match self.machine().await {
+                Some(m)
+                    if m["status"]["initialization"]["provisioned"] == true
+                        && m["spec"]["providerID"].is_string() =>
+                {
+                    Ok(m)
+                }
+                m => Err(format!("status {:?}", m.map(|m| m["status"].clone()))),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: machine never became ready: {:?}\n{}",
-                self.point.name,
-                self.machine().await.map(|m| m["status"].clone()),
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        })
+        .await
     }
 
     async fn delete_machine(&self) {
@@ -410,16 +411,14 @@ impl Case {
     }
 
     async fn wait_machine_gone(&self, manager: &Manager) {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while self.machine().await.is_some() {
-            assert!(
-                Instant::now() < deadline,
-                "{}: machine not deleted\n{}",
-                self.point.name,
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new(
+            format!("{}: the machine deleted", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async { self.machine().await.is_none() })
+        .await;
     }
 
     async fn delete_cluster(&self) {
@@ -436,18 +435,17 @@ impl Case {
                 "OpenStackWorkerCluster",
             )
             .await;
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while clusters.get_opt("c1").await.unwrap().is_some()
-            || infra.get_opt("c1").await.unwrap().is_some()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{}: cluster not deleted\n{}",
-                self.point.name,
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new(
+            format!("{}: the cluster deleted", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
+            clusters.get_opt("c1").await.unwrap().is_none()
+                && infra.get_opt("c1").await.unwrap().is_none()
+        })
+        .await;
     }
 
     /// OpenStack resources of the machine with `uid`: (servers, ports, trunks, volumes), by tag

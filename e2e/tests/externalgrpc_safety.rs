@@ -416,16 +416,22 @@ async fn delete_nodes_cancelled_by_the_deadline_still_finishes() {
     let _ = armed.release.send(());
     // Before the fix the handler was dropped with its pending write: replicas stayed 3 and
     // m-a kept a mark for a later scale-down to act on.
-    let started = std::time::Instant::now();
-    while f.replicas("md-0").await != 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no replicas write after the cancelled call: replicas {}, m-a annotations {:?}",
-            f.replicas("md-0").await,
-            f.annotations("m-a").await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(
+        "the replicas write after the cancelled call",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
+        let replicas = f.replicas("md-0").await;
+        if replicas == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "replicas {replicas}, m-a annotations {:?}",
+                f.annotations("m-a").await
+            ))
+        }
+    })
+    .await;
     let a = f.annotations("m-a").await;
     assert_eq!(
         a.get(DELETE_MACHINE_ANNOTATION),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -481,24 +481,8 @@ impl ProviderCluster {
     /// # Errors
     /// When the API server fails.
     pub async fn machines(&self) -> Result<(usize, usize)> {
-        let machines: Api<capow::capi::Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        let list = machines
-            .list(
-                &ListParams::default()
-                    .labels(&format!("cluster.x-k8s.io/deployment-name={}", self.md)),
-            )
-            .await?
-            .items;
-        let running = list
-            .iter()
-            .filter(|m| m.metadata.deletion_timestamp.is_none())
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some())
-            })
-            .count();
-        Ok((list.len(), running))
+        let c = crate::hcp::machines_of(&self.client, &self.ns, &self.md).await?;
+        Ok((c.all, c.running))
     }
 
     /// Deletes the Cluster (waits up to 180 s), stops the registrar, the manager and the
