@@ -237,18 +237,7 @@ impl ClusterAutoscaler {
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        crate::terminate(&mut self.child, Duration::from_secs(10)).await;
     }
 
     /// The whole log so far.

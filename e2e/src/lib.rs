@@ -117,6 +117,21 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// [`TestNamespace::create`], then writes the Secret `identity` with the environment's
+    /// clouds.yaml under the key `clouds.yaml` (what an OpenStackWorkerCluster's
+    /// `spec.identityRef` names).
+    pub async fn with_identity(client: &Client, prefix: &str, identity: &str) -> TestNamespace {
+        let ns = TestNamespace::create(client, prefix).await;
+        apply_secret(
+            client,
+            &ns.name,
+            identity,
+            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
+        )
+        .await;
+        ns
+    }
+
     /// Creates the namespace.
     pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{:08x}", rand_u32());
@@ -162,44 +177,54 @@ pub struct Manager {
     pub log: PathBuf,
 }
 
+/// `capow manager --namespace <ns>` with the suite's poll interval and log filter, then `extra`.
+fn manager_args(ns: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "manager",
+        "--namespace",
+        ns,
+        "--build-poll-interval",
+        "1s",
+        "--log",
+        "info,capow=debug",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Stops `child` with SIGTERM and waits for it; SIGKILL when it has not exited after `grace`.
+pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
 impl Manager {
     /// Starts `capow manager --namespace <ns>` with `extra` flags; waits for `/ready`.
     pub async fn start(ns: &str, extra: &[&str]) -> Manager {
         let kubeconfig = manager_kubeconfig().await;
-        let mut args: Vec<String> = [
-            "--namespace",
-            ns,
-            "--build-poll-interval",
-            "1s",
-            "--log",
-            "info,capow=debug",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.insert(0, "manager".into());
-        Manager::start_with(&kubeconfig, ns, args, &[]).await
+        Manager::start_with(&kubeconfig, ns, manager_args(ns, extra), &[]).await
     }
 
     /// Like [`Manager::start`], against another management API server: `capow manager
     /// --namespace <ns>` with `extra` flags as the user of `kubeconfig` (made by
     /// [`manager_kubeconfig_on`] for that server); waits for `/ready`.
     pub async fn start_on(kubeconfig: &Path, ns: &str, extra: &[&str]) -> Manager {
-        let args: Vec<String> = [
-            "manager",
-            "--namespace",
-            ns,
-            "--build-poll-interval",
-            "1s",
-            "--log",
-            "info,capow=debug",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| (*s).to_owned())
-        .collect();
-        Manager::start_with(kubeconfig, &format!("{ns}-target"), args, &[]).await
+        Manager::start_with(
+            kubeconfig,
+            &format!("{ns}-target"),
+            manager_args(ns, extra),
+            &[],
+        )
+        .await
     }
 
     /// Starts `capow manager --namespace <ns>` with `extra` flags and nothing else of the test
@@ -300,18 +325,7 @@ impl Manager {
 
     /// Stops the process with SIGTERM and waits for it.
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(&mut self.child, Duration::from_secs(20)).await;
     }
 }
 

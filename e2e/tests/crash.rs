@@ -21,9 +21,7 @@
 use std::time::{Duration, Instant};
 
 use capow_e2e::cloud::AdminCloud;
-use capow_e2e::{
-    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
-};
+use capow_e2e::{Env, Manager, Poll, TestNamespace, apply_json, apply_secret, log_tail};
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject};
@@ -245,14 +243,7 @@ impl Case {
             .split('-')
             .map(|w| w.chars().next().unwrap())
             .collect();
-        let ns = TestNamespace::create(&client, &format!("crash-{short}")).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, &format!("crash-{short}"), IDENTITY).await;
         let managed = matches!(point.phase, Phase::ClusterCreate | Phase::ClusterDelete);
         Case {
             client,

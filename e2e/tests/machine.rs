@@ -34,14 +34,7 @@ impl Fixture {
     async fn new(prefix: &str) -> Fixture {
         let env = Env::get();
         let client = env.client().await;
-        let ns = TestNamespace::create(&client, prefix).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, prefix, IDENTITY).await;
         let f = Fixture { client, ns };
         f.cluster("c1").await;
         f

@@ -30,8 +30,8 @@ use capow_e2e::cloud::AdminCloud;
 use capow_e2e::hcp::{self, CLUSTER, HcpCluster, HcpOptions, dynamic};
 use capow_e2e::{
     Env, Manager, Poll, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
-    clouds_yaml_text, ensure_control_plane_standin, log_tail, manager_kubeconfig_on, openstack,
-    openstack_run, reqwest_get,
+    ensure_control_plane_standin, log_tail, manager_kubeconfig_on, openstack, openstack_run,
+    reqwest_get,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -443,14 +443,7 @@ impl Fixture {
     async fn new(prefix: &str) -> Fixture {
         let env = Env::get();
         let client = env.client().await;
-        let ns = TestNamespace::create(&client, prefix).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, prefix, IDENTITY).await;
         apply_secret(
             &client,
             &ns.name,

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::{
-    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text, openstack,
-    openstack_run, reqwest_get,
+    Env, Manager, Poll, TestNamespace, apply_json, openstack, openstack_run, reqwest_get,
 };
 use kube::api::{Api, ListParams};
 use serde_json::json;
@@ -77,14 +76,7 @@ fn create_server(name: &str, tags: &[&str]) -> String {
 async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_missing_machine() {
     let env = Env::get();
     let client = env.client().await;
-    let ns = TestNamespace::create(&client, "orphans").await;
-    apply_secret(
-        &client,
-        &ns.name,
-        IDENTITY,
-        &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-    )
-    .await;
+    let ns = TestNamespace::with_identity(&client, "orphans", IDENTITY).await;
     let cluster = apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
         "metadata": {"name": "c1", "namespace": ns.name},
         "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))

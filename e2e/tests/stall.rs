@@ -13,10 +13,7 @@
 use std::time::{Duration, Instant};
 
 use capow_e2e::stall::StallRelay;
-use capow_e2e::{
-    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text,
-    manager_kubeconfig,
-};
+use capow_e2e::{Env, Manager, Poll, TestNamespace, apply_json, apply_secret, manager_kubeconfig};
 use serde_json::json;
 
 const IDENTITY: &str = "cloud-config";
@@ -26,14 +23,7 @@ const IDENTITY: &str = "cloud-config";
 async fn a_stalled_api_connection_does_not_stall_the_manager() {
     let env = Env::get();
     let client = env.client().await;
-    let ns = TestNamespace::create(&client, "stall").await;
-    apply_secret(
-        &client,
-        &ns.name,
-        IDENTITY,
-        &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-    )
-    .await;
+    let ns = TestNamespace::with_identity(&client, "stall", IDENTITY).await;
     // The manager reaches the API server only through the relay.
     let kubeconfig = manager_kubeconfig().await;
     let text = std::fs::read_to_string(&kubeconfig).unwrap();

@@ -324,17 +324,6 @@ impl CapoProcess {
 
     /// Stops it with SIGTERM (SIGKILL after 20 s).
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        crate::terminate(&mut self.child, Duration::from_secs(20)).await;
     }
 }
