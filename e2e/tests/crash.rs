@@ -257,6 +257,28 @@ impl Case {
         &self.ns.name
     }
 
+    /// Before the step that is to crash: when `arm`, stops `manager` and starts one with the
+    /// fault point armed; else keeps `manager`.
+    async fn arm(&self, arm: bool, manager: Manager) -> Manager {
+        if arm {
+            manager.stop().await;
+            self.manager(true).await
+        } else {
+            manager
+        }
+    }
+
+    /// After the step that was to crash (`armed`): waits for the crash and starts a manager
+    /// without the fault; else keeps `manager`.
+    async fn survive(&self, armed: bool, manager: Manager) -> Manager {
+        if armed {
+            expect_crash(manager, self.point).await;
+            self.manager(false).await
+        } else {
+            manager
+        }
+    }
+
     async fn manager(&self, fault: bool) -> Manager {
         let mut args = vec!["--server-create-settle", SETTLE, "--orphan-sweep", "off"];
         if fault {
@@ -503,12 +525,7 @@ impl Case {
                 self.create_cluster().await;
                 self.wait_cluster_provisioned(&manager).await;
                 let uid = self.create_machine().await;
-                let manager = if creating {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                } else {
-                    manager
-                };
+                let manager = self.survive(creating, manager).await;
                 self.wait_machine_ready(&manager).await;
                 let up = self.machine_counts(&cloud, &uid).await;
                 assert_eq!(
@@ -518,19 +535,9 @@ impl Case {
                     point.name,
                     log_tail(&manager.log, 40)
                 );
-                let manager = if creating {
-                    manager
-                } else {
-                    manager.stop().await;
-                    self.manager(true).await
-                };
+                let manager = self.arm(!creating, manager).await;
                 self.delete_machine().await;
-                let manager = if creating {
-                    manager
-                } else {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                };
+                let manager = self.survive(!creating, manager).await;
                 self.wait_machine_gone(&manager).await;
                 let down = self.machine_counts(&cloud, &uid).await;
                 assert_eq!(
@@ -553,12 +560,7 @@ impl Case {
                 let creating = point.phase == Phase::ClusterCreate;
                 let manager = self.manager(creating).await;
                 self.create_cluster().await;
-                let manager = if creating {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                } else {
-                    manager
-                };
+                let manager = self.survive(creating, manager).await;
                 self.wait_cluster_provisioned(&manager).await;
                 let uid = self.cluster_uid().await;
                 let up = self.cluster_counts(&cloud).await;
@@ -576,19 +578,9 @@ impl Case {
                         .unwrap();
                     assert_eq!(tagged.len(), 1, "{}: {kind} tagged: {tagged:?}", point.name);
                 }
-                let manager = if creating {
-                    manager
-                } else {
-                    manager.stop().await;
-                    self.manager(true).await
-                };
+                let manager = self.arm(!creating, manager).await;
                 self.delete_cluster().await;
-                let manager = if creating {
-                    manager
-                } else {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                };
+                let manager = self.survive(!creating, manager).await;
                 self.wait_cluster_gone(&manager).await;
                 let down = self.cluster_counts(&cloud).await;
                 assert_eq!(

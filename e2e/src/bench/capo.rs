@@ -84,7 +84,8 @@ pub struct CapoInstall {
     client: Client,
 }
 
-fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
+/// The YAML documents of the file at `path` (empty documents skipped).
+pub(super) fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -97,7 +98,7 @@ fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
 }
 
 /// Server-side applies a cluster-scoped object.
-async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
+pub(super) async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
     let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
     let kind = obj["kind"].as_str().context("kind")?;
     let name = obj["metadata"]["name"].as_str().context("name")?;

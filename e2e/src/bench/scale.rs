@@ -22,10 +22,9 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use super::capo::CapoPaths;
+use super::capo::{CapoPaths, apply_cluster_scoped, yaml_docs};
 use super::fakecloud::{FLAVOR_ID, FakeCloud, FakeServer, IMAGE_ID, NETWORK_ID, SUBNET_ID};
 use super::fixture::System;
 use super::{Report, need_var};
@@ -108,18 +107,6 @@ impl Drop for PrivateApi {
     }
 }
 
-fn yaml_docs(path: &std::path::Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc)?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
-}
-
 fn yaml_dir(dir: &std::path::Path) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut paths: Vec<_> = std::fs::read_dir(dir)
@@ -132,23 +119,6 @@ fn yaml_dir(dir: &std::path::Path) -> Result<Vec<Value>> {
         out.extend(yaml_docs(&p)?);
     }
     Ok(out)
-}
-
-async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
-    let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
-    let kind = obj["kind"].as_str().context("kind")?;
-    let name = obj["metadata"]["name"].as_str().context("name")?;
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    api.patch(
-        name,
-        &PatchParams::apply("capow-bench").force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
 }
 
 /// CRDs on the private API server (no conversion webhooks: every client here uses the storage
