@@ -681,13 +681,24 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
                 "{name}: condition message {message:?} lacks {w:?}"
             );
         }
-        let events = f.events_for(name).await;
-        assert!(
-            events
+        // The controller writes the status first and the event after it
+        // (src/controllers/machine/mod.rs), so the event may trail the condition just seen.
+        Poll::new(
+            format!("{name}: an event with reason {reason} naming {words:?}"),
+            Duration::from_secs(30),
+        )
+        .until(|| async {
+            let events = f.events_for(name).await;
+            if events
                 .iter()
-                .any(|(_, r, n)| r == reason && words.iter().all(|w| n.contains(w))),
-            "{name}: no event with reason {reason} naming {words:?}: {events:?}"
-        );
+                .any(|(_, r, n)| r == reason && words.iter().all(|w| n.contains(w)))
+            {
+                Ok(())
+            } else {
+                Err(format!("events {events:?}"))
+            }
+        })
+        .await;
         let m = f.oswm(name).await.unwrap();
         assert!(
             servers_tagged(&uid_tag(&m)).is_empty(),
