@@ -67,6 +67,27 @@ pub fn probe(cloud_config: &str, method: &str, request: &impl Message) -> Vec<u8
         .unwrap()
 }
 
+/// The template Node of node group `group_id` (NodeGroupTemplateNodeInfo through [`probe`],
+/// decoded from `nodeBytes`).
+pub fn template_node(
+    cloud_config: &str,
+    group_id: &str,
+) -> capow::autoscaler::proto::core_v1::Node {
+    use capow::autoscaler::proto::externalgrpc as pb;
+    let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
+        probe(
+            cloud_config,
+            "NodeGroupTemplateNodeInfo",
+            &pb::NodeGroupTemplateNodeInfoRequest {
+                id: group_id.to_owned(),
+            },
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice()).unwrap()
+}
+
 /// Like [`probe`], but returns grpcprobe's stderr (the gRPC status) when the RPC fails.
 pub fn try_probe(
     cloud_config: &str,

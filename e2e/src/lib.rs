@@ -564,6 +564,36 @@ pub async fn crds_established(client: &Client, names: &[&str], timeout: Duration
         .await
 }
 
+/// Server-side applies Cluster `name` in `ns` with an OpenStackWorkerCluster `name` (labelled
+/// with the cluster name) of spec `infra_spec` as its infrastructure; returns the Cluster as
+/// the API server stored it.
+///
+/// # Errors
+/// When the API server refuses either object.
+pub async fn apply_cluster(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    infra_spec: Value,
+) -> Result<Value> {
+    let cluster = apply_json(client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": name}}}))
+        .await?;
+    apply_json(client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
+        "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": name}},
+        "spec": infra_spec}))
+        .await?;
+    Ok(cluster)
+}
+
+/// An OpenStackWorkerCluster spec on the environment's existing network `osdev-net`, with
+/// capow's credentials from Secret `identity` (cloud `$CAPOW_E2E_CLOUD`).
+pub fn existing_network_spec(identity: &str) -> Value {
+    json!({"identityRef": {"name": identity, "cloudName": Env::get().cloud},
+           "network": {"filter": {"name": "osdev-net"}}})
+}
+
 /// Applies capow's CRDs as this checkout's code defines them (`capow::api::crds()`) and waits
 /// until the API server serves them. The environment installs the CRDs of the checkout that
 /// started it; a test of a field added since then calls this first (adding a field changes

@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{CLUSTER, HcpCluster, dynamic, probe, servers_of};
+use capow_e2e::hcp::{CLUSTER, HcpCluster, dynamic, probe, servers_of, template_node};
 use capow_e2e::{Env, Poll, openstack};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -85,19 +85,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
             .collect::<Vec<_>>(),
         std::slice::from_ref(&group_id)
     );
-    let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
-        probe(
-            &cc,
-            "NodeGroupTemplateNodeInfo",
-            &pb::NodeGroupTemplateNodeInfoRequest {
-                id: group_id.clone(),
-            },
-        )
-        .as_slice(),
-    )
-    .unwrap();
-    let tnode =
-        capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice()).unwrap();
+    let tnode = template_node(&cc, &group_id);
     assert_eq!(
         tnode.status.as_ref().unwrap().capacity["memory"].string,
         "512Mi",

@@ -21,7 +21,10 @@
 use std::time::{Duration, Instant};
 
 use capow_e2e::cloud::AdminCloud;
-use capow_e2e::{Env, Manager, Poll, TestNamespace, apply_json, apply_secret, log_tail};
+use capow_e2e::{
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret,
+    existing_network_spec, log_tail,
+};
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject};
@@ -301,17 +304,9 @@ impl Case {
                        {"name": "vxlan", "direction": "ingress", "protocol": "udp", "portRangeMin": 8472, "portRangeMax": 8472, "remoteManagedGroups": ["worker"]},
                        {"name": "bgp", "direction": "ingress", "protocol": "tcp", "portRangeMin": 179, "portRangeMax": 179, "remoteManagedGroups": ["worker"]}]}})
         } else {
-            json!({"identityRef": {"name": IDENTITY, "cloudName": Env::get().cloud},
-                   "network": {"filter": {"name": "osdev-net"}}})
+            existing_network_spec(IDENTITY)
         };
-        apply_json(&self.client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-            "metadata": {"name": "c1", "namespace": self.ns()},
-            "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-            .await
-            .unwrap();
-        apply_json(&self.client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-            "metadata": {"name": "c1", "namespace": self.ns(), "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-            "spec": infra_spec}))
+        apply_cluster(&self.client, self.ns(), "c1", infra_spec)
             .await
             .unwrap();
     }

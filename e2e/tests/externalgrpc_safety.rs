@@ -229,7 +229,7 @@ async fn fixture(prefix: &str, objects: Vec<Value>) -> Fixture {
         let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &name, &ar);
         Poll::new(
-            &format!("CAPI to settle the {kind}s"),
+            format!("CAPI to settle the {kind}s"),
             Duration::from_secs(30),
         )
         .until(|| {

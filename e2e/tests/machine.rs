@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use capow_e2e::{
-    Env, Manager, Poll, TestNamespace, apply_json, apply_secret, clouds_yaml_text, openstack,
-    openstack_run, ports_tagged, server_show, servers_tagged,
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret, clouds_yaml_text,
+    existing_network_spec, openstack, openstack_run, ports_tagged, server_show, servers_tagged,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -48,23 +48,14 @@ impl Fixture {
     /// existing `osdev-net`. The real CAPI Cluster controller owns the Cluster's status and
     /// reports the infrastructure provisioned once capow's cluster controller does.
     async fn cluster(&self, name: &str) {
-        apply_json(
+        apply_cluster(
             &self.client,
-            &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-                    "metadata": {"name": name, "namespace": self.ns()},
-                    "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": name}}}),
+            self.ns(),
+            name,
+            existing_network_spec(IDENTITY),
         )
         .await
-        .expect("create Cluster");
-        apply_json(
-            &self.client,
-            &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-                    "metadata": {"name": name, "namespace": self.ns(), "labels": {"cluster.x-k8s.io/cluster-name": name}},
-                    "spec": {"identityRef": {"name": IDENTITY, "cloudName": Env::get().cloud},
-                             "network": {"filter": {"name": "osdev-net"}}}}),
-        )
-        .await
-        .expect("create OpenStackWorkerCluster");
+        .expect("create the Cluster");
     }
 
     /// Waits until CAPI reports the Cluster's infrastructure provisioned (capow's cluster

@@ -233,61 +233,53 @@ async fn workload_objects(workload: &kube::Client) -> BTreeMap<&'static str, boo
     BTreeMap::from([
         (
             "ServiceAccount",
-            Api::<ServiceAccount>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<ServiceAccount>::namespaced(workload.clone(), ns),
+                name,
+            )
+            .await,
         ),
         (
             "token Secret",
-            Api::<Secret>::namespaced(workload.clone(), ns)
-                .get_opt(managed::TOKEN_SECRET)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<Secret>::namespaced(workload.clone(), ns),
+                managed::TOKEN_SECRET,
+            )
+            .await,
         ),
         (
             "ClusterRole",
-            Api::<ClusterRole>::all(workload.clone())
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<ClusterRole>::all(workload.clone()), name).await,
         ),
         (
             "ClusterRoleBinding",
-            Api::<ClusterRoleBinding>::all(workload.clone())
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<ClusterRoleBinding>::all(workload.clone()), name).await,
         ),
         (
             "Role",
-            Api::<Role>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<Role>::namespaced(workload.clone(), ns), name).await,
         ),
         (
             "RoleBinding",
-            Api::<RoleBinding>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<RoleBinding>::namespaced(workload.clone(), ns), name).await,
         ),
         (
             "priority ConfigMap",
-            Api::<ConfigMap>::namespaced(workload.clone(), ns)
-                .get_opt(managed::PRIORITY_CONFIG_MAP.0)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<ConfigMap>::namespaced(workload.clone(), ns),
+                managed::PRIORITY_CONFIG_MAP.0,
+            )
+            .await,
         ),
     ])
+}
+
+/// Whether `api` has an object `name`.
+async fn exists<K>(api: Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.get_opt(name).await.unwrap().is_some()
 }
 
 /// Waits until nothing capow made for the cluster-autoscaler is left, in either cluster.

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::hcp::{self, CLUSTER, HcpCluster, HcpOptions, dynamic};
 use capow_e2e::{
-    Env, Manager, Poll, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
-    ensure_control_plane_standin, log_tail, manager_kubeconfig_on, openstack, openstack_run,
-    reqwest_get,
+    Env, Manager, Poll, STANDIN_GROUP, TestNamespace, apply_cluster, apply_json, apply_secret,
+    client_for, ensure_control_plane_standin, existing_network_spec, log_tail,
+    manager_kubeconfig_on, openstack, openstack_run, reqwest_get,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -451,14 +451,7 @@ impl Fixture {
             &[("value", b"#cloud-config\n"), ("format", b"cloud-config")],
         )
         .await;
-        apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-            "metadata": {"name": "c1", "namespace": ns.name},
-            "spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-            .await
-            .unwrap();
-        apply_json(&client, &json!({"apiVersion": format!("{INFRA}/v1alpha1"), "kind": "OpenStackWorkerCluster",
-            "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-            "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+        apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
             .await
             .unwrap();
         Fixture { client, ns }

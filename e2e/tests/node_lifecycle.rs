@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use capow::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY;
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe};
+use capow_e2e::hcp::{
+    CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe, template_node,
+};
 use capow_e2e::{Env, Poll, workload};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use prost::Message;
 use serde_json::{Value, json};
 
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
@@ -184,19 +185,7 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     .every(Duration::from_secs(1));
     loop {
         probe(&cc, "Refresh", &pb::RefreshRequest {});
-        let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
-            probe(
-                &cc,
-                "NodeGroupTemplateNodeInfo",
-                &pb::NodeGroupTemplateNodeInfoRequest {
-                    id: group_id.clone(),
-                },
-            )
-            .as_slice(),
-        )
-        .unwrap();
-        let tnode = capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice())
-            .unwrap();
+        let tnode = template_node(&cc, &group_id);
         let keys: Vec<String> = tnode
             .spec
             .as_ref()

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::{
-    Env, Manager, Poll, TestNamespace, apply_json, openstack, openstack_run, reqwest_get,
+    Env, Manager, Poll, TestNamespace, apply_cluster, existing_network_spec, openstack,
+    openstack_run, reqwest_get,
 };
 use kube::api::{Api, ListParams};
-use serde_json::json;
 
 const IDENTITY: &str = "cloud-config";
 
@@ -77,14 +77,7 @@ async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_miss
     let env = Env::get();
     let client = env.client().await;
     let ns = TestNamespace::with_identity(&client, "orphans", IDENTITY).await;
-    let cluster = apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c1", "namespace": ns.name},
-        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-        .await
-        .unwrap();
-    apply_json(&client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-        "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-        "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+    let cluster = apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
         .await
         .unwrap();
     let cluster_uid = cluster["metadata"]["uid"].as_str().unwrap().to_owned();

@@ -13,7 +13,10 @@
 use std::time::{Duration, Instant};
 
 use capow_e2e::stall::StallRelay;
-use capow_e2e::{Env, Manager, Poll, TestNamespace, apply_json, apply_secret, manager_kubeconfig};
+use capow_e2e::{
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret,
+    existing_network_spec, manager_kubeconfig,
+};
 use serde_json::json;
 
 const IDENTITY: &str = "cloud-config";
@@ -58,14 +61,7 @@ async fn a_stalled_api_connection_does_not_stall_the_manager() {
     .collect();
     let manager = Manager::start_with(&relayed, &ns.name, args, &[]).await;
 
-    apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c1", "namespace": ns.name},
-        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-        .await
-        .unwrap();
-    apply_json(&client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-        "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-        "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+    apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
         .await
         .unwrap();
     let clusters =

@@ -113,6 +113,27 @@ fn apply(ns: &str, yaml: &str) {
     );
 }
 
+/// `clusterctl generate cluster <name> --from <file>` for Kubernetes v1.34.2 in `ns`; asserts
+/// that every variable was substituted.
+fn generate_cluster(name: &str, file: &std::path::Path, ns: &str) -> String {
+    let rendered = clusterctl(&[
+        "generate",
+        "cluster",
+        name,
+        "--from",
+        &file.display().to_string(),
+        "--kubernetes-version",
+        "v1.34.2",
+        "--target-namespace",
+        ns,
+    ]);
+    assert!(
+        !rendered.contains("${"),
+        "unsubstituted variables:\n{rendered}"
+    );
+    rendered
+}
+
 /// A wait of the template test: up to 90 s, looking every 500 ms.
 fn eventually(what: &str) -> Poll {
     Poll::new(what, Duration::from_secs(90)).every(Duration::from_millis(500))
@@ -129,22 +150,7 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     // Plain template: renders with every variable substituted and applies as it is.
     let ns = TestNamespace::create(&client, "tmpl").await;
     let file = repo().join("templates/cluster-template.yaml");
-    let rendered = clusterctl(&[
-        "generate",
-        "cluster",
-        "c1",
-        "--from",
-        &file.display().to_string(),
-        "--kubernetes-version",
-        "v1.34.2",
-        "--target-namespace",
-        &ns.name,
-    ]);
-    assert!(
-        !rendered.contains("${"),
-        "unsubstituted variables:\n{rendered}"
-    );
-    apply(&ns.name, &rendered);
+    apply(&ns.name, &generate_cluster("c1", &file, &ns.name));
     let mds = dynamic(
         &client,
         &ns.name,
@@ -201,22 +207,7 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         })
         .await;
     let topology = repo().join("templates/cluster-template-topology.yaml");
-    let rendered = clusterctl(&[
-        "generate",
-        "cluster",
-        "c2",
-        "--from",
-        &topology.display().to_string(),
-        "--kubernetes-version",
-        "v1.34.2",
-        "--target-namespace",
-        &ns2.name,
-    ]);
-    assert!(
-        !rendered.contains("${"),
-        "unsubstituted variables:\n{rendered}"
-    );
-    apply(&ns2.name, &rendered);
+    apply(&ns2.name, &generate_cluster("c2", &topology, &ns2.name));
 
     // The topology controller creates the control plane (our stand-in) and the infrastructure
     // cluster; play the control plane's controller, then the MachineDeployments follow.
