@@ -21,11 +21,11 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{Env, log_tail, openstack, openstack_run, reqwest_get};
+use crate::{Env, Poll, log_tail, openstack, openstack_run, reqwest_get};
 
 /// Which CA wire generation a test runs (capow's README, "externalgrpc cloud provider").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,19 +183,17 @@ impl ClusterAutoscaler {
             generation,
         };
         let url = format!("http://{address}/health-check");
-        let started = Instant::now();
-        loop {
+        Poll::new(
+            format!("cluster-autoscaler /health-check on {address}"),
+            Duration::from_secs(60),
+        )
+        .log_tail(&ca.log, 30)
+        .until(|| {
             ca.assert_running();
-            if reqwest_get(&url).await.is_ok_and(|(s, _)| s == 200) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "cluster-autoscaler /health-check on {address} did not answer in 60 s:\n{}",
-                log_tail(&ca.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            let url = &url;
+            async move { reqwest_get(url).await.is_ok_and(|(s, _)| s == 200) }
+        })
+        .await;
         let listening = listening_addresses(ca.pid());
         assert!(
             !listening.is_empty() && listening.iter().all(|a| a.ip().is_loopback()),
@@ -239,18 +237,7 @@ impl ClusterAutoscaler {
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        crate::terminate(&mut self.child, Duration::from_secs(10)).await;
     }
 
     /// The whole log so far.
@@ -284,20 +271,19 @@ impl ClusterAutoscaler {
     /// Waits until a log line contains `needle` and returns the first such line; fails after
     /// `timeout` or when the process exits.
     pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(line) = self.lines(needle).into_iter().next() {
-                return line;
+        Poll::new(
+            format!("a cluster-autoscaler log line with {needle:?}"),
+            timeout,
+        )
+        .log_tail(&self.log, 60)
+        .until(|| {
+            let line = self.lines(needle).into_iter().next();
+            if line.is_none() {
+                self.assert_running();
             }
-            self.assert_running();
-            assert!(
-                started.elapsed() < timeout,
-                "no cluster-autoscaler log line with {needle:?} in {timeout:?}; log {}:\n{}",
-                self.log.display(),
-                log_tail(&self.log, 60)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            async move { line }
+        })
+        .await
     }
 
     /// The version CA reports at start (`Cluster Autoscaler <version>`, logged at `--v=1`).

@@ -11,11 +11,96 @@
 //! (`all_tenants`, `metadata` filter).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use crate::Env;
+
+/// The Keystone v3 body of a password login scoped to a project, from the `auth` map of a
+/// clouds.yaml cloud (`username`, `password`, `user_domain_name`, `project_name`,
+/// `project_domain_name`). Keystone API reference, "Password authentication with scoped
+/// authorization": <https://docs.openstack.org/api-ref/identity/v3/#password-authentication-with-scoped-authorization>.
+pub fn password_auth(auth: &Value) -> Value {
+    json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": auth["username"], "password": auth["password"],
+            "domain": {"name": auth["user_domain_name"]}}}},
+        "scope": {"project": {"name": auth["project_name"],
+                              "domain": {"name": auth["project_domain_name"]}}}}})
+}
+
+/// A project-scoped Keystone session: the HTTP client, the token (`X-Subject-Token`) and the
+/// public endpoint of every service type in the token's catalog (in the cloud's `region_name`
+/// when it has one), without a trailing `/`.
+pub struct Session {
+    /// The client the login used (`timeout` of [`login`]).
+    pub http: reqwest::Client,
+    /// The token, for `X-Auth-Token`.
+    pub token: String,
+    /// Service type (`compute`, `network`, …) → public endpoint URL.
+    pub endpoints: HashMap<String, String>,
+}
+
+/// Logs in as `cloud` of the clouds.yaml text `clouds_yaml` with [`password_auth`] at
+/// `auth_url` (a proxy's, say), or at the cloud's own `auth.auth_url` when `None`. Requests of
+/// the returned client time out after `timeout`.
+///
+/// # Errors
+/// When the YAML or the cloud's `auth_url` is missing, or Keystone refuses.
+pub async fn login(
+    clouds_yaml: &str,
+    cloud: &str,
+    auth_url: Option<&str>,
+    timeout: Duration,
+) -> Result<Session> {
+    let yaml: Value = serde_yaml::from_str(clouds_yaml)?;
+    let c = &yaml["clouds"][cloud];
+    let auth = &c["auth"];
+    let auth_url = match auth_url {
+        Some(u) => u,
+        None => auth["auth_url"].as_str().context("auth_url")?,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(timeout).build()?;
+    let resp = http
+        .post(format!("{}/auth/tokens", auth_url.trim_end_matches('/')))
+        .json(&password_auth(auth))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("Keystone refused {cloud}: {}", resp.status());
+    }
+    let token = resp
+        .headers()
+        .get("X-Subject-Token")
+        .context("X-Subject-Token")?
+        .to_str()?
+        .to_owned();
+    let body: Value = resp.json().await?;
+    let region = c["region_name"].as_str();
+    let mut endpoints = HashMap::new();
+    for svc in body["token"]["catalog"].as_array().into_iter().flatten() {
+        let Some(kind) = svc["type"].as_str() else {
+            continue;
+        };
+        if let Some(e) = svc["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["interface"] == "public" && region.is_none_or(|r| e["region_id"] == r))
+            && let Some(url) = e["url"].as_str()
+        {
+            endpoints.insert(kind.to_owned(), url.trim_end_matches('/').to_owned());
+        }
+    }
+    Ok(Session {
+        http,
+        token,
+        endpoints,
+    })
+}
 
 /// An admin session: a token and the public endpoints of the catalog.
 pub struct AdminCloud {
@@ -31,50 +116,12 @@ impl AdminCloud {
     /// When clouds.yaml cannot be read or Keystone refuses.
     pub async fn login() -> Result<AdminCloud> {
         let env = Env::get();
-        let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(&env.clouds_yaml)?)?;
-        let cloud = &yaml["clouds"][&env.admin_cloud];
-        let auth = &cloud["auth"];
-        let auth_url = auth["auth_url"].as_str().context("auth_url")?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        let body = json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": auth["username"], "password": auth["password"],
-                "domain": {"name": auth["user_domain_name"]}}}},
-            "scope": {"project": {"name": auth["project_name"],
-                                  "domain": {"name": auth["project_domain_name"]}}}}});
-        let resp = http
-            .post(format!("{}/auth/tokens", auth_url.trim_end_matches('/')))
-            .json(&body)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("Keystone refused the admin login: {}", resp.status());
-        }
-        let token = resp
-            .headers()
-            .get("X-Subject-Token")
-            .context("X-Subject-Token")?
-            .to_str()?
-            .to_owned();
-        let body: Value = resp.json().await?;
-        let region = cloud["region_name"].as_str();
-        let mut endpoints = HashMap::new();
-        for svc in body["token"]["catalog"].as_array().into_iter().flatten() {
-            let Some(kind) = svc["type"].as_str() else {
-                continue;
-            };
-            if let Some(e) =
-                svc["endpoints"].as_array().into_iter().flatten().find(|e| {
-                    e["interface"] == "public" && region.is_none_or(|r| e["region_id"] == r)
-                })
-                && let Some(url) = e["url"].as_str()
-            {
-                endpoints.insert(kind.to_owned(), url.trim_end_matches('/').to_owned());
-            }
-        }
+        let yaml = std::fs::read_to_string(&env.clouds_yaml)?;
+        let Session {
+            http,
+            token,
+            endpoints,
+        } = login(&yaml, &env.admin_cloud, None, Duration::from_secs(30)).await?;
         Ok(AdminCloud {
             http,
             token,

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{Node, Secret};
@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Env, Manager, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
-    clouds_yaml_text, ensure_control_plane_standin, log_tail, workload_down, workload_up,
+    Env, Manager, Poll, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
+    clouds_yaml_text, ensure_control_plane_standin, workload_down, workload_up,
 };
 
 /// Name of the identity Secret (clouds.yaml) in the cluster's namespace.
@@ -73,6 +73,27 @@ pub fn probe(cloud_config: &str, method: &str, request: &impl Message) -> Vec<u8
     base64::engine::general_purpose::STANDARD
         .decode(String::from_utf8_lossy(&out.stdout).trim())
         .unwrap()
+}
+
+/// The template Node of node group `group_id` (NodeGroupTemplateNodeInfo through [`probe`],
+/// decoded from `nodeBytes`).
+pub fn template_node(
+    cloud_config: &str,
+    group_id: &str,
+) -> capow::autoscaler::proto::core_v1::Node {
+    use capow::autoscaler::proto::externalgrpc as pb;
+    let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
+        probe(
+            cloud_config,
+            "NodeGroupTemplateNodeInfo",
+            &pb::NodeGroupTemplateNodeInfoRequest {
+                id: group_id.to_owned(),
+            },
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice()).unwrap()
 }
 
 /// Like [`probe`], but returns grpcprobe's stderr (the gRPC status) when the RPC fails.
@@ -333,22 +354,19 @@ impl HcpCluster {
 
         // The cluster's infrastructure comes up and CAPI sees it.
         let clusters = dynamic(&client, &ns, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
-        let started = Instant::now();
-        loop {
-            let c = serde_json::to_value(clusters.get(CLUSTER).await.unwrap()).unwrap();
-            if c["status"]["initialization"]["infrastructureProvisioned"] == true
-                && c["spec"]["controlPlaneEndpoint"]["host"] == "127.0.0.1"
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "Cluster not provisioned: {}\n{}",
-                c["status"],
-                log_tail(&manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        Poll::new("the Cluster provisioned", Duration::from_secs(90))
+            .log_tail(&manager.log, 30)
+            .until(|| async {
+                let c = serde_json::to_value(clusters.get(CLUSTER).await.unwrap()).unwrap();
+                if c["status"]["initialization"]["infrastructureProvisioned"] == true
+                    && c["spec"]["controlPlaneEndpoint"]["host"] == "127.0.0.1"
+                {
+                    Ok(())
+                } else {
+                    Err(format!("status {}", c["status"]))
+                }
+            })
+            .await;
         let cluster_uid = clusters.get(CLUSTER).await.unwrap().metadata.uid.unwrap();
         let infra = serde_json::to_value(oswc.get(CLUSTER).await.unwrap()).unwrap();
         HcpCluster {
@@ -414,20 +432,20 @@ impl HcpCluster {
             "OpenStackWorkerMachineTemplate",
         )
         .await;
-        let started = Instant::now();
-        loop {
+        Poll::new(
+            format!("capacity on template {name}"),
+            Duration::from_secs(60),
+        )
+        .log_tail(&self.manager.log, 30)
+        .until(|| async {
             let t = serde_json::to_value(templates.get(name).await.unwrap()).unwrap();
             if t["status"]["capacity"]["cpu"].is_string() {
-                break;
+                Ok(())
+            } else {
+                Err(format!("status {}", t["status"]))
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no capacity on template {name}: {}\n{}",
-                t["status"],
-                log_tail(&self.manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
     }
 
     /// Starts another manager replica with the same flags but its own externalgrpc port (for
@@ -508,62 +526,22 @@ impl HcpCluster {
     /// Waits until the MachineDeployment `md` has exactly `n` Machines, all `Running` with a
     /// nodeRef; returns how long that took. Fails after `timeout`.
     pub async fn wait_running(&self, md: &str, n: usize, timeout: Duration) -> Duration {
-        let machines: Api<capow::capi::Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        let started = Instant::now();
-        loop {
-            let list = machines
-                .list(
-                    &ListParams::default()
-                        .labels(&format!("cluster.x-k8s.io/deployment-name={md}")),
-                )
-                .await
-                .unwrap()
-                .items;
-            let running = list
-                .iter()
-                .filter(|m| m.metadata.deletion_timestamp.is_none())
-                .filter(|m| {
-                    m.status.as_ref().is_some_and(|s| {
-                        s.phase.as_deref() == Some("Running") && s.node_ref.is_some()
-                    })
-                })
-                .count();
-            if running == n && list.len() == n {
-                return started.elapsed();
-            }
-            let phases: Vec<_> = list
-                .iter()
-                .map(|m| {
-                    m.status
-                        .as_ref()
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            assert!(
-                started.elapsed() < timeout,
-                "want {n} Running machines in {md}, have {phases:?}\n{}",
-                log_tail(&self.manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_running(&self.client, &self.ns, md, n, timeout, &self.manager.log).await
     }
 
     /// Waits until Nova has exactly `n` servers tagged with the cluster.
     pub async fn wait_servers(&self, n: usize, timeout: Duration) {
-        let started = Instant::now();
-        loop {
-            let s = servers_of(&self.cluster_uid);
-            if s.len() == n {
-                return;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "want {n} servers of the cluster, Nova has {}",
-                s.len()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        Poll::new(format!("{n} servers of the cluster in Nova"), timeout)
+            .every(Duration::from_millis(500))
+            .until(|| async {
+                let s = servers_of(&self.cluster_uid).len();
+                if s == n {
+                    Ok(())
+                } else {
+                    Err(format!("Nova has {s}"))
+                }
+            })
+            .await;
     }
 
     /// Waits for the cloud-config Secret capow publishes for the cluster, writes its keys where
@@ -572,17 +550,9 @@ impl HcpCluster {
     pub async fn cloud_config(&self) -> String {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
         let secret_name = capow::tls::cloud_config::secret_name(CLUSTER);
-        let started = Instant::now();
-        let secret = loop {
-            if let Some(s) = secrets.get_opt(&secret_name).await.unwrap() {
-                break s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "credentials Secret not published"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let secret = Poll::new("the credentials Secret", Duration::from_secs(30))
+            .until(|| async { secrets.get_opt(&secret_name).await.unwrap() })
+            .await;
         for (k, v) in secret.data.unwrap() {
             std::fs::write(self.mount.join(&k), &v.0).unwrap();
         }
@@ -612,18 +582,17 @@ impl HcpCluster {
         let _ = clusters
             .delete(CLUSTER, &kube::api::DeleteParams::default())
             .await;
-        let started = Instant::now();
-        while clusters.get_opt(CLUSTER).await.ok().flatten().is_some()
-            || oswc.get_opt(CLUSTER).await.ok().flatten().is_some()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "Cluster {}/{CLUSTER} not deleted\n{}",
-                self.ns,
-                log_tail(&self.manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        Poll::new(
+            format!("Cluster {}/{CLUSTER} deleted", self.ns),
+            Duration::from_secs(180),
+        )
+        .every(Duration::from_millis(500))
+        .log_tail(&self.manager.log, 30)
+        .until(|| async {
+            clusters.get_opt(CLUSTER).await.ok().flatten().is_none()
+                && oswc.get_opt(CLUSTER).await.ok().flatten().is_none()
+        })
+        .await;
         self.release().await;
     }
 
@@ -636,6 +605,74 @@ impl HcpCluster {
         self.manager.stop().await;
         self.guard.delete().await;
         workload_down(&self.workload_name);
+    }
+}
+
+/// The Machines of a MachineDeployment (label `cluster.x-k8s.io/deployment-name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineCounts {
+    /// All of them, including those being deleted.
+    pub all: usize,
+    /// Those not being deleted whose `status.phase` is `Running` with a `status.nodeRef`.
+    pub running: usize,
+    /// `status.phase` of each (empty when unset).
+    pub phases: Vec<String>,
+}
+
+/// Counts the Machines of MachineDeployment `md` in namespace `ns` of `client`.
+///
+/// # Errors
+/// When the API server fails the list.
+pub async fn machines_of(client: &Client, ns: &str, md: &str) -> kube::Result<MachineCounts> {
+    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), ns);
+    let list = machines
+        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/deployment-name={md}")))
+        .await?
+        .items;
+    let running = list
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some())
+        })
+        .count();
+    let phases = list
+        .iter()
+        .map(|m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(MachineCounts {
+        all: list.len(),
+        running,
+        phases,
+    })
+}
+
+/// Waits until MachineDeployment `md` in namespace `ns` of `client` has exactly `n` Machines, all
+/// Running with a nodeRef; returns how long that took. Panics after `timeout` with the phases and
+/// the tail of the manager's log at `manager_log`.
+pub async fn wait_running(
+    client: &Client,
+    ns: &str,
+    md: &str,
+    n: usize,
+    timeout: Duration,
+    manager_log: &std::path::Path,
+) -> Duration {
+    let poll =
+        Poll::new(format!("{n} Running machines in {md}"), timeout).log_tail(manager_log, 30);
+    loop {
+        let c = machines_of(client, ns, md).await.unwrap();
+        if c.running == n && c.all == n {
+            return poll.elapsed();
+        }
+        poll.tick(format_args!("phases {:?}", c.phases)).await;
     }
 }
 

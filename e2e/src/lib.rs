@@ -18,8 +18,11 @@ pub mod bench;
 pub mod cloud;
 pub mod hcp;
 pub mod osproxy;
+pub mod poll;
 pub mod stall;
 pub mod workload;
+
+pub use poll::Poll;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -113,6 +117,21 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// [`TestNamespace::create`], then writes the Secret `identity` with the environment's
+    /// clouds.yaml under the key `clouds.yaml` (what an OpenStackWorkerCluster's
+    /// `spec.identityRef` names).
+    pub async fn with_identity(client: &Client, prefix: &str, identity: &str) -> TestNamespace {
+        let ns = TestNamespace::create(client, prefix).await;
+        apply_secret(
+            client,
+            &ns.name,
+            identity,
+            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
+        )
+        .await;
+        ns
+    }
+
     /// Creates the namespace.
     pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{:08x}", rand_u32());
@@ -158,44 +177,54 @@ pub struct Manager {
     pub log: PathBuf,
 }
 
+/// `capow manager --namespace <ns>` with the suite's poll interval and log filter, then `extra`.
+fn manager_args(ns: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "manager",
+        "--namespace",
+        ns,
+        "--build-poll-interval",
+        "1s",
+        "--log",
+        "info,capow=debug",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Stops `child` with SIGTERM and waits for it; SIGKILL when it has not exited after `grace`.
+pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
 impl Manager {
     /// Starts `capow manager --namespace <ns>` with `extra` flags; waits for `/ready`.
     pub async fn start(ns: &str, extra: &[&str]) -> Manager {
         let kubeconfig = manager_kubeconfig().await;
-        let mut args: Vec<String> = [
-            "--namespace",
-            ns,
-            "--build-poll-interval",
-            "1s",
-            "--log",
-            "info,capow=debug",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.insert(0, "manager".into());
-        Manager::start_with(&kubeconfig, ns, args, &[]).await
+        Manager::start_with(&kubeconfig, ns, manager_args(ns, extra), &[]).await
     }
 
     /// Like [`Manager::start`], against another management API server: `capow manager
     /// --namespace <ns>` with `extra` flags as the user of `kubeconfig` (made by
     /// [`manager_kubeconfig_on`] for that server); waits for `/ready`.
     pub async fn start_on(kubeconfig: &Path, ns: &str, extra: &[&str]) -> Manager {
-        let args: Vec<String> = [
-            "manager",
-            "--namespace",
-            ns,
-            "--build-poll-interval",
-            "1s",
-            "--log",
-            "info,capow=debug",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| (*s).to_owned())
-        .collect();
-        Manager::start_with(kubeconfig, &format!("{ns}-target"), args, &[]).await
+        Manager::start_with(
+            kubeconfig,
+            &format!("{ns}-target"),
+            manager_args(ns, extra),
+            &[],
+        )
+        .await
     }
 
     /// Starts `capow manager --namespace <ns>` with `extra` flags and nothing else of the test
@@ -233,12 +262,13 @@ impl Manager {
         let child = cmd.spawn().expect("start capow");
         let m = Manager { child, admin, log };
         let url = format!("http://{admin}/ready");
-        wait_until("capow /ready", Duration::from_secs(30), || async {
-            Ok(reqwest_get(&url)
-                .await
-                .is_ok_and(|(status, _)| status == 200))
-        })
-        .await;
+        Poll::new("capow /ready", Duration::from_secs(30))
+            .until(|| async {
+                reqwest_get(&url)
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            })
+            .await;
         m
     }
 
@@ -303,18 +333,7 @@ impl Manager {
 
     /// Stops the process with SIGTERM and waits for it.
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(&mut self.child, Duration::from_secs(20)).await;
     }
 }
 
@@ -381,27 +400,6 @@ pub fn metric_value(exposition: &str, name: &str, labels: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == series).then(|| value.parse().ok()).flatten()
     })
-}
-
-/// Polls `f` every 250 ms until it returns `Ok(true)`; panics after `timeout` with `what`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match f().await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Runs the `openstack` CLI as `cloud` and parses its JSON output.
@@ -536,7 +534,6 @@ pub const STANDIN_GROUP: &str = "controlplane.cluster.x-k8s.io";
 /// `status.initialization.controlPlaneInitialized` and, as the real one does,
 /// `spec.controlPlaneEndpoint` onto the OpenStackWorkerCluster.
 pub async fn ensure_control_plane_standin(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use serde::Deserialize;
     let text = include_str!("../manifests/hostedcontrolplane-standin.yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -550,19 +547,73 @@ pub async fn ensure_control_plane_standin(client: &Client) {
         )
         .await
         .expect("apply a stand-in CRD");
-        wait_until(
-            "the stand-in CRD to be established",
-            Duration::from_secs(30),
-            || async {
-                let c = api.get(&name).await?;
-                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                }))
-            },
-        )
-        .await;
+        crds_established(client, &[&name], Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
+}
+
+/// Waits until the API server reports every CRD of `names` (`<plural>.<group>`) `Established`
+/// (condition `Established=True`).
+///
+/// # Errors
+/// When one is not within `timeout`; the message names those that were not.
+pub async fn crds_established(client: &Client, names: &[&str], timeout: Duration) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Poll::new("the CRDs established", timeout)
+        .try_until(|| async {
+            let mut pending = Vec::new();
+            for &name in names {
+                match api.get(name).await {
+                    Ok(c)
+                        if c.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c.type_ == "Established" && c.status == "True")
+                            }) => {}
+                    Ok(_) => pending.push(name.to_owned()),
+                    Err(e) => pending.push(format!("{name} ({e})")),
+                }
+            }
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not established: {}", pending.join(", ")))
+            }
+        })
+        .await
+}
+
+/// Server-side applies Cluster `name` in `ns` with an OpenStackWorkerCluster `name` (labelled
+/// with the cluster name) of spec `infra_spec` as its infrastructure; returns the Cluster as
+/// the API server stored it.
+///
+/// # Errors
+/// When the API server refuses either object.
+pub async fn apply_cluster(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    infra_spec: Value,
+) -> Result<Value> {
+    let cluster = apply_json(client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": name}}}))
+        .await?;
+    apply_json(client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
+        "metadata": {"name": name, "namespace": ns, "labels": {"cluster.x-k8s.io/cluster-name": name}},
+        "spec": infra_spec}))
+        .await?;
+    Ok(cluster)
+}
+
+/// An OpenStackWorkerCluster spec on the environment's existing network `osdev-net`, with
+/// capow's credentials from Secret `identity` (cloud `$CAPOW_E2E_CLOUD`).
+pub fn existing_network_spec(identity: &str) -> Value {
+    json!({"identityRef": {"name": identity, "cloudName": Env::get().cloud},
+           "network": {"filter": {"name": "osdev-net"}}})
 }
 
 /// Applies capow's CRDs as this checkout's code defines them (`capow::api::crds()`) and waits
@@ -570,7 +621,6 @@ pub async fn ensure_control_plane_standin(client: &Client) {
 /// started it; a test of a field added since then calls this first (adding a field changes
 /// nothing for objects without it).
 pub async fn ensure_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in capow::api::crds() {
         let name = crd.metadata.name.clone().expect("CRD name");
@@ -584,18 +634,9 @@ pub async fn ensure_crds(client: &Client) {
         )
         .await
         .unwrap_or_else(|e| panic!("apply the CRD {name}: {e}"));
-        wait_until(
-            "the CRD to be established",
-            Duration::from_secs(30),
-            || async {
-                let c = api.get(&name).await?;
-                Ok(c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                }))
-            },
-        )
-        .await;
+        crds_established(client, &[&name], Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 

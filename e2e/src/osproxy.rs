@@ -2334,12 +2334,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
-        for _ in 0..100 {
-            if posts() > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::Poll::new("the POST at the upstream", Duration::from_secs(5))
+            .every(Duration::from_millis(50))
+            .until(|| async { posts() > before })
+            .await;
         assert_eq!(posts(), before + 1, "the upstream got the request");
 
         // A busy upstream: the client gives up while the request waits in the queue, and the
@@ -2358,12 +2356,10 @@ mod tests {
             .unwrap_err();
         assert!(err.is_timeout(), "{err:?}");
         assert_eq!(posts(), before, "still queued when the client gave up");
-        for _ in 0..100 {
-            if posts() > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::Poll::new("the POST at the upstream", Duration::from_secs(5))
+            .every(Duration::from_millis(50))
+            .until(|| async { posts() > before })
+            .await;
         assert_eq!(posts(), before + 1, "processed after the client had gone");
 
         // Reset before forwarding: no answer, the upstream never saw it.

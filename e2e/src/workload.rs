@@ -2,13 +2,15 @@
 //! kube-controller-manager and kwok of `e2e/workload/up.sh`): Deployments of pods with resource
 //! requests, their pods' scheduling state, and the cluster-autoscaler's ConfigMaps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+
+use crate::Poll;
 
 /// One pod as the tests look at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,14 +29,11 @@ pub struct PodState {
 /// (the ServiceAccount admission plugin refuses pods until then).
 pub async fn wait_default_service_account(client: &Client, ns: &str) {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    crate::wait_until(
+    Poll::new(
         "the workload's default ServiceAccount",
         Duration::from_secs(60),
-        || {
-            let accounts = accounts.clone();
-            async move { Ok(accounts.get_opt("default").await?.is_some()) }
-        },
     )
+    .until(|| async { anyhow::Ok(accounts.get_opt("default").await?.is_some()) })
     .await;
 }
 
@@ -108,18 +107,16 @@ pub async fn wait_pods(
     timeout: Duration,
     ok: impl Fn(&PodState) -> bool,
 ) -> Vec<PodState> {
-    let started = Instant::now();
-    loop {
-        let list = pods(client, ns, name).await;
-        if list.len() == n && list.iter().all(&ok) {
-            return list;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "want {n} pods of {ns}/{name} {what} within {timeout:?}, have {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(format!("{n} pods of {ns}/{name} {what}"), timeout)
+        .until(|| async {
+            let list = pods(client, ns, name).await;
+            if list.len() == n && list.iter().all(&ok) {
+                Ok(list)
+            } else {
+                Err(format!("have {list:?}"))
+            }
+        })
+        .await
 }
 
 /// Writes CA's priority-expander ConfigMap (`cluster-autoscaler-priority-expander`, key

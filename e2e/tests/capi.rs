@@ -21,11 +21,11 @@
     reason = "test code"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{CLUSTER, HcpCluster, IDENTITY, dynamic, probe, servers_of};
-use capow_e2e::{Env, log_tail, metric_value, openstack};
+use capow_e2e::hcp::{CLUSTER, HcpCluster, IDENTITY, dynamic, probe, servers_of, template_node};
+use capow_e2e::{Env, Poll, metric_value, openstack};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams};
 use prost::Message;
@@ -94,26 +94,28 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
         ),
     ];
     // The gauges are read from the manager's watch caches, which may trail the API server.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    Poll::new(
+        "the node-group and reachability gauges in /metrics",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
         let last = manager.metrics().await;
         let wrong: Vec<_> = expected
             .iter()
             .filter(|(name, labels, v)| metric_value(&last, name, labels) != Some(*v))
             .collect();
         if wrong.is_empty() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "/metrics does not show {wrong:?}:\n{}",
             last.lines()
                 .filter(|l| l.contains("node_group") || l.contains("reachable"))
                 .collect::<Vec<_>>()
                 .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        ))
+    })
+    .await;
     // Every server sits on the cluster's managed network with the worker security group.
     let net = infra["status"]["network"]["name"]
         .as_str()
@@ -154,19 +156,7 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
             .collect::<Vec<_>>(),
         std::slice::from_ref(&group_id)
     );
-    let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
-        probe(
-            &cc,
-            "NodeGroupTemplateNodeInfo",
-            &pb::NodeGroupTemplateNodeInfoRequest {
-                id: group_id.clone(),
-            },
-        )
-        .as_slice(),
-    )
-    .unwrap();
-    let tnode =
-        capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice()).unwrap();
+    let tnode = template_node(&cc, &group_id);
     assert_eq!(
         tnode.status.as_ref().unwrap().capacity["memory"].string,
         "512Mi",
@@ -265,17 +255,14 @@ async fn a_machine_deployment_scales_through_capi_and_through_the_externalgrpc_a
         .delete(CLUSTER, &DeleteParams::default())
         .await
         .unwrap();
-    let started = Instant::now();
-    while clusters.get_opt(CLUSTER).await.unwrap().is_some()
-        || oswc.get_opt(CLUSTER).await.unwrap().is_some()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "Cluster not deleted\n{}",
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Poll::new("the Cluster deleted", Duration::from_secs(180))
+        .every(Duration::from_millis(500))
+        .log_tail(&manager.log, 30)
+        .until(|| async {
+            clusters.get_opt(CLUSTER).await.unwrap().is_none()
+                && oswc.get_opt(CLUSTER).await.unwrap().is_none()
+        })
+        .await;
     let tag = format!("capow-cluster-uid={cluster_uid}");
     let admin = &env.admin_cloud;
     assert!(servers_of(cluster_uid).is_empty(), "servers left");

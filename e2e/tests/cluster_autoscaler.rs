@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use capow_e2e::autoscaler::{self, CaOptions, ClusterAutoscaler, Wire, ensure_flavor};
 use capow_e2e::hcp::{HcpCluster, HcpOptions, dynamic, servers_of};
-use capow_e2e::{Env, log_tail, ports_tagged, workload};
+use capow_e2e::{Env, Poll, log_tail, ports_tagged, workload};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -130,20 +130,15 @@ async fn wait_replicas(
     timeout: Duration,
     ok: impl Fn(i32) -> bool,
 ) -> i32 {
-    let started = Instant::now();
+    let poll = Poll::new(format!("MachineDeployment {md}: {what} replicas"), timeout)
+        .log_tail(&ca.log, 60);
     loop {
         let r = c.replicas(md).await;
         if ok(r) {
             return r;
         }
         ca.assert_running();
-        assert!(
-            started.elapsed() < timeout,
-            "MachineDeployment {md}: want {what}, replicas {r} after {timeout:?}; cluster-autoscaler log {}:\n{}",
-            ca.log.display(),
-            log_tail(&ca.log, 60)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        poll.tick(format_args!("replicas {r}")).await;
     }
 }
 
@@ -279,7 +274,11 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
         "CA's first scale-up is big's, sized from its 2-vCPU template node to 1"
     );
 
-    let started = Instant::now();
+    let poll = Poll::new(
+        "Nova's quota refusal of big's server on its OpenStackWorkerMachine",
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30);
     let failed = loop {
         let refused = infra_machines(&oswms, "big").await.into_iter().find(|m| {
             m["status"]["conditions"]
@@ -298,12 +297,7 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
             break m;
         }
         ca.assert_running();
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "Nova's quota refusal of big's server never reached its OpenStackWorkerMachine\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        poll.tick("").await;
     };
     up.mark("Nova refused big's server (Ready=False)");
     let refused_at = Instant::now();
@@ -407,7 +401,8 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
     // f: a new CA process while thrifty's servers boot and no Node has joined.
     let mut ca = ca.restart().await;
     up.mark("CA restarted");
-    let started = Instant::now();
+    let poll = Poll::new("thrifty's servers ACTIVE", Duration::from_secs(120))
+        .log_tail(&c.manager.log, 30);
     loop {
         let active = infra_machines(&oswms, "thrifty")
             .await
@@ -418,12 +413,7 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
             break;
         }
         ca.assert_running();
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{active} of thrifty's servers ACTIVE\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        poll.tick(format_args!("{active} ACTIVE")).await;
     }
     up.mark("servers ACTIVE");
     // The new process finds the pending pods a place on upcoming nodes.
@@ -539,35 +529,34 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
     down.mark("Machines gone");
     c.wait_servers(0, Duration::from_secs(60)).await;
     down.mark("servers gone");
-    let started = Instant::now();
-    while !nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .is_empty()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "CAPI did not remove the Nodes of the deleted Machines"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Poll::new(
+        "CAPI to remove the Nodes of the deleted Machines",
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(500))
+    .until(|| async {
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
     down.mark("Nodes gone");
     // b: the refused Machine is gone (CA deleted it as a node that failed to create; checked
     // here, with every Machine gone, because its deletion can wait for the server-create settle
     // time, see `scenario`) and left nothing in OpenStack.
-    let started = Instant::now();
-    while machines.get_opt(&failed_machine).await.unwrap().is_some()
-        || oswms.get_opt(&failed_infra).await.unwrap().is_some()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the refused Machine {failed_machine} is still there\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(
+        format!("the refused Machine {failed_machine} deleted"),
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
+        machines.get_opt(&failed_machine).await.unwrap().is_none()
+            && oswms.get_opt(&failed_infra).await.unwrap().is_none()
+    })
+    .await;
     assert!(
         ports_tagged(&format!("capow-machine-uid={failed_uid}")).is_empty(),
         "the refused machine's ports are cleaned up"

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret,
+    existing_network_spec, log_tail,
 };
 use futures::StreamExt;
 use kube::Client;
@@ -245,14 +246,7 @@ impl Case {
             .split('-')
             .map(|w| w.chars().next().unwrap())
             .collect();
-        let ns = TestNamespace::create(&client, &format!("crash-{short}")).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, &format!("crash-{short}"), IDENTITY).await;
         let managed = matches!(point.phase, Phase::ClusterCreate | Phase::ClusterDelete);
         Case {
             client,
@@ -264,6 +258,28 @@ impl Case {
 
     fn ns(&self) -> &str {
         &self.ns.name
+    }
+
+    /// Before the step that is to crash: when `arm`, stops `manager` and starts one with the
+    /// fault point armed; else keeps `manager`.
+    async fn arm(&self, arm: bool, manager: Manager) -> Manager {
+        if arm {
+            manager.stop().await;
+            self.manager(true).await
+        } else {
+            manager
+        }
+    }
+
+    /// After the step that was to crash (`armed`): waits for the crash and starts a manager
+    /// without the fault; else keeps `manager`.
+    async fn survive(&self, armed: bool, manager: Manager) -> Manager {
+        if armed {
+            expect_crash(manager, self.point).await;
+            self.manager(false).await
+        } else {
+            manager
+        }
     }
 
     async fn manager(&self, fault: bool) -> Manager {
@@ -288,17 +304,9 @@ impl Case {
                        {"name": "vxlan", "direction": "ingress", "protocol": "udp", "portRangeMin": 8472, "portRangeMax": 8472, "remoteManagedGroups": ["worker"]},
                        {"name": "bgp", "direction": "ingress", "protocol": "tcp", "portRangeMin": 179, "portRangeMax": 179, "remoteManagedGroups": ["worker"]}]}})
         } else {
-            json!({"identityRef": {"name": IDENTITY, "cloudName": Env::get().cloud},
-                   "network": {"filter": {"name": "osdev-net"}}})
+            existing_network_spec(IDENTITY)
         };
-        apply_json(&self.client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-            "metadata": {"name": "c1", "namespace": self.ns()},
-            "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-            .await
-            .unwrap();
-        apply_json(&self.client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-            "metadata": {"name": "c1", "namespace": self.ns(), "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-            "spec": infra_spec}))
+        apply_cluster(&self.client, self.ns(), "c1", infra_spec)
             .await
             .unwrap();
     }
@@ -310,21 +318,21 @@ impl Case {
 
     async fn wait_cluster_provisioned(&self, manager: &Manager) {
         let clusters = self.api("cluster.x-k8s.io", "v1beta2", "Cluster").await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        Poll::new(
+            format!("{}: the Cluster provisioned", self.point.name),
+            Duration::from_secs(120),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
             let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
             if c["status"]["initialization"]["infrastructureProvisioned"] == true {
-                return;
+                Ok(())
+            } else {
+                Err(format!("status {}", c["status"]))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: Cluster not provisioned: {}\n{}",
-                self.point.name,
-                c["status"],
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        })
+        .await;
     }
 
     async fn create_machine(&self) -> String {
@@ -379,23 +387,24 @@ impl Case {
     }
 
     async fn wait_machine_ready(&self, manager: &Manager) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
-            if let Some(m) = self.machine().await
-                && m["status"]["initialization"]["provisioned"] == true
-                && m["spec"]["providerID"].is_string()
-            {
-                return m;
+        Poll::new(
+            format!("{}: the machine ready", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
+            match self.machine().await {
+                Some(m)
+                    if m["status"]["initialization"]["provisioned"] == true
+                        && m["spec"]["providerID"].is_string() =>
+                {
+                    Ok(m)
+                }
+                m => Err(format!("status {:?}", m.map(|m| m["status"].clone()))),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: machine never became ready: {:?}\n{}",
-                self.point.name,
-                self.machine().await.map(|m| m["status"].clone()),
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        })
+        .await
     }
 
     async fn delete_machine(&self) {
@@ -410,16 +419,14 @@ impl Case {
     }
 
     async fn wait_machine_gone(&self, manager: &Manager) {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while self.machine().await.is_some() {
-            assert!(
-                Instant::now() < deadline,
-                "{}: machine not deleted\n{}",
-                self.point.name,
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new(
+            format!("{}: the machine deleted", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async { self.machine().await.is_none() })
+        .await;
     }
 
     async fn delete_cluster(&self) {
@@ -436,18 +443,17 @@ impl Case {
                 "OpenStackWorkerCluster",
             )
             .await;
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while clusters.get_opt("c1").await.unwrap().is_some()
-            || infra.get_opt("c1").await.unwrap().is_some()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{}: cluster not deleted\n{}",
-                self.point.name,
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new(
+            format!("{}: the cluster deleted", self.point.name),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
+            clusters.get_opt("c1").await.unwrap().is_none()
+                && infra.get_opt("c1").await.unwrap().is_none()
+        })
+        .await;
     }
 
     /// OpenStack resources of the machine with `uid`: (servers, ports, trunks, volumes), by tag
@@ -514,12 +520,7 @@ impl Case {
                 self.create_cluster().await;
                 self.wait_cluster_provisioned(&manager).await;
                 let uid = self.create_machine().await;
-                let manager = if creating {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                } else {
-                    manager
-                };
+                let manager = self.survive(creating, manager).await;
                 self.wait_machine_ready(&manager).await;
                 let up = self.machine_counts(&cloud, &uid).await;
                 assert_eq!(
@@ -529,19 +530,9 @@ impl Case {
                     point.name,
                     log_tail(&manager.log, 40)
                 );
-                let manager = if creating {
-                    manager
-                } else {
-                    manager.stop().await;
-                    self.manager(true).await
-                };
+                let manager = self.arm(!creating, manager).await;
                 self.delete_machine().await;
-                let manager = if creating {
-                    manager
-                } else {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                };
+                let manager = self.survive(!creating, manager).await;
                 self.wait_machine_gone(&manager).await;
                 let down = self.machine_counts(&cloud, &uid).await;
                 assert_eq!(
@@ -564,12 +555,7 @@ impl Case {
                 let creating = point.phase == Phase::ClusterCreate;
                 let manager = self.manager(creating).await;
                 self.create_cluster().await;
-                let manager = if creating {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                } else {
-                    manager
-                };
+                let manager = self.survive(creating, manager).await;
                 self.wait_cluster_provisioned(&manager).await;
                 let uid = self.cluster_uid().await;
                 let up = self.cluster_counts(&cloud).await;
@@ -587,19 +573,9 @@ impl Case {
                         .unwrap();
                     assert_eq!(tagged.len(), 1, "{}: {kind} tagged: {tagged:?}", point.name);
                 }
-                let manager = if creating {
-                    manager
-                } else {
-                    manager.stop().await;
-                    self.manager(true).await
-                };
+                let manager = self.arm(!creating, manager).await;
                 self.delete_cluster().await;
-                let manager = if creating {
-                    manager
-                } else {
-                    expect_crash(manager, point).await;
-                    self.manager(false).await
-                };
+                let manager = self.survive(!creating, manager).await;
                 self.wait_cluster_gone(&manager).await;
                 let down = self.cluster_counts(&cloud).await;
                 assert_eq!(

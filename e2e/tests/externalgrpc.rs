@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
 use capow::autoscaler::node::TemplateOptions;
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow::autoscaler::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
@@ -24,7 +25,7 @@ use capow::autoscaler::proto::{core_v1, meta_v1};
 use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions};
 use capow::autoscaler::{server, sources};
 use capow::tls::{Ca, CertPolicy, ClusterIdentity, PublishSettings, ServingCert, ServingNames};
-use capow_e2e::{Env, TestNamespace, apply_json};
+use capow_e2e::{Env, Poll, TestNamespace, apply_json};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use prost::Message;
 use serde_json::{Value, json};
@@ -165,21 +166,96 @@ fn probe(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-// Multi-threaded: the grpcprobe child process is awaited synchronously while this process
-// serves it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the e2e environment: run e2e/test.sh"]
-async fn every_rpc_over_mtls_in_both_wire_shapes() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let env = Env::get();
-    let client = env.client().await;
-    let ns_guard = TestNamespace::create(&client, "xgrpc").await;
-    let ns = ns_guard.name.clone();
+/// A CloudProvider client over one mTLS channel.
+type Cp = CloudProviderClient<Channel>;
 
-    // Clusters c1 and c2 in the same namespace: scoping is by cluster, not namespace.
+/// The node-group id capow gives MachineDeployment `name` of namespace `ns`.
+fn gid(ns: &str, name: &str) -> String {
+    format!("MachineDeployment/{ns}/{name}")
+}
+
+/// capow's externalgrpc server over real stores of namespace `ns`, with capow's CA in a Secret
+/// of that namespace and mTLS on a loopback port; it requires a client identity.
+struct Server {
+    ca: Arc<Ca>,
+    port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start(client: &kube::Client, ns: &str) -> Server {
+        let shutdown = CancellationToken::new();
+        let stores = sources::Stores::start(client, Some(ns), &shutdown);
+        stores.ready().await.unwrap();
+        let (ca, _) = Ca::load_or_create(client, ns, "capow-ca").await.unwrap();
+        let ca = Arc::new(ca);
+        let names = ServingNames::for_service(SERVICE, ns).with_ips(["127.0.0.1".parse().unwrap()]);
+        let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = CloudProviderService::new(
+            Arc::new(stores),
+            client.clone(),
+            ServiceOptions {
+                require_identity: true,
+                template: TemplateOptions {
+                    gpu_label: "cluster-api/accelerator".into(),
+                },
+            },
+            RpcMetrics::default(),
+        );
+        let task = tokio::spawn(server::serve(
+            listener,
+            service,
+            Some(serving.server_config().unwrap()),
+            shutdown.clone(),
+        ));
+        Server {
+            ca,
+            port,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A client with a certificate of this server's CA for Cluster `cluster` (UID `uid`).
+    async fn client(&self, ns: &str, cluster: &str, uid: &str) -> Cp {
+        let cert = self
+            .ca
+            .issue_client(
+                &ClusterIdentity::new(ns, cluster, uid).unwrap(),
+                &CertPolicy::client_default(),
+                SystemTime::now(),
+            )
+            .unwrap();
+        CloudProviderClient::new(
+            channel(
+                self.port,
+                ns,
+                self.ca.cert_pem(),
+                Some((cert.cert_pem(), cert.key_pem())),
+            )
+            .await
+            .unwrap(),
+        )
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Writes the objects the RPCs read into `ns`: paused Clusters c1 and c2 (scoping is by
+/// cluster, not namespace), c1's autoscaled groups md-0 (1..4, 3 replicas, option overrides)
+/// and md-zero (0..2, capacity annotations), c2's group other, a group without bounds, and
+/// md-0's Machines m-a (ACTIVE, with a Node), m-b (BUILD) and m-q (refused for quota), plus
+/// c2's m-o. Returns the Clusters' UIDs by name.
+async fn seed(client: &kube::Client, ns: &str) -> std::collections::HashMap<&'static str, String> {
     let mut cluster_uids = std::collections::HashMap::new();
     for c in ["c1", "c2"] {
-        let applied = apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        let applied = apply_json(client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
             "metadata": {"name": c, "namespace": ns},
             // Paused: the real CAPI controllers leave these objects alone, so the test sets every
             // Machine and status itself.
@@ -197,139 +273,104 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     zero["capacity.cluster-autoscaler.kubernetes.io/cpu"] = json!("8");
     zero["capacity.cluster-autoscaler.kubernetes.io/memory"] = json!("32Gi");
     for obj in [
-        template(&ns, "md-0-t"),
-        template(&ns, "md-zero-t"),
-        template(&ns, "other-t"),
-        md(&ns, "md-0", "c1", 3, md0),
-        md(&ns, "md-zero", "c1", 0, zero),
-        md(&ns, "other", "c2", 1, scaling(0, 2)),
-        md(&ns, "not-autoscaled", "c1", 1, json!({})),
-        machine(&ns, "m-a", "c1", "md-0", Some("openstack:///aaa")),
-        machine(&ns, "m-b", "c1", "md-0", None),
-        machine(&ns, "m-q", "c1", "md-0", None),
-        machine(&ns, "m-o", "c2", "other", Some("openstack:///ooo")),
-        oswm(&ns, "m-a"),
-        oswm(&ns, "m-b"),
-        oswm(&ns, "m-q"),
+        template(ns, "md-0-t"),
+        template(ns, "md-zero-t"),
+        template(ns, "other-t"),
+        md(ns, "md-0", "c1", 3, md0),
+        md(ns, "md-zero", "c1", 0, zero),
+        md(ns, "other", "c2", 1, scaling(0, 2)),
+        md(ns, "not-autoscaled", "c1", 1, json!({})),
+        machine(ns, "m-a", "c1", "md-0", Some("openstack:///aaa")),
+        machine(ns, "m-b", "c1", "md-0", None),
+        machine(ns, "m-q", "c1", "md-0", None),
+        machine(ns, "m-o", "c2", "other", Some("openstack:///ooo")),
+        oswm(ns, "m-a"),
+        oswm(ns, "m-b"),
+        oswm(ns, "m-q"),
     ] {
-        apply_json(&client, &obj).await.unwrap();
+        apply_json(client, &obj).await.unwrap();
     }
     let infra = ("infrastructure.cluster.x-k8s.io", "v1alpha1");
-    patch_status(
-        &client,
-        &ns,
-        infra.0,
-        infra.1,
-        "OpenStackWorkerMachineTemplate",
-        "md-0-t",
-        json!({
-            "capacity": {"cpu": "2", "memory": "4096Mi", "ephemeral-storage": "40Gi"},
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
-            "resolved": {"flavorName": "m1.medium", "pricePerHour": "0.1"}
-        }),
-    )
-    .await;
-    patch_status(
-        &client,
-        &ns,
-        infra.0,
-        infra.1,
-        "OpenStackWorkerMachine",
-        "m-a",
-        json!({"instanceID": "aaa", "instanceState": "ACTIVE"}),
-    )
-    .await;
-    patch_status(
-        &client,
-        &ns,
-        infra.0,
-        infra.1,
-        "OpenStackWorkerMachine",
-        "m-b",
-        json!({"instanceID": "bbb", "instanceState": "BUILD"}),
-    )
-    .await;
-    patch_status(&client, &ns, infra.0, infra.1, "OpenStackWorkerMachine", "m-q", json!({"conditions": [{
-        "type": "Ready", "status": "False", "reason": "InstanceCreateFailed", "lastTransitionTime": "2026-11-25T00:00:00Z",
-        "message": "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores: Requested 2, but already used 400 of 400 cores"}]})).await;
-    patch_status(
-        &client,
-        &ns,
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "Machine",
-        "m-a",
-        json!({"nodeRef": {"name": "m-a"}}),
-    )
-    .await;
+    let statuses = [
+        (
+            infra,
+            "OpenStackWorkerMachineTemplate",
+            "md-0-t",
+            json!({
+                "capacity": {"cpu": "2", "memory": "4096Mi", "ephemeral-storage": "40Gi"},
+                "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
+                "resolved": {"flavorName": "m1.medium", "pricePerHour": "0.1"}
+            }),
+        ),
+        (
+            infra,
+            "OpenStackWorkerMachine",
+            "m-a",
+            json!({"instanceID": "aaa", "instanceState": "ACTIVE"}),
+        ),
+        (
+            infra,
+            "OpenStackWorkerMachine",
+            "m-b",
+            json!({"instanceID": "bbb", "instanceState": "BUILD"}),
+        ),
+        (
+            infra,
+            "OpenStackWorkerMachine",
+            "m-q",
+            json!({"conditions": [{
+            "type": "Ready", "status": "False", "reason": "InstanceCreateFailed", "lastTransitionTime": "2026-11-25T00:00:00Z",
+            "message": "failed to create the server: compute server_create failed with HTTP 403 Forbidden: Quota exceeded for cores: Requested 2, but already used 400 of 400 cores"}]}),
+        ),
+        (
+            ("cluster.x-k8s.io", "v1beta2"),
+            "Machine",
+            "m-a",
+            json!({"nodeRef": {"name": "m-a"}}),
+        ),
+    ];
+    for ((group, version), kind, name, status) in statuses {
+        patch_status(client, ns, group, version, kind, name, status).await;
+    }
+    cluster_uids
+}
 
-    // The server: real stores, capow's CA in a Secret of the test namespace, mTLS on loopback.
-    let shutdown = CancellationToken::new();
-    let stores = sources::Stores::start(&client, Some(&ns), &shutdown);
-    stores.ready().await.unwrap();
-    let (ca, _) = Ca::load_or_create(&client, &ns, "capow-ca").await.unwrap();
-    let ca = Arc::new(ca);
-    let names = ServingNames::for_service(SERVICE, &ns).with_ips(["127.0.0.1".parse().unwrap()]);
-    let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
-    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let service = CloudProviderService::new(
-        Arc::new(stores),
-        client.clone(),
-        ServiceOptions {
-            require_identity: true,
-            template: TemplateOptions {
-                gpu_label: "cluster-api/accelerator".into(),
-            },
-        },
-        RpcMetrics::default(),
-    );
-    let server_task = tokio::spawn(server::serve(
-        listener,
-        service,
-        Some(serving.server_config().unwrap()),
-        shutdown.clone(),
-    ));
+// Multi-threaded: the grpcprobe child process is awaited synchronously while this process
+// serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn every_rpc_over_mtls_in_both_wire_shapes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::get();
+    let client = env.client().await;
+    let ns_guard = TestNamespace::create(&client, "xgrpc").await;
+    let ns = ns_guard.name.clone();
+    let cluster_uids = seed(&client, &ns).await;
+    let server = Server::start(&client, &ns).await;
     // Let the stores see the statuses just written.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut api = server.client(&ns, "c1", &cluster_uids["c1"]).await;
+    let mut api2 = server.client(&ns, "c2", &cluster_uids["c2"]).await;
 
-    let c1 = ca
-        .issue_client(
-            &ClusterIdentity::new(&ns, "c1", &cluster_uids["c1"]).unwrap(),
-            &CertPolicy::client_default(),
-            SystemTime::now(),
-        )
-        .unwrap();
-    let c2 = ca
-        .issue_client(
-            &ClusterIdentity::new(&ns, "c2", &cluster_uids["c2"]).unwrap(),
-            &CertPolicy::client_default(),
-            SystemTime::now(),
-        )
-        .unwrap();
-    let mut api = CloudProviderClient::new(
-        channel(
-            port,
-            &ns,
-            ca.cert_pem(),
-            Some((c1.cert_pem(), c1.key_pem())),
-        )
-        .await
-        .unwrap(),
-    );
-    let mut api2 = CloudProviderClient::new(
-        channel(
-            port,
-            &ns,
-            ca.cert_pem(),
-            Some((c2.cert_pem(), c2.key_pem())),
-        )
-        .await
-        .unwrap(),
-    );
-    let id = |name: &str| format!("MachineDeployment/{ns}/{name}");
+    node_groups_are_scoped_by_cluster(&mut api, &mut api2, &ns).await;
+    node_group_nodes(&mut api, &ns).await;
+    let template = template_node_info(&mut api, &ns).await;
+    get_options(&mut api, &ns).await;
+    pricing_and_gpus(&mut api, &ns, &template).await;
+    scale_writes(&mut api, &mut api2, &client, &ns).await;
+    api.cleanup(pb::CleanupRequest {}).await.unwrap();
+    grpc_go_over_the_published_cloud_config(env, &client, &server, &ns).await;
+    refusals(&server, &ns, &cluster_uids["c1"]).await;
+    health(&server, &ns, &cluster_uids["c1"]).await;
 
-    // Refresh, NodeGroups: c1 sees its two autoscaled groups, c2 only its own.
+    server.stop().await;
+    support::delete_namespace(&client, ns_guard).await;
+}
+
+/// Refresh, NodeGroups: c1 sees its two autoscaled groups, c2 only its own; NodeGroupForNode
+/// and NodeGroupTargetSize see only the caller's cluster.
+async fn node_groups_are_scoped_by_cluster(api: &mut Cp, api2: &mut Cp, ns: &str) {
+    let id = |name: &str| gid(ns, name);
     api.refresh(pb::RefreshRequest {}).await.unwrap();
     let groups = api
         .node_groups(pb::NodeGroupsRequest {})
@@ -352,37 +393,22 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     );
 
     // NodeGroupForNode: own node, another cluster's node, a node without providerID.
-    let for_node = |p: &str| pb::NodeGroupForNodeRequest { node: node(p) };
-    assert_eq!(
-        api.node_group_for_node(for_node("openstack:///aaa"))
+    for (provider_id, want) in [
+        ("openstack:///aaa", id("md-0")),
+        ("openstack:///ooo", String::new()),
+        ("", String::new()),
+    ] {
+        let group = api
+            .node_group_for_node(pb::NodeGroupForNodeRequest {
+                node: node(provider_id),
+            })
             .await
             .unwrap()
             .into_inner()
             .node_group
-            .unwrap()
-            .id,
-        id("md-0")
-    );
-    assert_eq!(
-        api.node_group_for_node(for_node("openstack:///ooo"))
-            .await
-            .unwrap()
-            .into_inner()
-            .node_group
-            .unwrap()
-            .id,
-        ""
-    );
-    assert_eq!(
-        api.node_group_for_node(for_node(""))
-            .await
-            .unwrap()
-            .into_inner()
-            .node_group
-            .unwrap()
-            .id,
-        ""
-    );
+            .unwrap();
+        assert_eq!(group.id, want);
+    }
 
     // Target size; another cluster's group is invisible.
     assert_eq!(
@@ -398,10 +424,14 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+}
 
-    // NodeGroupNodes: providerIDs, states, and the quota failure as OutOfResources.
+/// NodeGroupNodes: providerIDs, states, and the quota failure as OutOfResources.
+async fn node_group_nodes(api: &mut Cp, ns: &str) {
     let instances = api
-        .node_group_nodes(pb::NodeGroupNodesRequest { id: id("md-0") })
+        .node_group_nodes(pb::NodeGroupNodesRequest {
+            id: gid(ns, "md-0"),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -434,10 +464,16 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
         ("QuotaExceeded", 1)
     );
     assert!(info.error_message.contains("Quota exceeded for cores"));
+}
 
-    // TemplateNodeInfo: field 2 (CA ≥ 1.34.2) and field 1 (CA ≤ 1.34.1) carry the same Node.
+/// TemplateNodeInfo: field 2 (CA ≥ 1.34.2) and field 1 (CA ≤ 1.34.1) carry the same Node, which
+/// Kubernetes' own decoder reads; md-zero scales from zero on capacity annotations alone.
+/// Returns md-0's template Node.
+async fn template_node_info(api: &mut Cp, ns: &str) -> core_v1::Node {
     let t = api
-        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: id("md-0") })
+        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
+            id: gid(ns, "md-0"),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -452,7 +488,6 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     assert_eq!(status.capacity["pods"].string, "110");
     assert_eq!(status.allocatable["memory"].string, "3996Mi");
     // Kubernetes' own decoder (k8s.io/api, as CA uses it) reads the same bytes.
-    use base64::Engine;
     let json: Value = serde_json::from_str(&probe(
         &["decode-node"],
         Some(&base64::engine::general_purpose::STANDARD.encode(&t.node_bytes)),
@@ -475,7 +510,9 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     assert_eq!(json["status"]["conditions"][0]["type"], "Ready");
     // Scale from zero on capacity annotations alone.
     let z = api
-        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest { id: id("md-zero") })
+        .node_group_template_node_info(pb::NodeGroupTemplateNodeInfoRequest {
+            id: gid(ns, "md-zero"),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -488,37 +525,23 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
             .string,
         "32Gi"
     );
+    from_bytes
+}
 
-    // GetOptions: overrides + echoed defaults, in the new and the old wire shape; a group
-    // without option annotations answers Unimplemented (CA keeps its defaults).
+/// GetOptions: overrides + echoed defaults, in the new and the old wire shape; a group without
+/// option annotations answers Unimplemented (CA keeps its defaults).
+async fn get_options(api: &mut Cp, ns: &str) {
+    let seconds = |seconds: i64| Some(prost_types::Duration { seconds, nanos: 0 });
     let new_defaults = pb::NodeGroupAutoscalingOptions {
         scale_down_utilization_threshold: 0.5,
         scale_down_gpu_utilization_threshold: 0.6,
         ignore_daemon_sets_utilization: true,
-        scale_down_unneeded_duration: Some(prost_types::Duration {
-            seconds: 600,
-            nanos: 0,
-        }),
-        scale_down_unready_duration: Some(prost_types::Duration {
-            seconds: 1200,
-            nanos: 0,
-        }),
-        max_node_provision_duration: Some(prost_types::Duration {
-            seconds: 900,
-            nanos: 0,
-        }),
+        scale_down_unneeded_duration: seconds(600),
+        scale_down_unready_duration: seconds(1200),
+        max_node_provision_duration: seconds(900),
         ..Default::default()
     };
-    let o = api
-        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
-            id: id("md-0"),
-            defaults: Some(new_defaults),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .node_group_autoscaling_options
-        .unwrap();
+    let o = options(api, ns, "md-0", Some(new_defaults)).await.unwrap();
     assert_eq!(o.scale_down_utilization_threshold, 0.3);
     assert_eq!(o.scale_down_gpu_utilization_threshold, 0.6);
     assert!(o.ignore_daemon_sets_utilization);
@@ -535,85 +558,92 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
         }),
         ..Default::default()
     };
-    let o = api
-        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
-            id: id("md-0"),
-            defaults: Some(old_defaults),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .node_group_autoscaling_options
-        .unwrap();
+    let o = options(api, ns, "md-0", Some(old_defaults)).await.unwrap();
     assert_eq!(
         o.scale_down_unneeded_time.unwrap().duration,
         420_000_000_000
     );
     assert_eq!(o.scale_down_unneeded_duration.unwrap().seconds, 420);
-    let err = api
-        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
-            id: id("md-zero"),
-            defaults: None,
-        })
-        .await
-        .unwrap_err();
+    let err = options(api, ns, "md-zero", None).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
 
-    // Pricing: 2 h of a 0.1/h flavor, in the new and the old time fields; pods Unimplemented.
+/// NodeGroupGetOptions of group `md` with `defaults`.
+async fn options(
+    api: &mut Cp,
+    ns: &str,
+    md: &str,
+    defaults: Option<pb::NodeGroupAutoscalingOptions>,
+) -> Result<pb::NodeGroupAutoscalingOptions, tonic::Status> {
+    Ok(api
+        .node_group_get_options(pb::NodeGroupAutoscalingOptionsRequest {
+            id: gid(ns, md),
+            defaults,
+        })
+        .await?
+        .into_inner()
+        .node_group_autoscaling_options
+        .unwrap())
+}
+
+/// Pricing: 2 h of a 0.1/h flavor, in the new and the old time fields; the template node as CA
+/// prices it; a pod from md-0's rates. GPU label and types.
+async fn pricing_and_gpus(api: &mut Cp, ns: &str, template: &core_v1::Node) {
     let ts = |s: i64| {
         Some(prost_types::Timestamp {
             seconds: s,
             nanos: 0,
         })
     };
-    let price = api
-        .pricing_node_price(pb::PricingNodePriceRequest {
-            node: node("openstack:///aaa"),
-            start_timestamp: ts(0),
-            end_timestamp: ts(7200),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .price;
-    assert!((price - 0.2).abs() < 1e-9, "{price}");
     let mt = |s: i64| {
         Some(meta_v1::Time {
             seconds: s,
             nanos: 0,
         })
     };
-    let price = api
-        .pricing_node_price(pb::PricingNodePriceRequest {
-            node: node("openstack:///aaa"),
-            start_time: mt(0),
-            end_time: mt(3600),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .price;
-    assert!((price - 0.1).abs() < 1e-9, "{price}");
     // The template node as CA 1.36.1 prices it: renamed, no providerID, capow's annotation kept.
     let template_node = pb::ExternalGrpcNode {
-        name: format!("template-node-for-{}-5577006791947779410", id("md-0")),
-        annotations: from_bytes.metadata.clone().unwrap().annotations,
+        name: format!("template-node-for-{}-5577006791947779410", gid(ns, "md-0")),
+        annotations: template.metadata.clone().unwrap().annotations,
         ..Default::default()
     };
-    let price = api
-        .pricing_node_price(pb::PricingNodePriceRequest {
-            node: Some(template_node),
-            start_timestamp: ts(0),
-            end_timestamp: ts(3600),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .price;
-    assert!((price - 0.1).abs() < 1e-9, "{price}");
+    for (request, want) in [
+        (
+            pb::PricingNodePriceRequest {
+                node: node("openstack:///aaa"),
+                start_timestamp: ts(0),
+                end_timestamp: ts(7200),
+                ..Default::default()
+            },
+            0.2,
+        ),
+        (
+            pb::PricingNodePriceRequest {
+                node: node("openstack:///aaa"),
+                start_time: mt(0),
+                end_time: mt(3600),
+                ..Default::default()
+            },
+            0.1,
+        ),
+        (
+            pb::PricingNodePriceRequest {
+                node: Some(template_node),
+                start_timestamp: ts(0),
+                end_timestamp: ts(3600),
+                ..Default::default()
+            },
+            0.1,
+        ),
+    ] {
+        let price = api
+            .pricing_node_price(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .price;
+        assert!((price - want).abs() < 1e-9, "{price}");
+    }
     // Pods: requests × per-vCPU and per-GiB rates derived from md-0's price (the only one).
     let pod = core_v1::Pod {
         metadata: None,
@@ -664,75 +694,54 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
             .gpu_types
             .is_empty()
     );
+}
+
+/// The writes, against the real `scale` subresource: IncreaseSize, DecreaseTargetSize and
+/// DeleteNodes, with their refusals; another cluster cannot write to c1's group.
+async fn scale_writes(api: &mut Cp, api2: &mut Cp, client: &kube::Client, ns: &str) {
+    let id = || gid(ns, "md-0");
+    let increase = |delta: i32| pb::NodeGroupIncreaseSizeRequest { id: id(), delta };
+    let decrease = |delta: i32| pb::NodeGroupDecreaseTargetSizeRequest { id: id(), delta };
 
     // IncreaseSize: within max, then beyond max, then a bad delta.
-    api.node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-        id: id("md-0"),
-        delta: 1,
-    })
-    .await
-    .unwrap();
-    assert_eq!(replicas(&client, &ns, "md-0").await, 4);
-    let err = api
-        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-            id: id("md-0"),
-            delta: 1,
-        })
-        .await
-        .unwrap_err();
+    api.node_group_increase_size(increase(1)).await.unwrap();
+    assert_eq!(replicas(client, ns, "md-0").await, 4);
+    let err = api.node_group_increase_size(increase(1)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("max size 4"), "{}", err.message());
-    let err = api
-        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-            id: id("md-0"),
-            delta: 0,
-        })
-        .await
-        .unwrap_err();
+    let err = api.node_group_increase_size(increase(0)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(
-        replicas(&client, &ns, "md-0").await,
+        replicas(client, ns, "md-0").await,
         4,
         "refusals change nothing"
     );
     // Another cluster cannot write to c1's group.
     let err = api2
-        .node_group_increase_size(pb::NodeGroupIncreaseSizeRequest {
-            id: id("md-0"),
-            delta: 1,
-        })
+        .node_group_increase_size(increase(1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // DecreaseTargetSize: only unfulfilled requests (4 target, 2 instances with a server).
-    api.node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
-        id: id("md-0"),
-        delta: -1,
-    })
-    .await
-    .unwrap();
-    assert_eq!(replicas(&client, &ns, "md-0").await, 3);
-    api.node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
-        id: id("md-0"),
-        delta: -1,
-    })
-    .await
-    .unwrap();
+    api.node_group_decrease_target_size(decrease(-1))
+        .await
+        .unwrap();
+    assert_eq!(replicas(client, ns, "md-0").await, 3);
+    api.node_group_decrease_target_size(decrease(-1))
+        .await
+        .unwrap();
     let err = api
-        .node_group_decrease_target_size(pb::NodeGroupDecreaseTargetSizeRequest {
-            id: id("md-0"),
-            delta: -1,
-        })
+        .node_group_decrease_target_size(decrease(-1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
-    assert_eq!(replicas(&client, &ns, "md-0").await, 2);
+    assert_eq!(replicas(client, ns, "md-0").await, 2);
 
     // DeleteNodes: a node of another group is refused; below min is refused; CA's fake node
     // for the quota-failed machine is accepted: the Machine is marked and replicas drop.
     let delete = |nodes: Vec<Option<pb::ExternalGrpcNode>>| pb::NodeGroupDeleteNodesRequest {
-        id: id("md-0"),
+        id: id(),
         nodes: nodes.into_iter().flatten().collect(),
     };
     let err = api
@@ -760,38 +769,35 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
     api.node_group_delete_nodes(delete(vec![Some(fake)]))
         .await
         .unwrap();
-    assert_eq!(replicas(&client, &ns, "md-0").await, 1);
-    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), &ns);
-    let m_q = machines.get("m-q").await.unwrap();
-    assert!(
-        m_q.metadata
+    assert_eq!(replicas(client, ns, "md-0").await, 1);
+    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), ns);
+    let marked = |m: capow::capi::Machine| {
+        m.metadata
             .annotations
             .unwrap_or_default()
             .contains_key("cluster.x-k8s.io/delete-machine")
-    );
-    let m_a = machines.get("m-a").await.unwrap();
-    assert!(
-        !m_a.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key("cluster.x-k8s.io/delete-machine")
-    );
+    };
+    assert!(marked(machines.get("m-q").await.unwrap()));
+    assert!(!marked(machines.get("m-a").await.unwrap()));
+}
 
-    api.cleanup(pb::CleanupRequest {}).await.unwrap();
-
-    // grpc-go (as in CA 1.36) over the published cloud-config: ALPN h2, IP SAN, client cert.
-    let cluster: capow::capi::Cluster = Api::namespaced(client.clone(), &ns)
-        .get("c1")
-        .await
-        .unwrap();
-    let mount = env.state.join(format!("xgrpc-{}", ns));
+/// grpc-go (as in CA 1.36) over the published cloud-config: ALPN h2, IP SAN, client cert.
+async fn grpc_go_over_the_published_cloud_config(
+    env: &Env,
+    client: &kube::Client,
+    server: &Server,
+    ns: &str,
+) {
+    let cluster: capow::capi::Cluster =
+        Api::namespaced(client.clone(), ns).get("c1").await.unwrap();
+    let mount = env.state.join(format!("xgrpc-{ns}"));
     std::fs::create_dir_all(&mount).unwrap();
-    let mut settings = PublishSettings::new(format!("127.0.0.1:{port}"));
+    let mut settings = PublishSettings::new(format!("127.0.0.1:{}", server.port));
     settings.mount_dir = mount.display().to_string();
-    let published = capow::tls::publish(&client, &ca, &cluster, &settings, SystemTime::now())
+    let published = capow::tls::publish(client, &server.ca, &cluster, &settings, SystemTime::now())
         .await
         .unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns)
+    let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), ns)
         .get(&published.secret_name)
         .await
         .unwrap();
@@ -821,44 +827,54 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
             .iter()
             .map(|g| g.id.clone())
             .collect::<Vec<_>>(),
-        [id("md-0"), id("md-zero")]
+        [gid(ns, "md-0"), gid(ns, "md-zero")]
     );
+}
 
-    // Refusals: a certificate from another CA, and no certificate at all.
+/// Refusals: a certificate from another CA, and no certificate at all.
+async fn refusals(server: &Server, ns: &str, c1_uid: &str) {
     let stranger = Ca::generate(SystemTime::now()).unwrap();
     let s = stranger
         .issue_client(
-            &ClusterIdentity::new(&ns, "c1", &cluster_uids["c1"]).unwrap(),
+            &ClusterIdentity::new(ns, "c1", c1_uid).unwrap(),
             &CertPolicy::client_default(),
             SystemTime::now(),
         )
         .unwrap();
-    let denied = match channel(port, &ns, ca.cert_pem(), Some((s.cert_pem(), s.key_pem()))).await {
-        Err(_) => true,
-        Ok(ch) => CloudProviderClient::new(ch)
-            .node_groups(pb::NodeGroupsRequest {})
-            .await
-            .is_err(),
-    };
+    async fn denied(server: &Server, ns: &str, identity: Option<(&str, &str)>) -> bool {
+        match channel(server.port, ns, server.ca.cert_pem(), identity).await {
+            Err(_) => true,
+            Ok(ch) => CloudProviderClient::new(ch)
+                .node_groups(pb::NodeGroupsRequest {})
+                .await
+                .is_err(),
+        }
+    }
     assert!(
-        denied,
+        denied(server, ns, Some((s.cert_pem(), s.key_pem()))).await,
         "a client certificate from another CA must be refused"
     );
-    let denied = match channel(port, &ns, ca.cert_pem(), None).await {
-        Err(_) => true,
-        Ok(ch) => CloudProviderClient::new(ch)
-            .node_groups(pb::NodeGroupsRequest {})
-            .await
-            .is_err(),
-    };
-    assert!(denied, "a client without a certificate must be refused");
+    assert!(
+        denied(server, ns, None).await,
+        "a client without a certificate must be refused"
+    );
+}
 
-    // Health.
+/// The gRPC health service reports the CloudProvider service serving.
+async fn health(server: &Server, ns: &str, c1_uid: &str) {
+    let cert = server
+        .ca
+        .issue_client(
+            &ClusterIdentity::new(ns, "c1", c1_uid).unwrap(),
+            &CertPolicy::client_default(),
+            SystemTime::now(),
+        )
+        .unwrap();
     let health_channel = channel(
-        port,
-        &ns,
-        ca.cert_pem(),
-        Some((c1.cert_pem(), c1.key_pem())),
+        server.port,
+        ns,
+        server.ca.cert_pem(),
+        Some((cert.cert_pem(), cert.key_pem())),
     )
     .await
     .unwrap();
@@ -873,10 +889,6 @@ async fn every_rpc_over_mtls_in_both_wire_shapes() {
         health.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-
-    shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
-    support::delete_namespace(&client, ns_guard).await;
 }
 
 /// The client certificate of a Cluster's published credentials, as `(cert, key)` PEM.
@@ -907,32 +919,8 @@ async fn credentials_are_bound_to_the_cluster_uid() {
     apply_json(&client, &cluster_json).await.unwrap();
     let clusters: Api<capow::capi::Cluster> = Api::namespaced(client.clone(), &ns);
 
-    let shutdown = CancellationToken::new();
-    let stores = sources::Stores::start(&client, Some(&ns), &shutdown);
-    stores.ready().await.unwrap();
-    let (ca, _) = Ca::load_or_create(&client, &ns, "capow-ca").await.unwrap();
-    let ca = Arc::new(ca);
-    let names = ServingNames::for_service(SERVICE, &ns).with_ips(["127.0.0.1".parse().unwrap()]);
-    let serving = ServingCert::new(ca.clone(), names, CertPolicy::serving_default()).unwrap();
-    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let service = CloudProviderService::new(
-        Arc::new(stores),
-        client.clone(),
-        ServiceOptions {
-            require_identity: true,
-            template: TemplateOptions {
-                gpu_label: "cluster-api/accelerator".into(),
-            },
-        },
-        RpcMetrics::default(),
-    );
-    let server_task = tokio::spawn(server::serve(
-        listener,
-        service,
-        Some(serving.server_config().unwrap()),
-        shutdown.clone(),
-    ));
+    let server = Server::start(&client, &ns).await;
+    let (ca, port) = (server.ca.clone(), server.port);
     let settings = PublishSettings::new(format!("127.0.0.1:{port}"));
     let node_groups = |cert: (String, String)| {
         let ns = ns.clone();
@@ -961,17 +949,13 @@ async fn credentials_are_bound_to_the_cluster_uid() {
     // Cluster. (The Cluster is paused, so the CAPI core never removes its finalizer: the test
     // does, once the deletion has started, as CAPI would after cleaning up.)
     clusters.delete("cb", &Default::default()).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        match node_groups(old.clone()).await {
-            Err(status) => break status,
-            Ok(_) => assert!(
-                std::time::Instant::now() < deadline,
-                "the deleted Cluster's certificate still works"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let refused = Poll::new(
+        "the deleted Cluster's certificate refused",
+        Duration::from_secs(10),
+    )
+    .every(Duration::from_millis(100))
+    .until(|| async { node_groups(old.clone()).await.err() })
+    .await;
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(
         refused.message().contains("no longer exists"),
@@ -987,42 +971,41 @@ async fn credentials_are_bound_to_the_cluster_uid() {
         .await
         .unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while secrets
-        .get_opt(&capow::tls::cloud_config::secret_name("cb"))
-        .await
-        .unwrap()
-        .is_some()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the credentials Secret outlived its Cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(
+        "the credentials Secret to go with its Cluster",
+        Duration::from_secs(60),
+    )
+    .until(|| async {
+        secrets
+            .get_opt(&capow::tls::cloud_config::secret_name("cb"))
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
 
     // Re-created under the same name: a new identity; the old certificate stays refused.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while clusters.get_opt("cb").await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "Cluster cb not gone");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Poll::new("Cluster cb gone", Duration::from_secs(30))
+        .every(Duration::from_millis(100))
+        .until(|| async { clusters.get_opt("cb").await.unwrap().is_none() })
+        .await;
     apply_json(&client, &cluster_json).await.unwrap();
     let second = clusters.get("cb").await.unwrap();
     assert_ne!(second.metadata.uid, first.metadata.uid);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
+    let refused = Poll::new(
+        "the old certificate told apart from the new Cluster",
+        Duration::from_secs(10),
+    )
+    .every(Duration::from_millis(100))
+    .until(|| async {
         let status = node_groups(old.clone()).await.unwrap_err();
         if status.message().contains("earlier Cluster") {
-            break status;
+            Ok(status)
+        } else {
+            Err(status.message().to_owned())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old certificate was not told apart from the new Cluster: {}",
-            status.message()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     capow::tls::publish(&client, &ca, &second, &settings, SystemTime::now())
         .await
@@ -1033,8 +1016,7 @@ async fn credentials_are_bound_to_the_cluster_uid() {
         .await
         .expect("the new Cluster's certificate works");
 
-    shutdown.cancel();
-    let _ = server_task.await;
+    server.stop().await;
     clusters.delete("cb", &Default::default()).await.unwrap();
     let _ = clusters
         .patch(

@@ -17,7 +17,7 @@
 )]
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use capow::autoscaler::node::TemplateOptions;
@@ -27,7 +27,7 @@ use capow::autoscaler::report::{AnnotationReporter, InvalidAnnotationMetrics};
 use capow::autoscaler::service::{CloudProviderService, RpcMetrics, ServiceOptions, Snapshots};
 use capow::autoscaler::{marks, server, sources};
 use capow::capi::{DELETE_MACHINE_ANNOTATION, Machine, MachineDeployment};
-use capow_e2e::{Env, TestNamespace, apply_json, wait_until};
+use capow_e2e::{Env, Poll, TestNamespace, apply_json};
 use futures::future::BoxFuture;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
@@ -109,7 +109,7 @@ where
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -228,23 +228,23 @@ async fn fixture(prefix: &str, objects: Vec<Value>) -> Fixture {
         let gvk = kube::api::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind);
         let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &name, &ar);
-        wait_until(
-            &format!("CAPI to settle the {kind}s"),
+        Poll::new(
+            format!("CAPI to settle the {kind}s"),
             Duration::from_secs(30),
-            || {
-                let api = api.clone();
-                async move {
-                    let items = api.list(&ListParams::default()).await?.items;
-                    Ok(items.iter().all(|o| {
-                        let paused = o.data["status"]["conditions"].as_array().is_some_and(|cs| {
-                            cs.iter()
-                                .any(|c| c["type"] == "Paused" && c["status"] == "True")
-                        });
-                        o.finalizers().iter().any(|f| f == finalizer) && paused
-                    }))
-                }
-            },
         )
+        .until(|| {
+            let api = api.clone();
+            async move {
+                let items = api.list(&ListParams::default()).await?.items;
+                anyhow::Ok(items.iter().all(|o| {
+                    let paused = o.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Paused" && c["status"] == "True")
+                    });
+                    o.finalizers().iter().any(|f| f == finalizer) && paused
+                }))
+            }
+        })
         .await;
     }
     let shutdown = CancellationToken::new();
@@ -338,21 +338,20 @@ impl Fixture {
     /// Waits until the stores show `md` at `replicas`.
     async fn stores_show(&self, md: &str, replicas: i32) {
         let stores = self.stores.clone();
-        wait_until(
-            "the watch to deliver the scale",
-            Duration::from_secs(30),
-            || {
+        Poll::new("the watch to deliver the scale", Duration::from_secs(30))
+            .until(|| {
                 let stores = stores.clone();
                 async move {
-                    Ok(stores
-                        .snapshot()
-                        .machine_deployments
-                        .iter()
-                        .any(|d| d.name_any() == md && d.spec.replicas == Some(replicas)))
+                    anyhow::Ok(
+                        stores
+                            .snapshot()
+                            .machine_deployments
+                            .iter()
+                            .any(|d| d.name_any() == md && d.spec.replicas == Some(replicas)),
+                    )
                 }
-            },
-        )
-        .await;
+            })
+            .await;
     }
 
     fn delete_request(&self, md: &str, machine: &str) -> pb::NodeGroupDeleteNodesRequest {
@@ -417,16 +416,22 @@ async fn delete_nodes_cancelled_by_the_deadline_still_finishes() {
     let _ = armed.release.send(());
     // Before the fix the handler was dropped with its pending write: replicas stayed 3 and
     // m-a kept a mark for a later scale-down to act on.
-    let started = std::time::Instant::now();
-    while f.replicas("md-0").await != 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no replicas write after the cancelled call: replicas {}, m-a annotations {:?}",
-            f.replicas("md-0").await,
-            f.annotations("m-a").await
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(
+        "the replicas write after the cancelled call",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
+        let replicas = f.replicas("md-0").await;
+        if replicas == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "replicas {replicas}, m-a annotations {:?}",
+                f.annotations("m-a").await
+            ))
+        }
+    })
+    .await;
     let a = f.annotations("m-a").await;
     assert_eq!(
         a.get(DELETE_MACHINE_ANNOTATION),
@@ -575,18 +580,15 @@ async fn stray_marks_are_swept() {
     ));
     let client = f.client.clone();
     let ns = f.ns.name.clone();
-    wait_until(
-        "the stray mark to be swept",
-        Duration::from_secs(30),
-        || {
+    Poll::new("the stray mark to be swept", Duration::from_secs(30))
+        .until(|| {
             let api = Api::<Machine>::namespaced(client.clone(), &ns);
             async move {
                 let m = api.get("m-a").await?;
-                Ok(!m.annotations().contains_key(DELETE_MACHINE_ANNOTATION))
+                anyhow::Ok(!m.annotations().contains_key(DELETE_MACHINE_ANNOTATION))
             }
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(
         !f.annotations("m-a")
             .await
@@ -660,15 +662,18 @@ async fn invalid_annotations_are_reported_once_per_value() {
     assert_eq!(f.metrics.get(MIN), 1);
 
     let (client, ns) = (f.client.clone(), f.ns.name.clone());
-    wait_until("the Warning event", Duration::from_secs(30), || {
-        let (client, ns) = (client.clone(), ns.clone());
-        async move {
-            Ok(!invalid_annotation_events(&client, &ns, "md-0")
-                .await
-                .is_empty())
-        }
-    })
-    .await;
+    Poll::new("the Warning event", Duration::from_secs(30))
+        .until(|| {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                anyhow::Ok(
+                    !invalid_annotation_events(&client, &ns, "md-0")
+                        .await
+                        .is_empty(),
+                )
+            }
+        })
+        .await;
     let events = invalid_annotation_events(&client, &ns, "md-0").await;
     assert_eq!(events.len(), 1, "one event for five refreshes: {events:?}");
     let e = &events[0];
@@ -693,25 +698,25 @@ async fn invalid_annotations_are_reported_once_per_value() {
         .await
         .unwrap();
     let stores = f.stores.clone();
-    wait_until(
-        "the new value in the stores",
-        Duration::from_secs(30),
-        || {
+    Poll::new("the new value in the stores", Duration::from_secs(30))
+        .until(|| {
             let stores = stores.clone();
             async move {
-                Ok(stores
-                    .snapshot()
-                    .machine_deployments
-                    .iter()
-                    .any(|d| d.annotations().get(MIN).map(String::as_str) == Some("-1")))
+                anyhow::Ok(
+                    stores
+                        .snapshot()
+                        .machine_deployments
+                        .iter()
+                        .any(|d| d.annotations().get(MIN).map(String::as_str) == Some("-1")),
+                )
             }
-        },
-    )
-    .await;
+        })
+        .await;
     f.refresh().await;
-    wait_until("the second event", Duration::from_secs(30), || {
+    Poll::new("the second event", Duration::from_secs(30))
+.until(|| {
         let (client, ns) = (client.clone(), ns.clone());
-        async move { Ok(invalid_annotation_events(&client, &ns, "md-0").await.len() == 2) }
+        async move { anyhow::Ok(invalid_annotation_events(&client, &ns, "md-0").await.len() == 2) }
     })
     .await;
     let notes: Vec<String> = invalid_annotation_events(&client, &ns, "md-0")

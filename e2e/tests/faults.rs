@@ -28,7 +28,7 @@ use capow::autoscaler::proto::externalgrpc as pb;
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::hcp::{HcpCluster, HcpOptions, dynamic, probe};
 use capow_e2e::osproxy::{Config, Fault, FaultRule, FaultSet, Proxy};
-use capow_e2e::{Env, clouds_yaml_text, log_tail};
+use capow_e2e::{Env, Poll, clouds_yaml_text};
 use kube::api::{Api, ListParams};
 use prost::Message;
 
@@ -98,18 +98,15 @@ async fn counts(cloud: &AdminCloud, cluster_uid: &str) -> (usize, usize) {
 /// Waits until the cluster has exactly `n` servers and `n` ports (duplicates removed, leftovers
 /// deleted); returns how long that took.
 async fn wait_counts(c: &HcpCluster, cloud: &AdminCloud, n: usize, timeout: Duration) -> Duration {
-    let started = Instant::now();
+    let poll = Poll::new(format!("{n} servers and {n} ports"), timeout)
+        .every(Duration::from_millis(500))
+        .log_tail(&c.manager.log, 40);
     loop {
         let got = counts(cloud, &c.cluster_uid).await;
         if got == (n, n) {
-            return started.elapsed();
+            return poll.elapsed();
         }
-        assert!(
-            started.elapsed() < timeout,
-            "want {n} servers and ports, have {got:?}\n{}",
-            log_tail(&c.manager.log, 40)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll.tick(format_args!("have {got:?}")).await;
     }
 }
 
@@ -178,12 +175,10 @@ async fn random_kills_during_scale_up_and_down_with_a_busy_cloud_leave_exactly_w
         // Kill while creates are queued in the busy Nova: at a random moment after the next
         // create reached it (or after 3 s when none comes).
         let posts = proxy.counts().operation("compute", "POST /servers");
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while proxy.counts().operation("compute", "POST /servers") == posts
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let _ = Poll::new("the next create at Nova", Duration::from_secs(3))
+            .every(Duration::from_millis(50))
+            .try_until(|| async { proxy.counts().operation("compute", "POST /servers") != posts })
+            .await;
         tokio::time::sleep(rng.millis(300, 1500)).await;
         in_flight_at_kills.push(proxy.counts().operation("compute", "POST /servers") - posts);
         c.kill_and_restart_manager().await;
@@ -483,9 +478,14 @@ async fn nova_down_during_a_delete_keeps_the_finalizer_until_the_delete_complete
         "OpenStackWorkerMachine",
     )
     .await;
-    let mut reason = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reason.is_empty() {
+    let reason = Poll::new(
+        "a machine to report the unreachable Nova",
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(500))
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
+        let mut reason = None;
         for m in machines.list(&ListParams::default()).await.unwrap().items {
             let v = serde_json::to_value(&m).unwrap();
             if v["metadata"]["deletionTimestamp"].is_string()
@@ -494,16 +494,12 @@ async fn nova_down_during_a_delete_keeps_the_finalizer_until_the_delete_complete
                     .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
                 && cond["message"].as_str().is_some_and(|m| m.contains("Nova"))
             {
-                reason = cond["message"].as_str().unwrap().to_owned();
+                reason = Some(cond["message"].as_str().unwrap().to_owned());
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no machine reported the unreachable Nova\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        reason
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let held = machines
         .list(&ListParams::default())

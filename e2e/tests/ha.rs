@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::hcp::{HcpCluster, HcpOptions, probe};
-use capow_e2e::{Env, log_tail};
+use capow_e2e::{Env, Poll};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use prost::Message;
@@ -111,33 +111,34 @@ async fn two_replicas_are_ready_answer_alike_and_fail_over_without_duplicates() 
     };
     let survivor = &c.manager;
     let new_leader = format!("capow-{}", survivor.pid());
-    let deadline = Instant::now() + Duration::from_secs(4 * LEASE_SECONDS);
-    while holder(&c).await.as_deref() != Some(new_leader.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "the survivor never took the Lease\n{}",
-            log_tail(&survivor.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Poll::new(
+        "the survivor to take the Lease",
+        Duration::from_secs(4 * LEASE_SECONDS),
+    )
+    .every(Duration::from_millis(200))
+    .log_tail(&survivor.log, 30)
+    .until(|| async { holder(&c).await.as_deref() == Some(new_leader.as_str()) })
+    .await;
     let failover = killed_at.elapsed();
     assert_eq!(groups(&survivor_config), want);
     c.wait_running("workers", 4, Duration::from_secs(240)).await;
     let cloud = AdminCloud::login().await.unwrap();
     let tag = format!("capow-cluster-uid={}", c.cluster_uid);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    Poll::new(
+        "4 servers and 4 ports after the failover",
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(500))
+    .until(|| async {
         let servers = cloud.servers_tagged(&tag).await.unwrap().len();
         let ports = cloud.neutron_tagged("ports", &tag).await.unwrap().len();
         if (servers, ports) == (4, 4) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("have {servers} and {ports}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "want 4 servers and ports after the failover, have {servers} and {ports}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     env.record(&format!(
         "HA: leader killed 1.5 s into a 0 -> 4 scale-up; the follower took the Lease after {:.1} s (Lease {LEASE_SECONDS} s); 4 servers, 4 ports, no duplicate",
         failover.as_secs_f64()

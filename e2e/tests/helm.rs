@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capow::manifests;
-use capow_e2e::{Env, Manager, TestNamespace, service_account_kubeconfig, wait_until};
+use capow_e2e::{Env, Manager, Poll, TestNamespace, service_account_kubeconfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -354,18 +354,20 @@ async fn the_chart_installs_and_its_service_account_runs_the_manager() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let lease_name = format!("{fullname}-manager");
     let ca_name = format!("{fullname}-ca");
-    wait_until(
+    Poll::new(
         "the leader Lease and the CA Secret in the release namespace",
         Duration::from_secs(30),
-        || async {
-            let lease = leases.get_opt(&lease_name).await?;
-            let ca = secrets.get_opt(&ca_name).await?;
-            Ok(lease
+    )
+    .until(|| async {
+        let lease = leases.get_opt(&lease_name).await?;
+        let ca = secrets.get_opt(&ca_name).await?;
+        anyhow::Ok(
+            lease
                 .and_then(|l| l.spec?.holder_identity)
                 .is_some_and(|h| !h.is_empty())
-                && ca.is_some())
-        },
-    )
+                && ca.is_some(),
+        )
+    })
     .await;
     manager.stop().await;
 
@@ -469,17 +471,17 @@ async fn the_cluster_stack_renders_the_cluster_class_that_capi_accepts() {
     let gvk = kube::api::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "ClusterClass");
     let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
     let classes: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-    wait_until(
+    Poll::new(
         "the Cluster Stack's ClusterClass to have VariablesReady",
         Duration::from_secs(60),
-        || async {
-            let c = serde_json::to_value(classes.get(&prefix).await?)?;
-            Ok(c["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "VariablesReady" && c["status"] == "True")
-            }))
-        },
     )
+    .until(|| async {
+        let c = serde_json::to_value(classes.get(&prefix).await?)?;
+        anyhow::Ok(c["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True")
+        }))
+    })
     .await;
     guard.delete().await;
 }

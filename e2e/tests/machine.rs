@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail, openstack,
-    openstack_run, ports_tagged, server_show, servers_tagged,
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret, clouds_yaml_text,
+    existing_network_spec, openstack, openstack_run, ports_tagged, server_show, servers_tagged,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -34,14 +34,7 @@ impl Fixture {
     async fn new(prefix: &str) -> Fixture {
         let env = Env::get();
         let client = env.client().await;
-        let ns = TestNamespace::create(&client, prefix).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, prefix, IDENTITY).await;
         let f = Fixture { client, ns };
         f.cluster("c1").await;
         f
@@ -55,43 +48,31 @@ impl Fixture {
     /// existing `osdev-net`. The real CAPI Cluster controller owns the Cluster's status and
     /// reports the infrastructure provisioned once capow's cluster controller does.
     async fn cluster(&self, name: &str) {
-        apply_json(
+        apply_cluster(
             &self.client,
-            &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-                    "metadata": {"name": name, "namespace": self.ns()},
-                    "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": name}}}),
+            self.ns(),
+            name,
+            existing_network_spec(IDENTITY),
         )
         .await
-        .expect("create Cluster");
-        apply_json(
-            &self.client,
-            &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-                    "metadata": {"name": name, "namespace": self.ns(), "labels": {"cluster.x-k8s.io/cluster-name": name}},
-                    "spec": {"identityRef": {"name": IDENTITY, "cloudName": Env::get().cloud},
-                             "network": {"filter": {"name": "osdev-net"}}}}),
-        )
-        .await
-        .expect("create OpenStackWorkerCluster");
+        .expect("create the Cluster");
     }
 
     /// Waits until CAPI reports the Cluster's infrastructure provisioned (capow's cluster
     /// controller made the OpenStackWorkerCluster ready, CAPI copied that).
     async fn wait_cluster_provisioned(&self, manager: &Manager) {
         let clusters = self.dynamic("cluster.x-k8s.io", "v1beta2", "Cluster").await;
-        let started = Instant::now();
-        loop {
-            let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
-            if c["status"]["initialization"]["infrastructureProvisioned"] == true {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "Cluster c1 not provisioned: {}\n{}",
-                c["status"],
-                log_tail(&manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        Poll::new("Cluster c1 provisioned", Duration::from_secs(60))
+            .log_tail(&manager.log, 30)
+            .until(|| async {
+                let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
+                if c["status"]["initialization"]["infrastructureProvisioned"] == true {
+                    Ok(())
+                } else {
+                    Err(format!("status {}", c["status"]))
+                }
+            })
+            .await;
     }
 
     /// Deletes the Cluster (CAPI deletes what is left of its Machines, then the
@@ -107,17 +88,14 @@ impl Fixture {
                 "OpenStackWorkerCluster",
             )
             .await;
-        let started = Instant::now();
-        while clusters.get_opt("c1").await.ok().flatten().is_some()
-            || infra.get_opt("c1").await.ok().flatten().is_some()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "cluster c1 was not deleted in 120 s\n{}",
-                log_tail(&manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        Poll::new("cluster c1 deleted", Duration::from_secs(120))
+            .every(Duration::from_millis(500))
+            .log_tail(&manager.log, 30)
+            .until(|| async {
+                clusters.get_opt("c1").await.ok().flatten().is_none()
+                    && infra.get_opt("c1").await.ok().flatten().is_none()
+            })
+            .await;
         manager.stop().await;
         self.ns.delete().await;
     }
@@ -198,22 +176,18 @@ impl Fixture {
     }
 
     async fn wait_ready_reason(&self, name: &str, reason: &str, manager: &Manager) -> Value {
-        let mut last = None;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(c) = self.ready(name).await {
-                if c["reason"] == reason {
-                    return c;
-                }
-                last = Some(c);
+        Poll::new(
+            format!("{name}: Ready with reason {reason}"),
+            Duration::from_secs(90),
+        )
+        .log_tail(&manager.log, 40)
+        .until(|| async {
+            match self.ready(name).await {
+                Some(c) if c["reason"] == reason => Ok(c),
+                last => Err(format!("last {last:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: Ready never had reason {reason}; last {last:?}\nmanager log:\n{}",
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 
     async fn events_for(&self, name: &str) -> Vec<(String, String, String)> {
@@ -238,14 +212,9 @@ impl Fixture {
     async fn delete_and_wait(&self, name: &str) {
         let api = self.oswm_api().await;
         let _ = api.delete(name, &DeleteParams::default()).await;
-        let started = Instant::now();
-        while self.oswm(name).await.is_some() {
-            assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "{name} was not deleted in 90 s"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        Poll::new(format!("{name} deleted"), Duration::from_secs(90))
+            .until(|| async { self.oswm(name).await.is_none() })
+            .await;
     }
 
     async fn touch(&self, name: &str) {
@@ -299,6 +268,9 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
 
     // Wait for ACTIVE and providerID, timing both.
     let (mut active_at, mut provider_at) = (None, None);
+    let poll = Poll::new("m1 provisioned", Duration::from_secs(90))
+        .every(Duration::from_millis(100))
+        .log_tail(&manager.log, 40);
     loop {
         let m = f.oswm("m1").await.unwrap_or_default();
         if active_at.is_none() && m["status"]["instanceState"] == "ACTIVE" {
@@ -310,13 +282,7 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
         if m["status"]["initialization"]["provisioned"] == true && provider_at.is_some() {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "m1 not provisioned: {}\n{}",
-            m["status"],
-            log_tail(&manager.log, 40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick(format_args!("status {}", m["status"])).await;
     }
     let requests_to_ready = manager.openstack_requests().await - requests_at_start;
 
@@ -706,13 +672,24 @@ async fn bad_input_is_reported_with_field_and_cause_and_deletes_nothing() {
                 "{name}: condition message {message:?} lacks {w:?}"
             );
         }
-        let events = f.events_for(name).await;
-        assert!(
-            events
+        // The controller writes the status first and the event after it
+        // (src/controllers/machine/mod.rs), so the event may trail the condition just seen.
+        Poll::new(
+            format!("{name}: an event with reason {reason} naming {words:?}"),
+            Duration::from_secs(30),
+        )
+        .until(|| async {
+            let events = f.events_for(name).await;
+            if events
                 .iter()
-                .any(|(_, r, n)| r == reason && words.iter().all(|w| n.contains(w))),
-            "{name}: no event with reason {reason} naming {words:?}: {events:?}"
-        );
+                .any(|(_, r, n)| r == reason && words.iter().all(|w| n.contains(w)))
+            {
+                Ok(())
+            } else {
+                Err(format!("events {events:?}"))
+            }
+        })
+        .await;
         let m = f.oswm(name).await.unwrap();
         assert!(
             servers_tagged(&uid_tag(&m)).is_empty(),
@@ -806,22 +783,23 @@ async fn a_server_in_error_reports_novas_fault_and_is_kept() {
     f.machine("big", s, Some("big-bootstrap")).await;
     f.wait_ready_reason("big", "InstanceStateError", &manager)
         .await;
-    let started = Instant::now();
-    loop {
+    Poll::new(
+        "Nova's fault in the Ready condition",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
         let c = f.ready("big").await.unwrap();
         if c["message"]
             .as_str()
             .unwrap()
             .contains("No valid host was found")
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("condition {c}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "Nova's fault never reached the condition: {c}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
     let events = f.events_for("big").await;
     assert!(
         events.iter().any(|(t, r, n)| t == "Warning"

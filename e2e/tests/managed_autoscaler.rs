@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use capow::controllers::cluster::autoscaler as managed;
 use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, dynamic};
-use capow_e2e::{Env, ensure_crds, log_tail, wait_until};
+use capow_e2e::{Env, Poll, ensure_crds, log_tail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -112,42 +112,35 @@ fn condition(oswc: &Value) -> Option<Value> {
 
 /// Waits until the `AutoscalerReady` condition has `reason` (or is gone, for `None`).
 async fn wait_condition(c: &HcpCluster, reason: Option<&str>, timeout: Duration) -> Option<Value> {
-    let started = Instant::now();
-    loop {
-        let o = oswc(c).await;
-        let cond = condition(&o);
-        if cond
-            .as_ref()
-            .map(|x| x["reason"].as_str().unwrap_or_default())
-            == reason
-        {
-            return cond;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "want AutoscalerReady reason {reason:?}, have {cond:?}\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(format!("AutoscalerReady reason {reason:?}"), timeout)
+        .log_tail(&c.manager.log, 30)
+        .until(|| async {
+            let cond = condition(&oswc(c).await);
+            if cond
+                .as_ref()
+                .map(|x| x["reason"].as_str().unwrap_or_default())
+                == reason
+            {
+                Ok(cond)
+            } else {
+                Err(format!("have {cond:?}"))
+            }
+        })
+        .await
 }
 
 async fn wait_deployment(c: &HcpCluster, timeout: Duration) -> Deployment {
     let api: Api<Deployment> = Api::namespaced(c.client.clone(), &c.ns);
     let name = managed::deployment_name(CLUSTER);
-    let started = Instant::now();
-    loop {
-        if let Some(d) = api.get_opt(&name).await.unwrap() {
-            return d;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "capow made no Deployment {name}: {:?}\n{}",
-            condition(&oswc(c).await),
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Poll::new(format!("capow's Deployment {name}"), timeout)
+        .log_tail(&c.manager.log, 30)
+        .until(|| async {
+            match api.get_opt(&name).await.unwrap() {
+                Some(d) => Ok(d),
+                None => Err(format!("condition {:?}", condition(&oswc(c).await))),
+            }
+        })
+        .await
 }
 
 /// The pod's filesystem, rooted at `root`: every Secret volume written at its mount path.
@@ -240,68 +233,62 @@ async fn workload_objects(workload: &kube::Client) -> BTreeMap<&'static str, boo
     BTreeMap::from([
         (
             "ServiceAccount",
-            Api::<ServiceAccount>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<ServiceAccount>::namespaced(workload.clone(), ns),
+                name,
+            )
+            .await,
         ),
         (
             "token Secret",
-            Api::<Secret>::namespaced(workload.clone(), ns)
-                .get_opt(managed::TOKEN_SECRET)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<Secret>::namespaced(workload.clone(), ns),
+                managed::TOKEN_SECRET,
+            )
+            .await,
         ),
         (
             "ClusterRole",
-            Api::<ClusterRole>::all(workload.clone())
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<ClusterRole>::all(workload.clone()), name).await,
         ),
         (
             "ClusterRoleBinding",
-            Api::<ClusterRoleBinding>::all(workload.clone())
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<ClusterRoleBinding>::all(workload.clone()), name).await,
         ),
         (
             "Role",
-            Api::<Role>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<Role>::namespaced(workload.clone(), ns), name).await,
         ),
         (
             "RoleBinding",
-            Api::<RoleBinding>::namespaced(workload.clone(), ns)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(Api::<RoleBinding>::namespaced(workload.clone(), ns), name).await,
         ),
         (
             "priority ConfigMap",
-            Api::<ConfigMap>::namespaced(workload.clone(), ns)
-                .get_opt(managed::PRIORITY_CONFIG_MAP.0)
-                .await
-                .unwrap()
-                .is_some(),
+            exists(
+                Api::<ConfigMap>::namespaced(workload.clone(), ns),
+                managed::PRIORITY_CONFIG_MAP.0,
+            )
+            .await,
         ),
     ])
+}
+
+/// Whether `api` has an object `name`.
+async fn exists<K>(api: Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.get_opt(name).await.unwrap().is_some()
 }
 
 /// Waits until nothing capow made for the cluster-autoscaler is left, in either cluster.
 async fn wait_all_removed(c: &HcpCluster, what: &str, timeout: Duration) {
     let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), &c.ns);
     let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.ns);
-    let started = Instant::now();
+    let poll = Poll::new(format!("{what}: nothing left"), timeout)
+        .every(Duration::from_millis(500))
+        .log_tail(&c.manager.log, 30);
     loop {
         let deployment = deployments
             .get_opt(&managed::deployment_name(CLUSTER))
@@ -321,12 +308,10 @@ async fn wait_all_removed(c: &HcpCluster, what: &str, timeout: Duration) {
         if !deployment && !secret && left.is_empty() {
             return;
         }
-        assert!(
-            started.elapsed() < timeout,
-            "{what}: Deployment left {deployment}, kubeconfig Secret left {secret}, in the workload cluster {left:?}\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll.tick(format_args!(
+            "Deployment left {deployment}, kubeconfig Secret left {secret}, in the workload cluster {left:?}"
+        ))
+        .await;
     }
 }
 
@@ -434,23 +419,17 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .clone();
     // Its kubeconfig Secret, owned by the Deployment (the garbage collector removes it with it).
     let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.ns);
-    let kubeconfig = {
-        let started = Instant::now();
-        loop {
-            if let Some(s) = secrets
-                .get_opt(&managed::kubeconfig_secret_name(CLUSTER))
-                .await
-                .unwrap()
-            {
-                break s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no kubeconfig Secret for the cluster-autoscaler"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    };
+    let kubeconfig = Poll::new(
+        "the kubeconfig Secret for the cluster-autoscaler",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
+        secrets
+            .get_opt(&managed::kubeconfig_secret_name(CLUSTER))
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(
         kubeconfig.metadata.owner_references.as_ref().unwrap()[0].uid,
         d.metadata.uid.clone().unwrap()
@@ -486,16 +465,7 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .unwrap();
 
     // Scenario 2a: a Deployment whose pods no node can take.
-    let accounts: Api<ServiceAccount> = Api::namespaced(c.workload.clone(), "default");
-    wait_until(
-        "the workload's default ServiceAccount",
-        Duration::from_secs(60),
-        || {
-            let accounts = accounts.clone();
-            async move { Ok(accounts.get_opt("default").await?.is_some()) }
-        },
-    )
-    .await;
+    capow_e2e::workload::wait_default_service_account(&c.workload, "default").await;
     let load: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "load", "namespace": "default"},
         "spec": {"replicas": PODS, "selector": {"matchLabels": {"app": "load"}},
@@ -510,6 +480,12 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .unwrap();
     let started = Instant::now();
     let pods: Api<Pod> = Api::namespaced(c.workload.clone(), "default");
+    let poll = Poll::new(
+        "the cluster-autoscaler to scale up small",
+        Duration::from_secs(180),
+    )
+    .every(Duration::from_secs(1))
+    .log_tail(&log, 60);
     loop {
         if let Ok(Some(status)) = ca.try_wait() {
             panic!(
@@ -527,30 +503,27 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
             );
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the cluster-autoscaler scaled nothing: pods {:?}\n{}",
-            pods_running(&pods).await.1,
-            log_tail(&log, 60)
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        poll.tick(format_args!("pods {:?}", pods_running(&pods).await.1))
+            .await;
     }
     let scale_up = started.elapsed();
     c.wait_running("small", PODS, Duration::from_secs(300))
         .await;
     let machines_running = started.elapsed();
-    let started_pods = Instant::now();
-    loop {
+    Poll::new(
+        "the pods Running on the new nodes",
+        Duration::from_secs(120),
+    )
+    .every(Duration::from_millis(500))
+    .until(|| async {
         let (running, phases) = pods_running(&pods).await;
         if running == PODS {
-            break;
+            Ok(())
+        } else {
+            Err(format!("phases {phases:?}"))
         }
-        assert!(
-            started_pods.elapsed() < Duration::from_secs(120),
-            "pods not Running on the new nodes: {phases:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     env.record(&format!(
         "managed cluster-autoscaler scale from zero: scale-up {:.1} s, {PODS} Machines Running {:.1} s, pods Running {:.1} s after the pods were created",
         scale_up.as_secs_f64(),
@@ -593,35 +566,33 @@ async fn capow_runs_the_clusters_autoscaler_which_scales_from_zero() {
         .patch(CLUSTER, &PatchParams::default(), &Patch::Merge(poke(1)))
         .await
         .unwrap();
-    wait_until(
-        "a new client certificate",
-        Duration::from_secs(30),
-        || async {
-            Ok(secrets
-                .get_opt(&credentials)
-                .await?
-                .and_then(|s| s.data)
-                .is_some_and(|d| d.get("tls.crt") != Some(&old_cert)))
-        },
-    )
-    .await;
+    Poll::new("a new client certificate", Duration::from_secs(30))
+        .until(|| async {
+            anyhow::Ok(
+                secrets
+                    .get_opt(&credentials)
+                    .await?
+                    .and_then(|s| s.data)
+                    .is_some_and(|d| d.get("tls.crt") != Some(&old_cert)),
+            )
+        })
+        .await;
     patch_oswc(&c, poke(2)).await.unwrap();
-    wait_until(
-        "the Deployment to roll",
-        Duration::from_secs(30),
-        || async {
+    Poll::new("the Deployment to roll", Duration::from_secs(30))
+        .until(|| async {
             let d = deployments.get(&name).await?;
-            Ok(d.spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[managed::CHECKSUM_ANNOTATION]
-                != checksum)
-        },
-    )
-    .await;
+            anyhow::Ok(
+                d.spec
+                    .unwrap()
+                    .template
+                    .metadata
+                    .unwrap()
+                    .annotations
+                    .unwrap()[managed::CHECKSUM_ANNOTATION]
+                    != checksum,
+            )
+        })
+        .await;
     // The new pod template is a new generation: not available until it has rolled out.
     wait_condition(&c, Some("AutoscalerDeployed"), Duration::from_secs(30)).await;
     play_rollout(&deployments, &name).await;

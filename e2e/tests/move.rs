@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::hcp::{self, CLUSTER, HcpCluster, HcpOptions, dynamic};
 use capow_e2e::{
-    Env, Manager, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
-    clouds_yaml_text, ensure_control_plane_standin, log_tail, manager_kubeconfig_on, openstack,
-    openstack_run, reqwest_get,
+    Env, Manager, Poll, STANDIN_GROUP, TestNamespace, apply_cluster, apply_json, apply_secret,
+    client_for, ensure_control_plane_standin, existing_network_spec, log_tail,
+    manager_kubeconfig_on, openstack, openstack_run, reqwest_get,
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -167,37 +167,10 @@ async fn inventory(cloud: &AdminCloud, ns: &str, old_uid: &str, new_uid: &str) -
     }
 }
 
-/// Waits until MachineDeployment `md` in `client`'s `ns` has exactly `n` Machines, all Running
-/// with a nodeRef.
+/// Waits up to 240 s until MachineDeployment `md` in `client`'s `ns` has exactly `n` Machines,
+/// all Running with a nodeRef.
 async fn wait_running(client: &Client, ns: &str, md: &str, n: usize, manager: &Manager) {
-    let machines: Api<capow::capi::Machine> = Api::namespaced(client.clone(), ns);
-    let started = Instant::now();
-    loop {
-        let list = machines
-            .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/deployment-name={md}")))
-            .await
-            .unwrap()
-            .items;
-        let running = list
-            .iter()
-            .filter(|m| m.metadata.deletion_timestamp.is_none())
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some())
-            })
-            .count();
-        if running == n && list.len() == n {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "want {n} Running machines in {md}, have {}\n{}",
-            list.len(),
-            log_tail(&manager.log, 40)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    hcp::wait_running(client, ns, md, n, Duration::from_secs(240), &manager.log).await;
 }
 
 async fn orphans_total(manager: &Manager) -> f64 {
@@ -328,7 +301,12 @@ async fn a_moved_cluster_keeps_its_servers_and_is_scaled_and_deleted_on_the_targ
 
     // The target adopts: the same servers, by their providerIDs, now tagged with its UIDs.
     let machines = dynamic(&to, &ns, INFRA, "v1alpha1", "OpenStackWorkerMachine").await;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let poll = Poll::new(
+        format!("the target to adopt {:?}", before.servers_old),
+        Duration::from_secs(180),
+    )
+    .every(Duration::from_millis(500))
+    .log_tail(&target_manager.log, 40);
     loop {
         let list = machines.list(&ListParams::default()).await.unwrap().items;
         let adopted: BTreeSet<String> = list
@@ -340,13 +318,7 @@ async fn a_moved_cluster_keeps_its_servers_and_is_scaled_and_deleted_on_the_targ
         if list.len() == 2 && adopted == before.servers_old {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the target did not adopt {:?}: {adopted:?}\n{}",
-            before.servers_old,
-            log_tail(&target_manager.log, 40)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll.tick(format_args!("adopted {adopted:?}")).await;
     }
     wait_running(&to, &ns, "md", 2, &target_manager).await;
     let adopt_took = t1.elapsed();
@@ -414,17 +386,17 @@ async fn a_moved_cluster_keeps_its_servers_and_is_scaled_and_deleted_on_the_targ
         .await
         .unwrap();
     let infra = dynamic(&to, &ns, INFRA, "v1alpha1", "OpenStackWorkerCluster").await;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while clusters.get_opt(CLUSTER).await.unwrap().is_some()
-        || infra.get_opt(CLUSTER).await.unwrap().is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "Cluster {ns}/{CLUSTER} not deleted on the target\n{}",
-            log_tail(&target_manager.log, 40)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Poll::new(
+        format!("Cluster {ns}/{CLUSTER} deleted on the target"),
+        Duration::from_secs(240),
+    )
+    .every(Duration::from_millis(500))
+    .log_tail(&target_manager.log, 40)
+    .until(|| async {
+        clusters.get_opt(CLUSTER).await.unwrap().is_none()
+            && infra.get_opt(CLUSTER).await.unwrap().is_none()
+    })
+    .await;
     let delete_took = t3.elapsed();
     let gone = inventory(&cloud, &ns, &old_uid, &new_uid).await;
     assert!(
@@ -471,14 +443,7 @@ impl Fixture {
     async fn new(prefix: &str) -> Fixture {
         let env = Env::get();
         let client = env.client().await;
-        let ns = TestNamespace::create(&client, prefix).await;
-        apply_secret(
-            &client,
-            &ns.name,
-            IDENTITY,
-            &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-        )
-        .await;
+        let ns = TestNamespace::with_identity(&client, prefix, IDENTITY).await;
         apply_secret(
             &client,
             &ns.name,
@@ -486,14 +451,7 @@ impl Fixture {
             &[("value", b"#cloud-config\n"), ("format", b"cloud-config")],
         )
         .await;
-        apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-            "metadata": {"name": "c1", "namespace": ns.name},
-            "spec": {"infrastructureRef": {"apiGroup": INFRA, "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-            .await
-            .unwrap();
-        apply_json(&client, &json!({"apiVersion": format!("{INFRA}/v1alpha1"), "kind": "OpenStackWorkerCluster",
-            "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-            "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+        apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
             .await
             .unwrap();
         Fixture { client, ns }
@@ -555,8 +513,13 @@ impl Fixture {
 
     /// Waits until `name`'s `Ready` condition has `reason`; returns the object.
     async fn wait_reason(&self, name: &str, reason: &str, manager: &Manager) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
+        Poll::new(
+            format!("{name}: Ready with reason {reason}"),
+            Duration::from_secs(150),
+        )
+        .every(Duration::from_millis(300))
+        .log_tail(&manager.log, 40)
+        .until(|| async {
             let m = self.machine(name).await;
             let ready = m.as_ref().and_then(|m| {
                 m["status"]["conditions"]
@@ -565,18 +528,12 @@ impl Fixture {
                     .find(|c| c["type"] == "Ready")
                     .cloned()
             });
-            if let (Some(m), Some(r)) = (&m, &ready)
-                && r["reason"] == reason
-            {
-                return m.clone();
+            match (m, ready) {
+                (Some(m), Some(r)) if r["reason"] == reason => Ok(m),
+                (_, ready) => Err(format!("last {ready:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: Ready never had reason {reason}; last {ready:?}\n{}",
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        })
+        .await
     }
 
     /// Empties the status of `name` (as a restore without status, or a lost status, leaves it).
@@ -611,15 +568,11 @@ impl Fixture {
             .await
             .delete(name, &DeleteParams::default())
             .await;
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while self.machine(name).await.is_some() {
-            assert!(
-                Instant::now() < deadline,
-                "{name} not deleted\n{}",
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new(format!("{name} deleted"), Duration::from_secs(150))
+            .every(Duration::from_millis(300))
+            .log_tail(&manager.log, 40)
+            .until(|| async { self.machine(name).await.is_none() })
+            .await;
     }
 
     async fn finish(self, manager: Manager) {
@@ -640,17 +593,14 @@ impl Fixture {
         )
         .await;
         let _ = clusters.delete("c1", &DeleteParams::default()).await;
-        let deadline = Instant::now() + Duration::from_secs(150);
-        while clusters.get_opt("c1").await.unwrap().is_some()
-            || infra.get_opt("c1").await.unwrap().is_some()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "cluster not deleted\n{}",
-                log_tail(&manager.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        Poll::new("cluster c1 deleted", Duration::from_secs(150))
+            .every(Duration::from_millis(300))
+            .log_tail(&manager.log, 40)
+            .until(|| async {
+                clusters.get_opt("c1").await.unwrap().is_none()
+                    && infra.get_opt("c1").await.unwrap().is_none()
+            })
+            .await;
         manager.stop().await;
         self.ns.delete().await;
     }

@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use capow::api::lifecycle::DEFAULT_STARTUP_TAINT_KEY;
 use capow::autoscaler::proto::externalgrpc as pb;
-use capow_e2e::hcp::{CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe};
-use capow_e2e::{Env, log_tail, workload};
+use capow_e2e::hcp::{
+    CLUSTER, HcpCluster, HcpOptions, Registration, dynamic, probe, template_node,
+};
+use capow_e2e::{Env, Poll, workload};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use prost::Message;
 use serde_json::{Value, json};
 
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
@@ -177,22 +178,14 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     let group_id = format!("MachineDeployment/{}/workers", c.ns);
     // Polled: while another checkout's test has the shared CRD without this field, the API
     // server serves the object without it until the keeper adds the field back.
-    let started = Instant::now();
+    let poll = Poll::new(
+        "the startup taint on the template node",
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_secs(1));
     loop {
         probe(&cc, "Refresh", &pb::RefreshRequest {});
-        let template = pb::NodeGroupTemplateNodeInfoResponse::decode(
-            probe(
-                &cc,
-                "NodeGroupTemplateNodeInfo",
-                &pb::NodeGroupTemplateNodeInfoRequest {
-                    id: group_id.clone(),
-                },
-            )
-            .as_slice(),
-        )
-        .unwrap();
-        let tnode = capow::autoscaler::proto::core_v1::Node::decode(template.node_bytes.as_slice())
-            .unwrap();
+        let tnode = template_node(&cc, &group_id);
         let keys: Vec<String> = tnode
             .spec
             .as_ref()
@@ -201,11 +194,8 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
         if keys.iter().any(|k| k == DEFAULT_STARTUP_TAINT_KEY) {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "template node taints {keys:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        poll.tick(format_args!("template node taints {keys:?}"))
+            .await;
     }
 
     let n = 2;
@@ -224,23 +214,24 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     assert_eq!(names.len(), n as usize, "{names:?}");
 
     // NotReady: capow reports it keeps the taint, and the taint is still there.
-    let started = Instant::now();
-    loop {
+    Poll::new(
+        "the StartupTaint condition to hold the NotReady Nodes",
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
         let cond = lifecycle_condition(c, "StartupTaint").await;
         let msg = cond["message"].as_str().unwrap_or_default();
         if names
             .iter()
             .all(|name| msg.contains(&format!("{name} (not Ready)")))
         {
-            break;
+            Ok(())
+        } else {
+            Err(format!("condition {cond}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "StartupTaint condition does not hold the NotReady Nodes: {cond}\n{}",
-            log_tail(&c.manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
     for name in &names {
         let node = nodes.get(name).await.unwrap();
         assert!(!is_ready(&node), "{name} is Ready before kwok manages it");
@@ -268,6 +259,12 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
             .unwrap();
         let released = Instant::now();
         let mut ready_at: Option<Instant> = None;
+        let poll = Poll::new(
+            format!("the startup taint removed from {name}"),
+            Duration::from_secs(60),
+        )
+        .every(Duration::from_millis(100))
+        .log_tail(&c.manager.log, 30);
         loop {
             let node = nodes.get(name).await.unwrap();
             if ready_at.is_none() && is_ready(&node) {
@@ -285,20 +282,17 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
                 ));
                 break;
             }
-            assert!(
-                released.elapsed() < Duration::from_secs(60),
-                "startup taint not removed from {name} (ready: {})\n{}",
-                is_ready(&node),
-                log_tail(&c.manager.log, 30)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            poll.tick(format_args!("ready: {}", is_ready(&node))).await;
         }
     }
 
     // An event per removal, on the OpenStackWorkerCluster.
     let events: Api<Event> = Api::namespaced(c.client.clone(), &c.ns);
-    let started = Instant::now();
-    loop {
+    Poll::new(
+        format!("StartupTaintRemoved events for {names:?}"),
+        Duration::from_secs(30),
+    )
+    .until(|| async {
         let about: BTreeSet<String> = events
             .list(&ListParams::default())
             .await
@@ -309,14 +303,12 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
             .filter_map(|e| e.related.and_then(|r| r.name))
             .collect();
         if names.iter().all(|n| about.contains(n)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("events for {about:?}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "StartupTaintRemoved events for {about:?}, want {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
 
     // A pod without a toleration lands on the now untainted Nodes.
     workload::wait_default_service_account(&c.workload, "default").await;
@@ -406,7 +398,11 @@ async fn max_age(c: &HcpCluster, env: &Env) {
 
     // Until both originals are gone: never more than one Machine deleting at a time, never
     // fewer than n - 1 Running ones; each successor is timed from its predecessor's deletion.
-    let started = Instant::now();
+    let poll = Poll::new(
+        "the over-age Machines to be replaced one at a time",
+        Duration::from_secs(420),
+    )
+    .log_tail(&c.manager.log, 30);
     let mut deleting_since: Option<(String, Instant)> = None;
     let mut replaced: Vec<(String, f64)> = Vec::new();
     loop {
@@ -442,17 +438,14 @@ async fn max_age(c: &HcpCluster, env: &Env) {
         if left.is_empty() && deleting_since.is_none() && running == n as usize {
             break;
         }
-        if started.elapsed() > Duration::from_secs(420) {
-            let d = mds.get(md).await.unwrap();
-            panic!(
-                "originals {originals:?} not replaced: live {live:?}, deleting {deleting:?}\n\
-                 MaxNodeAge condition: {}\nMachineDeployment status: {}\n{}",
-                lifecycle_condition(c, "MaxNodeAge").await,
-                serde_json::to_string(&d.status).unwrap(),
-                log_tail(&c.manager.log, 30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let d = mds.get(md).await.unwrap();
+        poll.tick(format!(
+            "originals {originals:?} not replaced: live {live:?}, deleting {deleting:?}; \
+             MaxNodeAge condition: {}; MachineDeployment status: {}",
+            lifecycle_condition(c, "MaxNodeAge").await,
+            serde_json::to_string(&d.status).unwrap()
+        ))
+        .await;
     }
     // The condition reports the feature while it is on (it goes with the annotation).
     let cond = lifecycle_condition(c, "MaxNodeAge").await;

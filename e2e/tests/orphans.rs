@@ -10,15 +10,14 @@
     reason = "test code"
 )]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capow_e2e::cloud::AdminCloud;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail, openstack,
+    Env, Manager, Poll, TestNamespace, apply_cluster, existing_network_spec, openstack,
     openstack_run, reqwest_get,
 };
 use kube::api::{Api, ListParams};
-use serde_json::json;
 
 const IDENTITY: &str = "cloud-config";
 
@@ -77,22 +76,8 @@ fn create_server(name: &str, tags: &[&str]) -> String {
 async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_missing_machine() {
     let env = Env::get();
     let client = env.client().await;
-    let ns = TestNamespace::create(&client, "orphans").await;
-    apply_secret(
-        &client,
-        &ns.name,
-        IDENTITY,
-        &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-    )
-    .await;
-    let cluster = apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c1", "namespace": ns.name},
-        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-        .await
-        .unwrap();
-    apply_json(&client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-        "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-        "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+    let ns = TestNamespace::with_identity(&client, "orphans", IDENTITY).await;
+    let cluster = apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
         .await
         .unwrap();
     let cluster_uid = cluster["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -141,19 +126,21 @@ async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_miss
     let untagged = create_server(&format!("{}-untagged", ns.name), &[]);
 
     // Report mode: events and the metric, nothing deleted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    Poll::new(
+        format!("OrphanFound events for {orphan} and {port}"),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(500))
+    .log_tail(&manager.log, 30)
+    .until(|| async {
         let found = events(&client, &ns.name, "OrphanFound").await;
         if found.iter().any(|n| n.contains(&orphan)) && found.iter().any(|n| n.contains(&port)) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("events {found:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no OrphanFound events for {orphan} and {port}: {found:?}\n{}",
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     assert!(
         metric(
             &manager,
@@ -181,26 +168,25 @@ async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_miss
     let mut args = sweep.to_vec();
     args.push("delete");
     let manager = Manager::start(&ns.name, &args).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let servers: Vec<String> = cloud
-            .servers_tagged(&orphan_tag)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_owned())
-            .collect();
-        let ports = cloud.neutron_tagged("ports", &orphan_tag).await.unwrap();
-        if servers == [foreign.clone()] && ports.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orphans not deleted: servers {servers:?}, ports {ports:?}\n{}",
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    Poll::new("the orphans deleted", Duration::from_secs(90))
+        .every(Duration::from_millis(500))
+        .log_tail(&manager.log, 30)
+        .until(|| async {
+            let servers: Vec<String> = cloud
+                .servers_tagged(&orphan_tag)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_owned())
+                .collect();
+            let ports = cloud.neutron_tagged("ports", &orphan_tag).await.unwrap();
+            if servers == [foreign.clone()] && ports.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("servers {servers:?}, ports {ports:?}"))
+            }
+        })
+        .await;
     let deleted = events(&client, &ns.name, "OrphanDeleted").await;
     assert!(deleted.iter().any(|n| n.contains(&orphan)), "{deleted:?}");
     assert!(
@@ -231,11 +217,9 @@ async fn the_orphan_sweep_reports_then_deletes_only_what_capow_tagged_for_a_miss
     let clusters =
         capow_e2e::hcp::dynamic(&client, &ns.name, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
     let _ = clusters.delete("c1", &Default::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while clusters.get_opt("c1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "cluster not deleted");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the Cluster deleted", Duration::from_secs(60))
+        .until(|| async { clusters.get_opt("c1").await.unwrap().is_none() })
+        .await;
     manager.stop().await;
     ns.delete().await;
 }

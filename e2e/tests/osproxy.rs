@@ -109,12 +109,7 @@ async fn lists_servers_and_networks_of_the_real_cloud_through_the_proxy() {
     // back at the proxy.
     let parsed: Value = serde_yaml::from_str(&yaml).unwrap();
     let auth = &parsed["clouds"][&env.cloud]["auth"];
-    let body = json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": auth["username"], "password": auth["password"],
-            "domain": {"name": auth["user_domain_name"]}}}},
-        "scope": {"project": {"name": auth["project_name"],
-            "domain": {"name": auth["project_domain_name"]}}}}});
+    let body = capow_e2e::cloud::password_auth(auth);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let resp = http

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use capow_e2e::stall::StallRelay;
 use capow_e2e::{
-    Env, Manager, TestNamespace, apply_json, apply_secret, clouds_yaml_text, log_tail,
-    manager_kubeconfig,
+    Env, Manager, Poll, TestNamespace, apply_cluster, apply_json, apply_secret,
+    existing_network_spec, manager_kubeconfig,
 };
 use serde_json::json;
 
@@ -26,14 +26,7 @@ const IDENTITY: &str = "cloud-config";
 async fn a_stalled_api_connection_does_not_stall_the_manager() {
     let env = Env::get();
     let client = env.client().await;
-    let ns = TestNamespace::create(&client, "stall").await;
-    apply_secret(
-        &client,
-        &ns.name,
-        IDENTITY,
-        &[("clouds.yaml", clouds_yaml_text().as_bytes())],
-    )
-    .await;
+    let ns = TestNamespace::with_identity(&client, "stall", IDENTITY).await;
     // The manager reaches the API server only through the relay.
     let kubeconfig = manager_kubeconfig().await;
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
@@ -68,27 +61,17 @@ async fn a_stalled_api_connection_does_not_stall_the_manager() {
     .collect();
     let manager = Manager::start_with(&relayed, &ns.name, args, &[]).await;
 
-    apply_json(&client, &json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
-        "metadata": {"name": "c1", "namespace": ns.name},
-        "spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "OpenStackWorkerCluster", "name": "c1"}}}))
-        .await
-        .unwrap();
-    apply_json(&client, &json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "OpenStackWorkerCluster",
-        "metadata": {"name": "c1", "namespace": ns.name, "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
-        "spec": {"identityRef": {"name": IDENTITY, "cloudName": env.cloud}, "network": {"filter": {"name": "osdev-net"}}}}))
+    apply_cluster(&client, &ns.name, "c1", existing_network_spec(IDENTITY))
         .await
         .unwrap();
     let clusters =
         capow_e2e::hcp::dynamic(&client, &ns.name, "cluster.x-k8s.io", "v1beta2", "Cluster").await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
-        if c["status"]["initialization"]["infrastructureProvisioned"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster not provisioned");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the Cluster provisioned", Duration::from_secs(90))
+        .until(|| async {
+            let c = serde_json::to_value(clusters.get("c1").await.unwrap()).unwrap();
+            c["status"]["initialization"]["infrastructureProvisioned"] == true
+        })
+        .await;
 
     // Every connection the manager holds goes silent; then a machine is created.
     relay.stall_existing();
@@ -121,37 +104,33 @@ async fn a_stalled_api_connection_does_not_stall_the_manager() {
         "OpenStackWorkerMachine",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    Poll::new(
+        "the manager to recover from the stalled connections (m1 provisioned)",
+        Duration::from_secs(90),
+    )
+    .log_tail(&manager.log, 30)
+    .until(|| async {
         let m = serde_json::to_value(machines.get("m1").await.unwrap()).unwrap();
         if m["status"]["initialization"]["provisioned"] == true {
-            break;
+            Ok(())
+        } else {
+            Err(format!("status {}", m["status"]))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the manager did not recover from the stalled connections: {}\n{}",
-            m["status"],
-            log_tail(&manager.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
     env.record(&format!(
         "stalled API connections (read timeout 6 s): the machine created meanwhile was provisioned {:.1} s after the stall",
         stalled.elapsed().as_secs_f64()
     ));
 
     let _ = machines.delete("m1", &Default::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while machines.get_opt("m1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "machine not deleted");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the machine deleted", Duration::from_secs(90))
+        .until(|| async { machines.get_opt("m1").await.unwrap().is_none() })
+        .await;
     let _ = clusters.delete("c1", &Default::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while clusters.get_opt("c1").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "cluster not deleted");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    Poll::new("the Cluster deleted", Duration::from_secs(90))
+        .until(|| async { clusters.get_opt("c1").await.unwrap().is_none() })
+        .await;
     manager.stop().await;
     ns.delete().await;
 }

@@ -17,12 +17,13 @@
 )]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use capow_e2e::hcp::dynamic;
 use capow_e2e::{
-    Env, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin, ensure_crds,
+    Env, Poll, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
+    ensure_crds,
 };
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -115,22 +116,30 @@ fn apply(ns: &str, yaml: &str) {
     );
 }
 
-async fn eventually<F, Fut>(what: &str, f: F) -> Value
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+/// `clusterctl generate cluster <name> --from <file>` for Kubernetes v1.34.2 in `ns`; asserts
+/// that every variable was substituted.
+fn generate_cluster(name: &str, file: &std::path::Path, ns: &str) -> String {
+    let rendered = clusterctl(&[
+        "generate",
+        "cluster",
+        name,
+        "--from",
+        &file.display().to_string(),
+        "--kubernetes-version",
+        "v1.34.2",
+        "--target-namespace",
+        ns,
+    ]);
+    assert!(
+        !rendered.contains("${"),
+        "unsubstituted variables:\n{rendered}"
+    );
+    rendered
+}
+
+/// A wait of the template test: up to 90 s, looking every 500 ms.
+fn eventually(what: &str) -> Poll {
+    Poll::new(what, Duration::from_secs(90)).every(Duration::from_millis(500))
 }
 
 #[tokio::test]
@@ -144,22 +153,7 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     // Plain template: renders with every variable substituted and applies as it is.
     let ns = TestNamespace::create(&client, "tmpl").await;
     let file = repo().join("templates/cluster-template.yaml");
-    let rendered = clusterctl(&[
-        "generate",
-        "cluster",
-        "c1",
-        "--from",
-        &file.display().to_string(),
-        "--kubernetes-version",
-        "v1.34.2",
-        "--target-namespace",
-        &ns.name,
-    ]);
-    assert!(
-        !rendered.contains("${"),
-        "unsubstituted variables:\n{rendered}"
-    );
-    apply(&ns.name, &rendered);
+    apply(&ns.name, &generate_cluster("c1", &file, &ns.name));
     let mds = dynamic(
         &client,
         &ns.name,
@@ -205,32 +199,18 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "ClusterClass",
     )
     .await;
-    eventually("the ClusterClass's VariablesReady condition", || async {
-        let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-        let ready = cc["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
-        ready.then_some(cc)
-    })
-    .await;
+    eventually("the ClusterClass's VariablesReady condition")
+        .until(|| async {
+            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
+            let ready = cc["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+            ready.then_some(cc)
+        })
+        .await;
     let topology = repo().join("templates/cluster-template-topology.yaml");
-    let rendered = clusterctl(&[
-        "generate",
-        "cluster",
-        "c2",
-        "--from",
-        &topology.display().to_string(),
-        "--kubernetes-version",
-        "v1.34.2",
-        "--target-namespace",
-        &ns2.name,
-    ]);
-    assert!(
-        !rendered.contains("${"),
-        "unsubstituted variables:\n{rendered}"
-    );
-    apply(&ns2.name, &rendered);
+    apply(&ns2.name, &generate_cluster("c2", &topology, &ns2.name));
 
     // The topology controller creates the control plane (our stand-in) and the infrastructure
     // cluster; play the control plane's controller, then the MachineDeployments follow.
@@ -242,16 +222,17 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "HostedControlPlane",
     )
     .await;
-    let hcp = eventually("the HostedControlPlane from the class", || async {
-        hcps.list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let hcp = eventually("the HostedControlPlane from the class")
+        .until(|| async {
+            hcps.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     assert_eq!(
         hcp["spec"]["gateway"]["name"], "capi-gateway",
         "gateway patched from the variable"
@@ -271,17 +252,18 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "OpenStackWorkerCluster",
     )
     .await;
-    let infra = eventually("the OpenStackWorkerCluster from the class", || async {
-        oswc2
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let infra = eventually("the OpenStackWorkerCluster from the class")
+        .until(|| async {
+            oswc2
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     assert_eq!(
         infra["spec"]["identityRef"]["name"], "c2-cloud-config",
         "identityRef patched from the variable"
@@ -300,11 +282,12 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         "MachineDeployment",
     )
     .await;
-    let list = eventually("the topology's two MachineDeployments", || async {
-        let items = mds2.list(&ListParams::default()).await.ok()?.items;
-        (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
-    })
-    .await;
+    let list = eventually("the topology's two MachineDeployments")
+        .until(|| async {
+            let items = mds2.list(&ListParams::default()).await.ok()?.items;
+            (items.len() == 2).then(|| serde_json::to_value(items).unwrap())
+        })
+        .await;
     let templates = dynamic(
         &client,
         &ns2.name,
@@ -347,22 +330,24 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         )
         .await
         .unwrap();
-    let index = eventually("the override in capow's index", || async {
-        let snapshot = capow::autoscaler::index::Snapshot {
-            machine_deployments: typed::<capow::capi::MachineDeployment>(&client, &ns2.name).await,
-            templates: typed::<capow::api::machine_template::OpenStackWorkerMachineTemplate>(
-                &client, &ns2.name,
-            )
-            .await,
-            ..Default::default()
-        };
-        let index = capow::autoscaler::index::Index::build(&snapshot, None);
-        let sizes: Vec<(i32, i32)> = index.groups().map(|g| (g.min_size, g.max_size)).collect();
-        let mut sorted = sizes.clone();
-        sorted.sort_unstable();
-        (sorted == [(0, 3), (0, 5)]).then(|| json!(sizes))
-    })
-    .await;
+    let index = eventually("the override in capow's index")
+        .until(|| async {
+            let snapshot = capow::autoscaler::index::Snapshot {
+                machine_deployments: typed::<capow::capi::MachineDeployment>(&client, &ns2.name)
+                    .await,
+                templates: typed::<capow::api::machine_template::OpenStackWorkerMachineTemplate>(
+                    &client, &ns2.name,
+                )
+                .await,
+                ..Default::default()
+            };
+            let index = capow::autoscaler::index::Index::build(&snapshot, None);
+            let sizes: Vec<(i32, i32)> = index.groups().map(|g| (g.min_size, g.max_size)).collect();
+            let mut sorted = sizes.clone();
+            sorted.sort_unstable();
+            (sorted == [(0, 3), (0, 5)]).then(|| json!(sizes))
+        })
+        .await;
     assert_eq!(index.as_array().map(Vec::len), Some(2));
 
     // The managed cluster-autoscaler's variables reach the OpenStackWorkerCluster.
@@ -393,12 +378,13 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         .await
         .unwrap();
     let infra_name = infra["metadata"]["name"].as_str().unwrap().to_owned();
-    let autoscaler = eventually("spec.autoscaler patched from the variables", || async {
-        let o = serde_json::to_value(oswc2.get(&infra_name).await.ok()?).ok()?;
-        let a = o["spec"]["autoscaler"].clone();
-        (!a.is_null()).then_some(a)
-    })
-    .await;
+    let autoscaler = eventually("spec.autoscaler patched from the variables")
+        .until(|| async {
+            let o = serde_json::to_value(oswc2.get(&infra_name).await.ok()?).ok()?;
+            let a = o["spec"]["autoscaler"].clone();
+            (!a.is_null()).then_some(a)
+        })
+        .await;
     assert_eq!(
         autoscaler,
         json!({"enabled": true, "expander": "price,random", "scaleDown": {"unneededTime": "5m"}})
@@ -522,15 +508,16 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         "ClusterClass",
     )
     .await;
-    eventually("the ClusterClass's VariablesReady condition", || async {
-        let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-        let ready = cc["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
-        ready.then_some(cc)
-    })
-    .await;
+    eventually("the ClusterClass's VariablesReady condition")
+        .until(|| async {
+            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
+            let ready = cc["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+            ready.then_some(cc)
+        })
+        .await;
     // No spec.topology.controlPlane.replicas: controlPlaneReplicas decides. Zero replicas: no
     // Machines, only the objects under test.
     let cluster = json!({
@@ -556,14 +543,15 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         "HostedControlPlane",
     )
     .await;
-    let hcp = eventually("the HostedControlPlane from the class", || async {
-        let items = hcps.list(&ListParams::default()).await.ok()?.items;
-        items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let hcp = eventually("the HostedControlPlane from the class")
+        .until(|| async {
+            let items = hcps.list(&ListParams::default()).await.ok()?.items;
+            items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     assert_eq!(hcp["spec"]["replicas"], 3, "{}", hcp["spec"]);
     assert_eq!(
         hcp["spec"]["gateway"],
@@ -585,14 +573,15 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         "OpenStackWorkerCluster",
     )
     .await;
-    let infra = eventually("the OpenStackWorkerCluster from the class", || async {
-        let items = oswcs.list(&ListParams::default()).await.ok()?.items;
-        items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let infra = eventually("the OpenStackWorkerCluster from the class")
+        .until(|| async {
+            let items = oswcs.list(&ListParams::default()).await.ok()?.items;
+            items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     let spec = &infra["spec"];
     assert_eq!(spec["identityRef"]["name"], "c3-cloud", "{spec}");
     assert_eq!(spec["identityRef"]["cloudName"], "mycloud");
@@ -612,14 +601,15 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         "MachineDeployment",
     )
     .await;
-    let md = eventually("the topology's MachineDeployment", || async {
-        let items = mds.list(&ListParams::default()).await.ok()?.items;
-        items
-            .into_iter()
-            .next()
-            .map(|o| serde_json::to_value(o).unwrap())
-    })
-    .await;
+    let md = eventually("the topology's MachineDeployment")
+        .until(|| async {
+            let items = mds.list(&ListParams::default()).await.ok()?.items;
+            items
+                .into_iter()
+                .next()
+                .map(|o| serde_json::to_value(o).unwrap())
+        })
+        .await;
     let templates = dynamic(
         &client,
         &ns.name,
@@ -738,21 +728,22 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         )
         .await
         .unwrap();
-    let condition = eventually("the topology controller to report the refusal", || async {
-        let c = serde_json::to_value(clusters.get("c3").await.ok()?).ok()?;
-        c["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| {
-                c["type"] == "TopologyReconciled"
-                    && c["status"] == "False"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("block device names must be unique"))
-            })
-            .cloned()
-    })
-    .await;
+    let condition = eventually("the topology controller to report the refusal")
+        .until(|| async {
+            let c = serde_json::to_value(clusters.get("c3").await.ok()?).ok()?;
+            c["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| {
+                    c["type"] == "TopologyReconciled"
+                        && c["status"] == "False"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("block device names must be unique"))
+                })
+                .cloned()
+        })
+        .await;
     let after = serde_json::to_value(templates.get(&template_name).await.unwrap()).unwrap();
     assert_eq!(after["spec"], template["spec"], "{condition}");
     clusters

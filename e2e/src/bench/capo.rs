@@ -16,9 +16,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -84,7 +84,8 @@ pub struct CapoInstall {
     client: Client,
 }
 
-fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
+/// The YAML documents of the file at `path` (empty documents skipped).
+pub(super) fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -97,7 +98,7 @@ fn yaml_docs(path: &Path) -> Result<Vec<Value>> {
 }
 
 /// Server-side applies a cluster-scoped object.
-async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
+pub(super) async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
     let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
     let kind = obj["kind"].as_str().context("kind")?;
     let name = obj["metadata"]["name"].as_str().context("name")?;
@@ -212,25 +213,11 @@ impl CapoInstall {
         )
         .await?;
         // Established before anyone uses them.
-        let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-            Api::all(client.clone());
-        let started = Instant::now();
-        for crd in &crds {
-            let name = crd["metadata"]["name"].as_str().unwrap_or_default();
-            loop {
-                let c = api.get(name).await?;
-                if c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                }) {
-                    break;
-                }
-                if started.elapsed() > Duration::from_secs(60) {
-                    bail!("CRD {name} not established");
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
+        let names: Vec<&str> = crds
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap_or_default())
+            .collect();
+        crate::crds_established(client, &names, Duration::from_secs(60)).await?;
         let kubeconfig = service_account_kubeconfig(client, SYSTEM_NAMESPACE, "capo-manager").await;
         Ok(CapoInstall {
             paths,
@@ -271,22 +258,15 @@ impl CapoInstall {
             metrics,
         };
         let url = format!("http://127.0.0.1:{health}/readyz");
-        let started = Instant::now();
-        loop {
-            if crate::reqwest_get(&url)
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
-                return Ok(p);
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "CAPO did not become ready:\n{}",
-                    crate::log_tail(&p.log, 30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        crate::Poll::new("CAPO /readyz", Duration::from_secs(120))
+            .log_tail(&p.log, 30)
+            .try_until(|| async {
+                crate::reqwest_get(&url)
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            })
+            .await?;
+        Ok(p)
     }
 
     /// Removes the webhook configurations (the CRDs stay; without a running CAPO nothing
@@ -345,17 +325,6 @@ impl CapoProcess {
 
     /// Stops it with SIGTERM (SIGKILL after 20 s).
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        crate::terminate(&mut self.child, Duration::from_secs(20)).await;
     }
 }

@@ -7,11 +7,11 @@
 //! `capow_e2e::hcp` (the same for both), and a MachineDeployment of `m1.tiny` / `osdev-tiny` at
 //! 0 replicas.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +19,8 @@ use super::capo::{CapoInstall, CapoProcess};
 use crate::hcp::{CAPOW_KINDS, InfraKinds, dynamic, node_registrar_for};
 use crate::osproxy::{Config, Proxy};
 use crate::{
-    Env, Manager, ProcStats, STANDIN_GROUP, TestNamespace, apply_json, apply_secret, client_for,
-    clouds_yaml_text, ensure_control_plane_standin, workload_down, workload_up,
+    Env, Manager, Poll, ProcStats, STANDIN_GROUP, TestNamespace, apply_json, apply_secret,
+    client_for, clouds_yaml_text, ensure_control_plane_standin, workload_down, workload_up,
 };
 
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
@@ -329,24 +329,25 @@ impl ProviderCluster {
             "Cluster",
         )
         .await;
-        let started = Instant::now();
-        loop {
-            let c = serde_json::to_value(clusters.get(CLUSTER).await?)?;
+        Poll::new(
+            format!("the {} cluster provisioned", self.system.name()),
+            Duration::from_secs(120),
+        )
+        .log_tail(self.log(), 30)
+        .try_until(|| async {
+            let c = match clusters.get(CLUSTER).await {
+                Ok(c) => serde_json::to_value(c).map_err(|e| e.to_string())?,
+                Err(e) => return Err(format!("error {e}")),
+            };
             if c["status"]["initialization"]["infrastructureProvisioned"] == true
                 && c["spec"]["controlPlaneEndpoint"]["host"] == "127.0.0.1"
             {
-                return Ok(());
+                Ok(())
+            } else {
+                Err(format!("status {}", c["status"]))
             }
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "{} cluster not provisioned: {}\n{}",
-                    self.system.name(),
-                    c["status"],
-                    crate::log_tail(self.log(), 30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 
     async fn add_machine_deployment(&self, boot: &Boot) -> Result<()> {
@@ -387,17 +388,22 @@ impl ProviderCluster {
             // capow derives the template's capacity from the flavor (its lookups are not
             // counted against the machines).
             let templates = dynamic(&self.client, ns, INFRA_GROUP, version, kind).await;
-            let started = Instant::now();
-            loop {
-                let t = serde_json::to_value(templates.get(name).await?)?;
+            Poll::new(
+                format!("capacity on template {name}"),
+                Duration::from_secs(60),
+            )
+            .try_until(|| async {
+                let t = match templates.get(name).await {
+                    Ok(t) => serde_json::to_value(t).map_err(|e| e.to_string())?,
+                    Err(e) => return Err(format!("error {e}")),
+                };
                 if t["status"]["capacity"]["cpu"].is_string() {
-                    break;
+                    Ok(())
+                } else {
+                    Err(format!("status {}", t["status"]))
                 }
-                if started.elapsed() > Duration::from_secs(60) {
-                    bail!("no capacity on template {name}: {}", t["status"]);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -436,20 +442,17 @@ impl ProviderCluster {
             Api::namespaced(self.client.clone(), &self.ns);
         let name = capow::tls::cloud_config::secret_name(CLUSTER);
         let mount = Env::get().state.join(format!("{}-ca", self.ns));
-        let started = Instant::now();
-        loop {
-            if let Some(s) = secrets.get_opt(&name).await? {
-                for (k, v) in s.data.unwrap_or_default() {
-                    std::fs::write(mount.join(&k), &v.0)?;
-                }
-                let text = std::fs::read_to_string(mount.join("cloud-config"))?;
-                return Ok(capow::tls::CloudConfig::from_yaml(&text)?);
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("credentials Secret {name} not published");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = Poll::new(
+            format!("the credentials Secret {name}"),
+            Duration::from_secs(60),
+        )
+        .try_until(|| async { anyhow::Ok(secrets.get_opt(&name).await?) })
+        .await?;
+        for (k, v) in s.data.unwrap_or_default() {
+            std::fs::write(mount.join(&k), &v.0)?;
         }
+        let text = std::fs::read_to_string(mount.join("cloud-config"))?;
+        Ok(capow::tls::CloudConfig::from_yaml(&text)?)
     }
 
     /// The node-group id of the MachineDeployment.
@@ -478,24 +481,8 @@ impl ProviderCluster {
     /// # Errors
     /// When the API server fails.
     pub async fn machines(&self) -> Result<(usize, usize)> {
-        let machines: Api<capow::capi::Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        let list = machines
-            .list(
-                &ListParams::default()
-                    .labels(&format!("cluster.x-k8s.io/deployment-name={}", self.md)),
-            )
-            .await?
-            .items;
-        let running = list
-            .iter()
-            .filter(|m| m.metadata.deletion_timestamp.is_none())
-            .filter(|m| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.node_ref.is_some())
-            })
-            .count();
-        Ok((list.len(), running))
+        let c = crate::hcp::machines_of(&self.client, &self.ns, &self.md).await?;
+        Ok((c.all, c.running))
     }
 
     /// Deletes the Cluster (waits up to 180 s), stops the registrar, the manager and the
@@ -511,12 +498,11 @@ impl ProviderCluster {
         .await;
         let _ = self.set_replicas(0).await;
         let _ = clusters.delete(CLUSTER, &DeleteParams::default()).await;
-        let started = Instant::now();
-        while clusters.get_opt(CLUSTER).await.ok().flatten().is_some()
-            && started.elapsed() < Duration::from_secs(180)
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        // Best effort: the teardown goes on after 180 s.
+        let _ = Poll::new("the Cluster deleted", Duration::from_secs(180))
+            .every(Duration::from_millis(500))
+            .try_until(|| async { clusters.get_opt(CLUSTER).await.ok().flatten().is_none() })
+            .await;
         self.stop.cancel();
         let _ = self.registrar.await;
         match self.process {

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use capow::autoscaler::proto::externalgrpc as pb;
 use capow::autoscaler::proto::externalgrpc::cloud_provider_client::CloudProviderClient;
 use serde_json::json;
@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::fixture::{Boot, ProviderCluster, System};
 use super::{Report, quantile, secs};
+use crate::Poll;
 use crate::cloud::AdminCloud;
 
 /// A client of capow's externalgrpc server from its cloud-config, as cluster-autoscaler dials.
@@ -68,7 +69,11 @@ async fn rounds(
     let mut api = client(&cc).await?;
     let group = c.node_group();
     // The node group is in capow's index.
-    let started = Instant::now();
+    let poll = Poll::new(
+        format!("node group {group} served"),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(500));
     loop {
         api.refresh(pb::RefreshRequest {}).await?;
         let groups = api
@@ -79,10 +84,7 @@ async fn rounds(
         if groups.iter().any(|g| g.id == group) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("node group {group} not served");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll.try_tick("").await?;
     }
     let prefix = format!("{}-", c.md);
     let mut samples = Vec::with_capacity(count);
@@ -97,44 +99,36 @@ async fn rounds(
             })
             .await
             .context("NodeGroupIncreaseSize")?;
-            loop {
-                if let Some(a) = c
-                    .proxy
-                    .arrivals_since(t0)
-                    .into_iter()
-                    .find(|a| a.service == "compute" && a.operation == "POST /servers")
-                {
-                    samples.push(secs(a.at.duration_since(t0)));
-                    break;
-                }
-                if t0.elapsed() > Duration::from_secs(60) {
-                    bail!(
-                        "no POST /servers within 60 s of IncreaseSize\n{}",
-                        crate::log_tail(c.log(), 20)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let a = Poll::new("POST /servers after IncreaseSize", Duration::from_secs(60))
+                .every(Duration::from_millis(5))
+                .log_tail(c.log(), 20)
+                .try_until(|| async {
+                    c.proxy
+                        .arrivals_since(t0)
+                        .into_iter()
+                        .find(|a| a.service == "compute" && a.operation == "POST /servers")
+                })
+                .await?;
+            samples.push(secs(a.at.duration_since(t0)));
         }
         report.note(&format!(
             "increase: round {round}: p50 so far {:.3} s",
             quantile(&samples, 0.5)
         ));
         c.set_replicas(0).await?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
+        Poll::new(
+            format!("the servers deleted after round {round}"),
+            Duration::from_secs(180),
+        )
+        .every(Duration::from_millis(500))
+        .try_until(|| async {
             let servers = super::nova::servers_named(admin, &prefix)
                 .await
                 .map(|s| s.len())
                 .unwrap_or(usize::MAX);
-            if servers == 0 && c.machines().await.is_ok_and(|(all, _)| all == 0) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("servers not deleted after round {round}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            servers == 0 && c.machines().await.is_ok_and(|(all, _)| all == 0)
+        })
+        .await?;
     }
     Ok(samples)
 }

@@ -10,7 +10,7 @@
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::cloud::AdminCloud;
+use crate::cloud::{AdminCloud, login};
 
 /// A project-scoped session of one cloud of clouds.yaml: a token and the compute endpoint.
 pub struct Nova {
@@ -25,51 +25,20 @@ impl Nova {
     /// # Errors
     /// When the cloud is missing or Keystone refuses.
     pub async fn login(clouds_yaml: &str, cloud: &str, auth_url: &str) -> Result<Nova> {
-        let yaml: Value = serde_yaml::from_str(clouds_yaml)?;
-        let c = &yaml["clouds"][cloud];
-        let auth = &c["auth"];
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()?;
-        let body = json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": auth["username"], "password": auth["password"],
-                "domain": {"name": auth["user_domain_name"]}}}},
-            "scope": {"project": {"name": auth["project_name"],
-                                  "domain": {"name": auth["project_domain_name"]}}}}});
-        let resp = http
-            .post(format!("{}/auth/tokens", auth_url.trim_end_matches('/')))
-            .json(&body)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("Keystone refused {cloud}: {}", resp.status());
-        }
-        let token = resp
-            .headers()
-            .get("X-Subject-Token")
-            .context("X-Subject-Token")?
-            .to_str()?
-            .to_owned();
-        let body: Value = resp.json().await?;
-        let region = c["region_name"].as_str();
-        let compute = body["token"]["catalog"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["type"] == "compute")
-            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-            .find(|e| e["interface"] == "public" && region.is_none_or(|r| e["region_id"] == r))
-            .and_then(|e| {
-                e["url"]
-                    .as_str()
-                    .map(|u| u.trim_end_matches('/').to_owned())
-            })
+        let mut session = login(
+            clouds_yaml,
+            cloud,
+            Some(auth_url),
+            std::time::Duration::from_secs(60),
+        )
+        .await?;
+        let compute = session
+            .endpoints
+            .remove("compute")
             .context("no public compute endpoint in the catalog")?;
         Ok(Nova {
-            http,
-            token,
+            http: session.http,
+            token: session.token,
             compute,
         })
     }

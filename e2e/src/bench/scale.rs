@@ -22,14 +22,13 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use super::capo::CapoPaths;
+use super::capo::{CapoPaths, apply_cluster_scoped, yaml_docs};
 use super::fakecloud::{FLAVOR_ID, FakeCloud, FakeServer, IMAGE_ID, NETWORK_ID, SUBNET_ID};
 use super::fixture::System;
 use super::{Report, need_var};
-use crate::{Env, ProcStats, client_for};
+use crate::{Env, Poll, ProcStats, client_for, crds_established};
 
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
 const NS: &str = "bench-scale";
@@ -108,18 +107,6 @@ impl Drop for PrivateApi {
     }
 }
 
-fn yaml_docs(path: &std::path::Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc)?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
-}
-
 fn yaml_dir(dir: &std::path::Path) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut paths: Vec<_> = std::fs::read_dir(dir)
@@ -132,23 +119,6 @@ fn yaml_dir(dir: &std::path::Path) -> Result<Vec<Value>> {
         out.extend(yaml_docs(&p)?);
     }
     Ok(out)
-}
-
-async fn apply_cluster_scoped(client: &Client, obj: &Value) -> Result<()> {
-    let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
-    let kind = obj["kind"].as_str().context("kind")?;
-    let name = obj["metadata"]["name"].as_str().context("name")?;
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    api.patch(
-        name,
-        &PatchParams::apply("capow-bench").force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
 }
 
 /// CRDs on the private API server (no conversion webhooks: every client here uses the storage
@@ -185,26 +155,11 @@ async fn install_crds(client: &Client, system: System) -> Result<()> {
         }
         apply_cluster_scoped(client, &crd).await?;
     }
-    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    let started = Instant::now();
-    for crd in &crds {
-        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
-        loop {
-            let c = api.get(name).await?;
-            if c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            }) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("CRD {name} not established");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
+    let names: Vec<&str> = crds
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap_or_default())
+        .collect();
+    crds_established(client, &names, Duration::from_secs(60)).await
 }
 
 async fn api_for(client: &Client, api_version: &str, kind: &str) -> Result<Api<DynamicObject>> {
@@ -599,13 +554,15 @@ async fn one(
     let fake = FakeCloud::start_on(servers, port).await?;
     let manager = start_manager(system, &api.kubeconfig).await?;
     let pid = manager.pid();
-    let started = Instant::now();
-    // The initial pass: until CPU use stays under 5 % of a core for 15 s.
+    // The initial pass: until CPU use stays under 5 % of a core for 15 s (one sample every 5 s;
+    // none when `settle_max` passes first).
+    let poll =
+        Poll::new("the manager's initial pass", opts.settle_max).every(Duration::from_secs(5));
     let mut last = ProcStats::of(pid);
     let mut quiet_since: Option<Instant> = None;
     let mut initial = None;
-    while started.elapsed() < opts.settle_max {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    loop {
         let now = ProcStats::of(pid);
         if now.rss_kib == 0 {
             bail!(
@@ -618,11 +575,14 @@ async fn one(
         if busy < 0.05 {
             let since = *quiet_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= Duration::from_secs(10) {
-                initial = Some(started.elapsed());
+                initial = Some(poll.elapsed());
                 break;
             }
         } else {
             quiet_since = None;
+        }
+        if poll.try_tick("").await.is_err() {
+            break;
         }
     }
     let after_initial = ProcStats::of(pid);

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::fixture::{Boot, ProviderCluster, System};
@@ -26,7 +26,7 @@ use super::nova::{BootIds, Nova, servers_named};
 use super::{Calls, Report, by_method, by_service, diff, flatten, matching, secs, total};
 use crate::cloud::AdminCloud;
 use crate::osproxy::{Config, Proxy};
-use crate::{Env, clouds_yaml_text};
+use crate::{Env, Poll, clouds_yaml_text};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -263,7 +263,10 @@ async fn floor(
         run.error = Some(format!("{} creates failed: {}", errors.len(), errors[0]));
     }
     // All ACTIVE.
-    let deadline = started + up_timeout(n);
+    let poll = Poll::new(
+        "the servers ACTIVE",
+        up_timeout(n).saturating_sub(started.elapsed()),
+    );
     loop {
         match servers_named(admin, &prefix).await {
             Ok(s) if s.len() == n && s.iter().all(|s| s.status == "ACTIVE") => {
@@ -279,12 +282,10 @@ async fn floor(
             }
             _ => {}
         }
-        if Instant::now() > deadline {
-            run.error
-                .get_or_insert_with(|| "timed out waiting for ACTIVE".into());
+        if let Err(e) = poll.try_tick("").await {
+            run.error.get_or_insert_with(|| e.to_string());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     run.up_calls = flatten(&proxy.counts());
     // Delete all (every server with the prefix, also ones whose answer was lost).
@@ -302,21 +303,21 @@ async fn floor(
         });
     }
     while tasks.join_next().await.is_some() {}
-    let deadline = started + down_timeout(n);
-    loop {
-        if servers_named(admin, &prefix)
+    let deleted = Poll::new(
+        "the servers deleted",
+        down_timeout(n).saturating_sub(started.elapsed()),
+    )
+    .try_until(|| async {
+        servers_named(admin, &prefix)
             .await
             .is_ok_and(|s| s.is_empty())
-        {
-            run.servers_gone = Some(secs(started.elapsed()));
-            break;
+    })
+    .await;
+    match deleted {
+        Ok(()) => run.servers_gone = Some(secs(started.elapsed())),
+        Err(e) => {
+            run.error.get_or_insert_with(|| e.to_string());
         }
-        if Instant::now() > deadline {
-            run.error
-                .get_or_insert_with(|| "timed out waiting for deletion".into());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     run.down_calls = diff(&flatten(&proxy.counts()), &run.up_calls);
     run
@@ -376,7 +377,10 @@ async fn up(
     c.proxy.reset_counts();
     let started = Instant::now();
     c.set_replicas(n).await?;
-    let deadline = started + up_timeout(n);
+    let poll = Poll::new(
+        format!("{n} servers ACTIVE and {n} Machines Running"),
+        up_timeout(n).saturating_sub(started.elapsed()),
+    );
     loop {
         let servers = servers_named(admin, prefix).await.unwrap_or_default();
         if run.active.is_none()
@@ -391,16 +395,16 @@ async fn up(
         if run.active.is_some() && run.running.is_some() {
             break;
         }
-        if Instant::now() > deadline {
+        let seen = format!(
+            "{} of {n} servers ({} ACTIVE), Machines Running: {}",
+            servers.len(),
+            servers.iter().filter(|s| s.status == "ACTIVE").count(),
+            run.running.is_some()
+        );
+        if let Err(e) = poll.try_tick(seen).await {
             record_up(c, started, n, run);
-            bail!(
-                "timed out: {} of {n} servers ({} ACTIVE), machines {:?}",
-                servers.len(),
-                servers.iter().filter(|s| s.status == "ACTIVE").count(),
-                c.machines().await.ok()
-            );
+            return Err(e);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     record_up(c, started, n, run);
     Ok(())
@@ -431,7 +435,10 @@ async fn down(
 ) -> Result<()> {
     let started = Instant::now();
     c.set_replicas(0).await?;
-    let deadline = started + down_timeout(n);
+    let poll = Poll::new(
+        "the servers and Machines deleted",
+        down_timeout(n).saturating_sub(started.elapsed()),
+    );
     loop {
         if run.servers_gone.is_none()
             && servers_named(admin, prefix)
@@ -446,13 +453,11 @@ async fn down(
         if run.servers_gone.is_some() && run.machines_gone.is_some() {
             return Ok(());
         }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out deleting: servers {:?}, machines {:?}",
-                servers_named(admin, prefix).await.map(|s| s.len()).ok(),
-                c.machines().await.ok()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        poll.try_tick(format_args!(
+            "servers gone: {}, Machines gone: {}",
+            run.servers_gone.is_some(),
+            run.machines_gone.is_some()
+        ))
+        .await?;
     }
 }
