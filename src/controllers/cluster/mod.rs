@@ -40,7 +40,10 @@ use crate::api::conditions::{self, reasons};
 use crate::capi::{self, Cluster};
 use crate::controllers::{Context, Error, identity, invalid, resolve, status};
 use crate::openstack::Session;
-use crate::openstack::network::{ListFilter, TaggedResource};
+use crate::openstack::network::{
+    AllocationPool, CreateNetwork, CreateRouter, CreateSecurityGroup, CreateSubnet,
+    ExternalGatewayInfo, ListFilter, PortFixedIp, TaggedResource,
+};
 
 /// Finalizer capow puts on every `OpenStackWorkerCluster`.
 pub const FINALIZER: &str = "openstackworkercluster.infrastructure.cluster.x-k8s.io";
@@ -585,24 +588,19 @@ async fn ensure_network(
             n
         }
         None => {
-            let mut body = json!({
-                "name": base,
-                "admin_state_up": true,
-                "description": owner.description,
-            });
-            if let Some(tags) = owner.create_tags() {
-                body["tags"] = json!(tags);
-            }
-            if let Some(m) = &spec.managed_network {
-                if let Some(mtu) = m.mtu {
-                    body["mtu"] = json!(mtu);
-                }
-                if let Some(ps) = m.port_security_enabled {
-                    body["port_security_enabled"] = json!(ps);
-                }
-            }
+            let body = CreateNetwork {
+                name: base.to_owned(),
+                admin_state_up: true,
+                description: owner.description.clone(),
+                tags: owner.create_tags().map(<[String]>::to_vec),
+                mtu: spec.managed_network.as_ref().and_then(|m| m.mtu),
+                port_security_enabled: spec
+                    .managed_network
+                    .as_ref()
+                    .and_then(|m| m.port_security_enabled),
+            };
             let n = net
-                .create_network(body)
+                .create_network(&body)
                 .await
                 .map_err(Error::openstack("create the network"))?;
             tracing::info!(network = %n.id, "Created network");
@@ -625,23 +623,24 @@ async fn ensure_network(
         let subnet = match existing.iter().find(|s| s.cidr == want.cidr) {
             Some(s) => s.clone(),
             None => {
-                let mut body = json!({
-                    "network_id": network.id,
-                    "name": format!("{base}-{i}"),
-                    "cidr": want.cidr,
-                    "ip_version": if want.cidr.contains(':') { 6 } else { 4 },
-                    "description": owner.description,
-                });
-                if let Some(tags) = owner.create_tags() {
-                    body["tags"] = json!(tags);
-                }
-                if !want.dns_nameservers.is_empty() {
-                    body["dns_nameservers"] = json!(want.dns_nameservers);
-                }
-                if !want.allocation_pools.is_empty() {
-                    body["allocation_pools"] = json!(want.allocation_pools);
-                }
-                let s = net.create_subnet(body).await.map_err(|e| match &e {
+                let body = CreateSubnet {
+                    network_id: network.id.clone(),
+                    name: format!("{base}-{i}"),
+                    cidr: want.cidr.clone(),
+                    ip_version: if want.cidr.contains(':') { 6 } else { 4 },
+                    description: owner.description.clone(),
+                    tags: owner.create_tags().map(<[String]>::to_vec),
+                    dns_nameservers: want.dns_nameservers.clone(),
+                    allocation_pools: want
+                        .allocation_pools
+                        .iter()
+                        .map(|p| AllocationPool {
+                            start: p.start.clone(),
+                            end: p.end.clone(),
+                        })
+                        .collect(),
+                };
+                let s = net.create_subnet(&body).await.map_err(|e| match &e {
                     crate::openstack::Error::Api(a) if a.status.as_u16() == 400 => {
                         invalid(format!("spec.managedSubnets[{i}]"), a.message.clone())
                     }
@@ -788,29 +787,28 @@ async fn ensure_router(
             r
         }
         None => {
-            let mut gateway = json!({ "network_id": ext_id });
             let ips = spec
                 .managed_router
                 .as_ref()
                 .map(|r| r.external_ips.clone())
                 .unwrap_or_default();
-            if !ips.is_empty() {
-                gateway["external_fixed_ips"] = json!(
-                    ips.iter()
-                        .map(|ip| json!({ "ip_address": ip }))
-                        .collect::<Vec<_>>()
-                );
-            }
-            let mut body = json!({
-                "name": base,
-                "external_gateway_info": gateway,
-                "description": owner.description,
-            });
-            if let Some(tags) = owner.create_tags() {
-                body["tags"] = json!(tags);
-            }
+            let body = CreateRouter {
+                name: base.to_owned(),
+                external_gateway_info: ExternalGatewayInfo {
+                    network_id: ext_id.clone(),
+                    external_fixed_ips: ips
+                        .into_iter()
+                        .map(|ip| PortFixedIp {
+                            subnet_id: None,
+                            ip_address: Some(ip),
+                        })
+                        .collect(),
+                },
+                description: owner.description.clone(),
+                tags: owner.create_tags().map(<[String]>::to_vec),
+            };
             let r = net
-                .create_router(body)
+                .create_router(&body)
                 .await
                 .map_err(Error::openstack("create the router"))?;
             tracing::info!(router = %r.id, "Created router");
@@ -898,7 +896,11 @@ async fn ensure_security_group(
         }
         None => {
             let g = net
-                .create_security_group(name, &owner.description, owner.create_tags())
+                .create_security_group(&CreateSecurityGroup {
+                    name: name.to_owned(),
+                    description: owner.description.clone(),
+                    tags: owner.create_tags().map(<[String]>::to_vec),
+                })
                 .await
                 .map_err(Error::openstack("create the worker security group"))?;
             tracing::info!(security_group = %g.id, "Created security group");
