@@ -178,6 +178,89 @@ async fn tag(
         .map_err(Error::openstack(action))
 }
 
+/// What [`keep_or_create`] needs of a Neutron resource capow creates once per cluster.
+trait Created {
+    /// The resource kind.
+    const KIND: TaggedResource;
+    /// What people call it in logs, e.g. `security group`.
+    const WHAT: &'static str;
+    /// The action of a failed tag call, e.g. `tag the network`.
+    const TAG_ACTION: &'static str;
+    /// UUID.
+    fn id(&self) -> &str;
+    /// Tags.
+    fn tags(&self) -> &[String];
+    /// Creation time (RFC 3339), when Neutron reports it.
+    fn created_at(&self) -> Option<String>;
+}
+
+macro_rules! created {
+    ($t:ty, $kind:expr, $what:literal, $tag_action:literal) => {
+        impl Created for $t {
+            const KIND: TaggedResource = $kind;
+            const WHAT: &'static str = $what;
+            const TAG_ACTION: &'static str = $tag_action;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn tags(&self) -> &[String] {
+                &self.tags
+            }
+            fn created_at(&self) -> Option<String> {
+                self.created_at.clone()
+            }
+        }
+    };
+}
+
+created!(
+    Network,
+    TaggedResource::Network,
+    "network",
+    "tag the network"
+);
+created!(Router, TaggedResource::Router, "router", "tag the router");
+created!(
+    SecurityGroup,
+    TaggedResource::SecurityGroup,
+    "security group",
+    "tag the security group"
+);
+
+/// The oldest of the resources capow `found` for one purpose (the others, left by a create
+/// repeated after a lost answer, are deleted as duplicates), else the one `create` makes;
+/// tagged with the owner's tags.
+///
+/// # Errors
+/// [`Error::OpenStack`] when a delete or the tag call fails; `create`'s error.
+async fn keep_or_create<T: Created, F: std::future::Future<Output = Result<T, Error>>>(
+    ctx: &Context,
+    session: &Session,
+    owner: &Owner,
+    found: Vec<T>,
+    create: impl FnOnce() -> F,
+) -> Result<T, Error> {
+    let (kept, duplicates) = plan::oldest(found, |x| (x.created_at(), x.id().to_owned()));
+    let kept = match kept {
+        Some(k) => {
+            let ids = duplicates.iter().map(|d| d.id().to_owned()).collect();
+            delete_duplicates(ctx, session, T::KIND, T::WHAT, k.id(), ids).await?;
+            k
+        }
+        None => create().await?,
+    };
+    tag(
+        session,
+        owner,
+        T::KIND,
+        kept.id(),
+        kept.tags(),
+        T::TAG_ACTION,
+    )
+    .await?;
+    Ok(kept)
+}
+
 /// The cluster's network, named `base`: the oldest one capow created before (others are
 /// deleted as duplicates), else a new one; tagged.
 ///
@@ -191,35 +274,18 @@ pub async fn ensure_network(
     base: &str,
 ) -> Result<Network, Error> {
     let found = observe::networks(session, owner).await?;
-    let (network, duplicates) = plan::oldest(found, |n| (n.created_at.clone(), n.id.clone()));
-    let network = match network {
-        Some(n) => {
-            let ids = duplicates.into_iter().map(|d| d.id).collect();
-            delete_duplicates(ctx, session, TaggedResource::Network, "network", &n.id, ids).await?;
-            n
-        }
-        None => {
-            let n = session
-                .network()
-                .create_network(&plan::network_request(spec, owner, base))
-                .await
-                .map_err(Error::openstack("create the network"))?;
-            tracing::info!(network = %n.id, "Created network");
-            ctx.config
-                .maybe_crash(FaultPoint::ClusterAfterNetworkCreate);
-            n
-        }
-    };
-    tag(
-        session,
-        owner,
-        TaggedResource::Network,
-        &network.id,
-        &network.tags,
-        "tag the network",
-    )
-    .await?;
-    Ok(network)
+    keep_or_create(ctx, session, owner, found, || async {
+        let n = session
+            .network()
+            .create_network(&plan::network_request(spec, owner, base))
+            .await
+            .map_err(Error::openstack("create the network"))?;
+        tracing::info!(network = %n.id, "Created network");
+        ctx.config
+            .maybe_crash(FaultPoint::ClusterAfterNetworkCreate);
+        Ok(n)
+    })
+    .await
 }
 
 /// `spec.managedSubnets` in the network `network_id`: each kept when the network has a subnet
@@ -275,7 +341,9 @@ pub async fn ensure_subnets(
 }
 
 /// The cluster's router, named `base`, with its gateway on `external_network`: the oldest one
-/// capow created before (others are deleted as duplicates), else a new one; tagged.
+/// capow created before (others are deleted as duplicates: a duplicate holds an external
+/// address but never got an interface, interfaces go to the router kept), else a new one;
+/// tagged.
 ///
 /// # Errors
 /// [`Error::OpenStack`] when a lookup, the create, a delete or the tag call fails.
@@ -288,37 +356,18 @@ pub async fn ensure_router(
     external_network: &str,
 ) -> Result<Router, Error> {
     let found = observe::routers(session, owner).await?;
-    let (router, duplicates) = plan::oldest(found, |r| (r.created_at.clone(), r.id.clone()));
-    let router = match router {
-        Some(r) => {
-            // A duplicate holds an external address; it never got an interface (interfaces go
-            // to the router kept here).
-            let ids = duplicates.into_iter().map(|d| d.id).collect();
-            delete_duplicates(ctx, session, TaggedResource::Router, "router", &r.id, ids).await?;
-            r
-        }
-        None => {
-            let request = plan::router_request(spec, owner, base, external_network);
-            let r = session
-                .network()
-                .create_router(&request)
-                .await
-                .map_err(Error::openstack("create the router"))?;
-            tracing::info!(router = %r.id, "Created router");
-            ctx.config.maybe_crash(FaultPoint::ClusterAfterRouterCreate);
-            r
-        }
-    };
-    tag(
-        session,
-        owner,
-        TaggedResource::Router,
-        &router.id,
-        &router.tags,
-        "tag the router",
-    )
-    .await?;
-    Ok(router)
+    keep_or_create(ctx, session, owner, found, || async {
+        let request = plan::router_request(spec, owner, base, external_network);
+        let r = session
+            .network()
+            .create_router(&request)
+            .await
+            .map_err(Error::openstack("create the router"))?;
+        tracing::info!(router = %r.id, "Created router");
+        ctx.config.maybe_crash(FaultPoint::ClusterAfterRouterCreate);
+        Ok(r)
+    })
+    .await
 }
 
 /// Attaches each of `subnets` to `router` (an interface that exists counts as done), with the
@@ -378,43 +427,18 @@ async fn security_group(
     name: &str,
 ) -> Result<SecurityGroup, Error> {
     let found = observe::security_groups(session, owner, name).await?;
-    let (group, duplicates) = plan::oldest(found, |g| (g.created_at.clone(), g.id.clone()));
-    let group = match group {
-        Some(g) => {
-            let ids = duplicates.into_iter().map(|d| d.id).collect();
-            delete_duplicates(
-                ctx,
-                session,
-                TaggedResource::SecurityGroup,
-                "security group",
-                &g.id,
-                ids,
-            )
-            .await?;
-            g
-        }
-        None => {
-            let g = session
-                .network()
-                .create_security_group(&plan::security_group_request(name, owner))
-                .await
-                .map_err(Error::openstack("create the worker security group"))?;
-            tracing::info!(security_group = %g.id, "Created security group");
-            ctx.config
-                .maybe_crash(FaultPoint::ClusterAfterSecurityGroupCreate);
-            g
-        }
-    };
-    tag(
-        session,
-        owner,
-        TaggedResource::SecurityGroup,
-        &group.id,
-        &group.tags,
-        "tag the security group",
-    )
-    .await?;
-    Ok(group)
+    keep_or_create(ctx, session, owner, found, || async {
+        let g = session
+            .network()
+            .create_security_group(&plan::security_group_request(name, owner))
+            .await
+            .map_err(Error::openstack("create the worker security group"))?;
+        tracing::info!(security_group = %g.id, "Created security group");
+        ctx.config
+            .maybe_crash(FaultPoint::ClusterAfterSecurityGroupCreate);
+        Ok(g)
+    })
+    .await
 }
 
 /// Makes the rules of `group` those [`plan::desired_rules`] asks for ([`plan::rule_changes`]):
