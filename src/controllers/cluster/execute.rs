@@ -396,10 +396,10 @@ pub async fn attach_subnets(
 }
 
 /// The worker security group `name` with the rules `spec` asks for: found or created
-/// ([`security_group`]), then its rules made equal to the desired ones ([`sync_rules`]).
+/// (`security_group`), then its rules made equal to the desired ones (`sync_rules`).
 ///
 /// # Errors
-/// As [`security_group`] and [`sync_rules`].
+/// As `security_group` and `sync_rules`.
 pub async fn ensure_security_group(
     ctx: &Context,
     session: &Session,

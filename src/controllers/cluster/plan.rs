@@ -270,7 +270,7 @@ pub fn owner_cluster(c: &OpenStackWorkerCluster) -> Option<(String, String)> {
 /// How capow marks what it creates for one cluster, so that it finds it again after a crash.
 ///
 /// Neutron accepts tags in a create request only with the `tag-creation` extension (2023.1 and
-/// later, https://docs.openstack.org/api-ref/network/v2/#tag-extension-tags); older clouds need
+/// later, <https://docs.openstack.org/api-ref/network/v2/#tag-extension-tags>); older clouds need
 /// a second call to tag the resource, and a crash between the two would leave an untagged
 /// resource that no tag lookup finds. The description, which every Neutron create accepts and
 /// every listing can filter on, therefore carries the cluster's UID as well
