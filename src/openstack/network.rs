@@ -309,6 +309,99 @@ pub struct CreatePort {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Body of `POST /v2.0/networks` (the fields capow sets), sent as `{"network": <this>}`
+/// (Networking API v2.0, "Create network",
+/// <https://docs.openstack.org/api-ref/network/v2/#create-network>).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateNetwork {
+    /// Network name.
+    pub name: String,
+    /// Administrative state; capow always creates networks up (`true`).
+    pub admin_state_up: bool,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    pub description: String,
+    /// Tags; `None` omits the field (clouds without the `tag-creation` extension refuse it
+    /// in a create request, so the caller tags in a second call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// MTU in bytes; omitted: the cloud's default (`net-mtu-writable` extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i32>,
+    /// Port security default of the network's ports; omitted: the cloud's default
+    /// (`port-security` extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_security_enabled: Option<bool>,
+}
+
+/// An IP range of a subnet, both ends included (Networking API v2.0, "Create subnet",
+/// `allocation_pools`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AllocationPool {
+    /// First address, e.g. `10.6.0.10`.
+    pub start: String,
+    /// Last address, e.g. `10.6.0.200`.
+    pub end: String,
+}
+
+/// Body of `POST /v2.0/subnets` (the fields capow sets), sent as `{"subnet": <this>}`
+/// (Networking API v2.0, "Create subnet",
+/// <https://docs.openstack.org/api-ref/network/v2/#create-subnet>).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateSubnet {
+    /// Network UUID the subnet belongs to.
+    pub network_id: String,
+    /// Subnet name.
+    pub name: String,
+    /// CIDR, e.g. `10.6.0.0/24` or `fd00:6::/64`.
+    pub cidr: String,
+    /// IP version: `4` or `6` (a JSON number).
+    pub ip_version: u8,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    pub description: String,
+    /// Tags; `None` omits the field (see [`CreateNetwork::tags`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// DNS servers handed out by DHCP (addresses); omitted when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_nameservers: Vec<String>,
+    /// Allocation pools; omitted when empty (Neutron then allocates the whole CIDR minus the
+    /// gateway).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocation_pools: Vec<AllocationPool>,
+}
+
+/// Body of `POST /v2.0/routers` (the fields capow sets), sent as `{"router": <this>}`
+/// (Networking API v2.0, "Create router",
+/// <https://docs.openstack.org/api-ref/network/v2/#create-router>).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateRouter {
+    /// Router name.
+    pub name: String,
+    /// The external network and, optionally, the gateway's fixed addresses
+    /// (`external_fixed_ips` is omitted when empty: Neutron picks one).
+    pub external_gateway_info: ExternalGatewayInfo,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    pub description: String,
+    /// Tags; `None` omits the field (see [`CreateNetwork::tags`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+/// Body of `POST /v2.0/security-groups`, sent as `{"security_group": <this>}` (Networking
+/// API v2.0, "Create security group",
+/// <https://docs.openstack.org/api-ref/network/v2/#create-security-group>). Neutron adds
+/// its default egress rules (IPv4 and IPv6, any protocol) to every new group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CreateSecurityGroup {
+    /// Group name.
+    pub name: String,
+    /// Description (capow writes its ownership marker here, see the cluster controller).
+    pub description: String,
+    /// Tags; `None` omits the field (see [`CreateNetwork::tags`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
 /// Attribute and tag filters of a Neutron list call (Neutron API reference, "Filtering" and
 /// "Filtering by Tags").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -675,7 +768,7 @@ impl NetworkApi<'_> {
     ///
     /// # Errors
     /// Any [`super::Error`].
-    pub async fn create_network(&self, body: serde_json::Value) -> Result<Network> {
+    pub async fn create_network(&self, body: &CreateNetwork) -> Result<Network> {
         let req = Request::new(
             Service::Network,
             "network_create",
@@ -690,7 +783,7 @@ impl NetworkApi<'_> {
     ///
     /// # Errors
     /// Any [`super::Error`].
-    pub async fn create_subnet(&self, body: serde_json::Value) -> Result<Subnet> {
+    pub async fn create_subnet(&self, body: &CreateSubnet) -> Result<Subnet> {
         let req = Request::new(Service::Network, "subnet_create", Method::POST, "/subnets")
             .json(json!({ "subnet": body }));
         Ok(self.session.send::<SubnetEnvelope>(req).await?.subnet)
@@ -728,7 +821,7 @@ impl NetworkApi<'_> {
     ///
     /// # Errors
     /// Any [`super::Error`].
-    pub async fn create_router(&self, body: serde_json::Value) -> Result<Router> {
+    pub async fn create_router(&self, body: &CreateRouter) -> Result<Router> {
         let req = Request::new(Service::Network, "router_create", Method::POST, "/routers")
             .json(json!({ "router": body }));
         Ok(self.session.send::<RouterEnvelope>(req).await?.router)
@@ -776,16 +869,7 @@ impl NetworkApi<'_> {
     ///
     /// # Errors
     /// Any [`super::Error`].
-    pub async fn create_security_group(
-        &self,
-        name: &str,
-        description: &str,
-        tags: Option<&[String]>,
-    ) -> Result<SecurityGroup> {
-        let mut body = json!({ "name": name, "description": description });
-        if let Some(tags) = tags {
-            body["tags"] = json!(tags);
-        }
+    pub async fn create_security_group(&self, body: &CreateSecurityGroup) -> Result<SecurityGroup> {
         let req = Request::new(
             Service::Network,
             "security_group_create",
@@ -899,6 +983,140 @@ impl NetworkApi<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The body as it goes on the wire, e.g. `{"network": {...}}`.
+    fn wire(key: &str, body: &impl Serialize) -> serde_json::Value {
+        json!({ key: body })
+    }
+
+    #[test]
+    fn a_network_create_names_the_fields_neutron_documents_and_omits_unset_options() {
+        let mut body = CreateNetwork {
+            name: "capow-ns-c1".into(),
+            admin_state_up: true,
+            description: "Created by capow".into(),
+            ..CreateNetwork::default()
+        };
+        assert_eq!(
+            wire("network", &body),
+            json!({"network": {
+                "name": "capow-ns-c1",
+                "admin_state_up": true,
+                "description": "Created by capow",
+            }})
+        );
+        body.tags = Some(vec!["capow".into(), "capow-cluster-uid=u1".into()]);
+        body.mtu = Some(1450);
+        body.port_security_enabled = Some(false);
+        assert_eq!(
+            wire("network", &body),
+            json!({"network": {
+                "name": "capow-ns-c1",
+                "admin_state_up": true,
+                "description": "Created by capow",
+                "tags": ["capow", "capow-cluster-uid=u1"],
+                "mtu": 1450,
+                "port_security_enabled": false,
+            }})
+        );
+    }
+
+    #[test]
+    fn a_subnet_create_sends_ip_version_as_a_number_and_omits_empty_lists() {
+        let mut body = CreateSubnet {
+            network_id: "net-1".into(),
+            name: "capow-ns-c1-0".into(),
+            cidr: "10.6.0.0/24".into(),
+            ip_version: 4,
+            description: "d".into(),
+            ..CreateSubnet::default()
+        };
+        assert_eq!(
+            wire("subnet", &body),
+            json!({"subnet": {
+                "network_id": "net-1",
+                "name": "capow-ns-c1-0",
+                "cidr": "10.6.0.0/24",
+                "ip_version": 4,
+                "description": "d",
+            }})
+        );
+        body.tags = Some(vec!["capow".into()]);
+        body.dns_nameservers = vec!["10.0.0.53".into()];
+        body.allocation_pools = vec![AllocationPool {
+            start: "10.6.0.10".into(),
+            end: "10.6.0.200".into(),
+        }];
+        assert_eq!(
+            wire("subnet", &body)["subnet"],
+            json!({
+                "network_id": "net-1",
+                "name": "capow-ns-c1-0",
+                "cidr": "10.6.0.0/24",
+                "ip_version": 4,
+                "description": "d",
+                "tags": ["capow"],
+                "dns_nameservers": ["10.0.0.53"],
+                "allocation_pools": [{"start": "10.6.0.10", "end": "10.6.0.200"}],
+            })
+        );
+    }
+
+    #[test]
+    fn a_router_create_sets_the_gateway_and_only_the_fixed_ips_asked_for() {
+        let mut body = CreateRouter {
+            name: "capow-ns-c1".into(),
+            external_gateway_info: ExternalGatewayInfo {
+                network_id: "ext-1".into(),
+                external_fixed_ips: Vec::new(),
+            },
+            description: "d".into(),
+            tags: None,
+        };
+        assert_eq!(
+            wire("router", &body),
+            json!({"router": {
+                "name": "capow-ns-c1",
+                "external_gateway_info": {"network_id": "ext-1"},
+                "description": "d",
+            }})
+        );
+        body.external_gateway_info.external_fixed_ips = vec![PortFixedIp {
+            subnet_id: None,
+            ip_address: Some("172.24.4.10".into()),
+        }];
+        body.tags = Some(vec!["capow".into()]);
+        assert_eq!(
+            wire("router", &body)["router"],
+            json!({
+                "name": "capow-ns-c1",
+                "external_gateway_info": {
+                    "network_id": "ext-1",
+                    "external_fixed_ips": [{"ip_address": "172.24.4.10"}],
+                },
+                "description": "d",
+                "tags": ["capow"],
+            })
+        );
+    }
+
+    #[test]
+    fn a_security_group_create_carries_tags_only_when_given() {
+        let mut body = CreateSecurityGroup {
+            name: "capow-ns-c1-worker".into(),
+            description: "d".into(),
+            tags: None,
+        };
+        assert_eq!(
+            wire("security_group", &body),
+            json!({"security_group": {"name": "capow-ns-c1-worker", "description": "d"}})
+        );
+        body.tags = Some(vec!["capow".into()]);
+        assert_eq!(
+            wire("security_group", &body)["security_group"]["tags"],
+            json!(["capow"])
+        );
+    }
 
     #[test]
     fn filters_read_as_their_query() {
