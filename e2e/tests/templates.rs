@@ -142,6 +142,27 @@ fn eventually(what: &str) -> Poll {
     Poll::new(what, Duration::from_secs(90)).every(Duration::from_millis(500))
 }
 
+/// Applies the repository's ClusterClass (rendered by clusterctl) in `ns` and waits until CAPI
+/// reports its variables ready (`VariablesReady`).
+async fn apply_class(client: &kube::Client, ns: &str) {
+    let class = repo().join("templates/clusterclass-openstack-hcp.yaml");
+    apply(
+        ns,
+        &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]),
+    );
+    let classes = dynamic(client, ns, "cluster.x-k8s.io", "v1beta2", "ClusterClass").await;
+    eventually("the ClusterClass's VariablesReady condition")
+        .until(|| async {
+            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
+            let ready = cc["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
+            ready.then_some(cc)
+        })
+        .await;
+}
+
 #[tokio::test]
 #[ignore = "needs the e2e environment: run e2e/test.sh"]
 async fn cluster_templates_render_with_clusterctl_and_apply() {
@@ -186,29 +207,7 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
     // ClusterClass: clusterctl renders it, CAPI accepts its variables, and a topology Cluster
     // makes CAPI create capow's objects from the class's templates.
     let ns2 = TestNamespace::create(&client, "tmplcc").await;
-    let class = repo().join("templates/clusterclass-openstack-hcp.yaml");
-    apply(
-        &ns2.name,
-        &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]),
-    );
-    let classes = dynamic(
-        &client,
-        &ns2.name,
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "ClusterClass",
-    )
-    .await;
-    eventually("the ClusterClass's VariablesReady condition")
-        .until(|| async {
-            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-            let ready = cc["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
-            ready.then_some(cc)
-        })
-        .await;
+    apply_class(&client, &ns2.name).await;
     let topology = repo().join("templates/cluster-template-topology.yaml");
     apply(&ns2.name, &generate_cluster("c2", &topology, &ns2.name));
 
@@ -495,29 +494,7 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
     ensure_control_plane_standin(&client).await;
     ensure_crds(&client).await;
     let ns = TestNamespace::create(&client, "ccvars").await;
-    let class = repo().join("templates/clusterclass-openstack-hcp.yaml");
-    apply(
-        &ns.name,
-        &clusterctl(&["generate", "yaml", "--from", &class.display().to_string()]),
-    );
-    let classes = dynamic(
-        &client,
-        &ns.name,
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "ClusterClass",
-    )
-    .await;
-    eventually("the ClusterClass's VariablesReady condition")
-        .until(|| async {
-            let cc = serde_json::to_value(classes.get("openstack-hcp").await.ok()?).ok()?;
-            let ready = cc["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "VariablesReady" && c["status"] == "True");
-            ready.then_some(cc)
-        })
-        .await;
+    apply_class(&client, &ns.name).await;
     // No spec.topology.controlPlane.replicas: controlPlaneReplicas decides. Zero replicas: no
     // Machines, only the objects under test.
     let cluster = json!({
