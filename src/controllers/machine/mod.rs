@@ -216,26 +216,85 @@ struct Written {
 impl Written {
     /// Writes `status` now (when it differs from what the object holds), preconditioned on the
     /// last resourceVersion.
+    ///
+    /// A 409 whose cause is only a change of metadata is not a stale cache: CAPI's Machine
+    /// controller adds its ownerReference (and labels) to a new object about when capow starts
+    /// on the Machine's claim (`observe::owners`), and retrying the whole reconcile for it cost
+    /// a second per new machine. On a 409 the object is read again; when its spec, status and
+    /// deletion state are still what this reconcile started from ([`metadata_only_change`]),
+    /// the write is repeated once on the new resourceVersion. Any other difference (another
+    /// reconcile wrote status, the spec changed, deletion began) keeps the conflict.
+    ///
+    /// # Errors
+    /// [`Error::Kube`] when the API server refuses the write, including the 409 of a real
+    /// conflict.
     async fn status(
         &mut self,
         ctx: &Context,
         m: &OpenStackWorkerMachine,
         status: &OpenStackWorkerMachineStatus,
     ) -> Result<(), Error> {
-        if let Some(rv) = status::write_at(
+        let first = status::write_at(
             ctx,
             m,
             self.resource_version.as_deref(),
             &self.status,
             status,
         )
-        .await?
-        {
+        .await;
+        let written = match first {
+            Err(e) if e.is_conflict() => {
+                let api: Api<OpenStackWorkerMachine> =
+                    Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+                let fresh = api
+                    .get_opt(&m.name_any())
+                    .await
+                    .map_err(Error::kube("read the object after a conflict"))?;
+                match fresh {
+                    Some(fresh) if metadata_only_change(m, &self.status, &fresh) => {
+                        status::write_at(
+                            ctx,
+                            &fresh,
+                            fresh.resource_version().as_deref(),
+                            &self.status,
+                            status,
+                        )
+                        .await?
+                    }
+                    _ => return Err(e),
+                }
+            }
+            other => other?,
+        };
+        if let Some(rv) = written {
             self.resource_version = Some(rv);
             self.status = status.clone();
         }
         Ok(())
     }
+}
+
+/// True when `fresh` differs from `started` (the object a reconcile started from) in metadata
+/// only: the same spec, the status `last_written` (what this reconcile last wrote or read), and
+/// no deletion that `started` did not have.
+fn metadata_only_change(
+    started: &OpenStackWorkerMachine,
+    last_written: &OpenStackWorkerMachineStatus,
+    fresh: &OpenStackWorkerMachine,
+) -> bool {
+    let same = |a: serde_json::Result<serde_json::Value>,
+                b: serde_json::Result<serde_json::Value>| {
+        matches!((a, b), (Ok(a), Ok(b)) if a == b)
+    };
+    started.meta().deletion_timestamp == fresh.meta().deletion_timestamp
+        && same(
+            serde_json::to_value(&started.spec),
+            serde_json::to_value(&fresh.spec),
+        )
+        && same(
+            serde_json::to_value(last_written),
+            serde_json::to_value(fresh.status.clone().unwrap_or_default()),
+        )
 }
 
 /// The reconcile proper. Mutates `status` (instanceID, ports, addresses, provisioned) so the
@@ -982,6 +1041,50 @@ pub async fn run_controller(
 mod tests {
     use super::*;
     use crate::controllers::ControllerConfig;
+
+    fn object(status: serde_json::Value) -> OpenStackWorkerMachine {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "OpenStackWorkerMachine",
+            "metadata": {"name": "m", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"flavor": {"filter": {"name": "m1.small"}}, "image": {"filter": {"name": "img"}}},
+            "status": status
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn a_conflict_is_retried_only_when_nothing_but_metadata_changed() {
+        let started = object(serde_json::json!({"instanceState": "BUILD"}));
+        let last = started.status.clone().unwrap_or_default();
+        let mut owner_added = started.clone();
+        owner_added.metadata.resource_version = Some("2".into());
+        owner_added.metadata.owner_references = Some(vec![Default::default()]);
+        assert!(metadata_only_change(&started, &last, &owner_added));
+
+        let mut other_status = owner_added.clone();
+        other_status.status =
+            Some(serde_json::from_value(serde_json::json!({"instanceID": "s-1"})).expect("status"));
+        assert!(
+            !metadata_only_change(&started, &last, &other_status),
+            "another reconcile wrote status"
+        );
+        let mut other_spec = owner_added.clone();
+        other_spec.spec.ssh_key_name = Some("k".into());
+        assert!(
+            !metadata_only_change(&started, &last, &other_spec),
+            "spec changed"
+        );
+        let mut deleting = owner_added.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert!(
+            !metadata_only_change(&started, &last, &deleting),
+            "deletion began"
+        );
+    }
 
     #[test]
     fn retry_delay_follows_the_kind_of_error() {
