@@ -305,14 +305,17 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
     let refused_before = c.manager.openstack_requests_matching(refused_label).await;
     let failed_uid = failed["metadata"]["uid"].as_str().unwrap().to_owned();
     let failed_infra = failed["metadata"]["name"].as_str().unwrap().to_owned();
-    let failed_machine = failed["metadata"]["ownerReferences"]
-        .as_array()
+    // The Machine that claims the refused object (its spec.infrastructureRef): capow may have
+    // been refused before CAPI's Machine controller wrote the ownerReference.
+    let failed_machine = Api::<capow::capi::Machine>::namespaced(c.client.clone(), &c.ns)
+        .list(&ListParams::default())
+        .await
         .unwrap()
-        .iter()
-        .find(|o| o["kind"] == "Machine")
-        .and_then(|o| o["name"].as_str())
-        .unwrap()
-        .to_owned();
+        .items
+        .into_iter()
+        .find(|m| m.spec.infrastructure_ref.name == failed_infra)
+        .map(|m| m.metadata.name.unwrap_or_default())
+        .unwrap_or_else(|| panic!("no Machine claims {failed_infra}"));
 
     // CA backs big off through the instance's errorInfo (not after --max-node-provision-time,
     // whose backoff says errorCode=timeout), within a loop of seeing it.
