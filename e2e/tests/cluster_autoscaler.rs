@@ -305,8 +305,7 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
     let refused_before = c.manager.openstack_requests_matching(refused_label).await;
     let failed_uid = failed["metadata"]["uid"].as_str().unwrap().to_owned();
     let failed_infra = failed["metadata"]["name"].as_str().unwrap().to_owned();
-    // The Machine that claims the refused object (its spec.infrastructureRef): capow may have
-    // been refused before CAPI's Machine controller wrote the ownerReference.
+    // The Machine that claims the refused object (its spec.infrastructureRef).
     let failed_machine = Api::<capow::capi::Machine>::namespaced(c.client.clone(), &c.ns)
         .list(&ListParams::default())
         .await
@@ -393,14 +392,11 @@ async fn run(c: &HcpCluster, bin: &Path, wire: Wire) -> Vec<String> {
 
     // A refused create is retried at the controller's error interval (10 s), not in a loop
     // driven by its own status writes (which made 15 refused creates in 6 s once). Counted
-    // before the restarted CA can ask for another `big` machine. One more attempt is allowed:
-    // capow starts on the Machine's claim, so Nova may refuse before CAPI's Machine controller
-    // writes its ownerReference, and that write is a change of the object that reconciles it
-    // once more.
+    // before the restarted CA can ask for another `big` machine.
     let window = refused_at.elapsed();
     let retries = c.manager.openstack_requests_matching(refused_label).await - refused_before;
     assert!(
-        retries <= 2 + window.as_secs() / 10,
+        retries <= 1 + window.as_secs() / 10,
         "{retries} refused server creates in {window:?} after the first"
     );
 

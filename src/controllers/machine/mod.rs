@@ -217,10 +217,9 @@ impl Written {
     /// Writes `status` now (when it differs from what the object holds), preconditioned on the
     /// last resourceVersion.
     ///
-    /// A 409 whose cause is only a change of metadata is not a stale cache: CAPI's Machine
-    /// controller adds its ownerReference (and labels) to a new object about when capow starts
-    /// on the Machine's claim (`observe::owners`), and retrying the whole reconcile for it cost
-    /// a second per new machine. On a 409 the object is read again; when its spec, status and
+    /// A 409 whose cause is only a change of metadata (labels, annotations, owner references
+    /// written by CAPI or a user) is not a stale cache, and retrying the whole reconcile for it
+    /// repeats every lookup. On a 409 the object is read again; when its spec, status and
     /// deletion state are still what this reconcile started from ([`metadata_only_change`]),
     /// the write is repeated once on the new resourceVersion. Any other difference (another
     /// reconcile wrote status, the spec changed, deletion began) keeps the conflict.
