@@ -25,7 +25,7 @@ use capow_e2e::{
     Env, Poll, STANDIN_GROUP, TestNamespace, clouds_yaml_text, ensure_control_plane_standin,
     ensure_crds,
 };
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 /// Every object of kind `K` in `ns`, as the reflector stores would hold them.
@@ -142,6 +142,19 @@ fn eventually(what: &str) -> Poll {
     Poll::new(what, Duration::from_secs(90)).every(Duration::from_millis(500))
 }
 
+/// Writes the status the hosted control plane reports once its `replicas` are up (the stand-in
+/// has no controller): initialized, ready, externally managed.
+async fn control_plane_ready(hcps: &Api<DynamicObject>, hcp: &Value, replicas: u32) {
+    let name = hcp["metadata"]["name"].as_str().unwrap();
+    hcps.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+        "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
+        "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+        "availableReplicas": replicas, "upToDateReplicas": replicas,
+        "externalManagedControlPlane": true}})))
+        .await
+        .unwrap();
+}
+
 /// Applies the repository's ClusterClass (rendered by clusterctl) in `ns` and waits until CAPI
 /// reports its variables ready (`VariablesReady`).
 async fn apply_class(client: &kube::Client, ns: &str) {
@@ -236,13 +249,7 @@ async fn cluster_templates_render_with_clusterctl_and_apply() {
         hcp["spec"]["gateway"]["name"], "capi-gateway",
         "gateway patched from the variable"
     );
-    let hcp_name = hcp["metadata"]["name"].as_str().unwrap().to_owned();
-    hcps.patch_status(&hcp_name, &PatchParams::default(), &Patch::Merge(json!({"status": {
-        "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
-        "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2, "upToDateReplicas": 2,
-        "externalManagedControlPlane": true}})))
-        .await
-        .unwrap();
+    control_plane_ready(&hcps, &hcp, 2).await;
     let oswc2 = dynamic(
         &client,
         &ns2.name,
@@ -534,13 +541,7 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         hcp["spec"]["gateway"],
         json!({"name": "gw-e2e", "namespace": "gw-ns"})
     );
-    let hcp_name = hcp["metadata"]["name"].as_str().unwrap().to_owned();
-    hcps.patch_status(&hcp_name, &PatchParams::default(), &Patch::Merge(json!({"status": {
-        "initialization": {"controlPlaneInitialized": true}, "initialized": true, "ready": true, "version": "v1.34.2",
-        "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "availableReplicas": 3, "upToDateReplicas": 3,
-        "externalManagedControlPlane": true}})))
-        .await
-        .unwrap();
+    control_plane_ready(&hcps, &hcp, 3).await;
 
     let oswcs = dynamic(
         &client,
@@ -743,7 +744,12 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
             .unwrap(),
     )
     .unwrap();
-    let hcp = serde_json::to_value(hcps.get(&hcp_name).await.unwrap()).unwrap();
+    let hcp = serde_json::to_value(
+        hcps.get(hcp["metadata"]["name"].as_str().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     render_cluster_addon(&ns.name, &cluster, &hcp, &infra);
     ns.delete().await;
 }
