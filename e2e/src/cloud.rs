@@ -196,6 +196,28 @@ impl AdminCloud {
         self.neutron(kind, &format!("tags={}", enc(tag))).await
     }
 
+    /// The ports of the machines whose servers carry `tag`: those capow made (tagged with
+    /// `tag`) and those Nova made with a server carrying `tag` (bound to it, untagged; capow's
+    /// default `--port-creation auto`), each once.
+    ///
+    /// # Errors
+    /// As [`AdminCloud::get`].
+    pub async fn machine_ports(&self, tag: &str) -> Result<Vec<Value>> {
+        let mut ports = self.neutron_tagged("ports", tag).await?;
+        for server in self.servers_tagged(tag).await? {
+            let id = server["id"].as_str().unwrap_or_default();
+            for p in self
+                .neutron("ports", &format!("device_id={}", enc(id)))
+                .await?
+            {
+                if !ports.iter().any(|q| q["id"] == p["id"]) {
+                    ports.push(p);
+                }
+            }
+        }
+        Ok(ports)
+    }
+
     /// Neutron resources of `kind` named exactly `name`.
     ///
     /// # Errors

@@ -7,6 +7,8 @@
 //! network, subnet, router and security group per cluster while they exist, nothing once they
 //! are deleted. Counted with an admin REST client independent of capow's
 //! ([`capow_e2e::cloud`]), by ownership tag and by name (so an untagged leftover counts too).
+//! The points inside capow's port handling run with `--port-creation neutron` (by default Nova
+//! makes a plain port with the server); the others with the default.
 //!
 //! `CAPOW_E2E_CRASH_POINTS` limits the points (a comma-separated list of point names, or a
 //! number n for the first n in a rotation seeded by the date); unset runs every point.
@@ -284,6 +286,10 @@ impl Case {
 
     async fn manager(&self, fault: bool) -> Manager {
         let mut args = vec!["--server-create-settle", SETTLE, "--orphan-sweep", "off"];
+        if self.point.name.contains("-port-") {
+            // The points inside capow's port handling: a plain port is Nova's by default.
+            args.extend(["--port-creation", "neutron"]);
+        }
         if fault {
             args.extend(["--fault-injection", self.point.name]);
         }
@@ -457,12 +463,14 @@ impl Case {
     }
 
     /// OpenStack resources of the machine with `uid`: (servers, ports, trunks, volumes), by tag
-    /// and (ports) by capow's port name, so an untagged port counts too.
+    /// and (ports) by capow's port name, so an untagged port counts too, and by the server a
+    /// port Nova made is bound to.
     async fn machine_counts(&self, cloud: &AdminCloud, uid: &str) -> [usize; 4] {
         let tag = format!("capow-machine-uid={uid}");
         let servers = cloud.servers_tagged(&tag).await.unwrap().len();
+        // capow's ports by tag, Nova's by the server they are bound to.
         let mut ports: Vec<String> = cloud
-            .neutron_tagged("ports", &tag)
+            .machine_ports(&tag)
             .await
             .unwrap()
             .iter()

@@ -131,7 +131,7 @@ async fn two_replicas_are_ready_answer_alike_and_fail_over_without_duplicates() 
     .every(Duration::from_millis(500))
     .until(|| async {
         let servers = cloud.servers_tagged(&tag).await.unwrap().len();
-        let ports = cloud.neutron_tagged("ports", &tag).await.unwrap().len();
+        let ports = cloud.machine_ports(&tag).await.unwrap().len();
         if (servers, ports) == (4, 4) {
             Ok(())
         } else {

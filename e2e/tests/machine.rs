@@ -263,6 +263,7 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
     let mut spec = good_spec();
     spec["tags"] = json!(["e2e", "lifecycle"]);
     spec["serverMetadata"] = json!([{"key": "role", "value": "worker"}]);
+    spec["securityGroups"] = json!([{"filter": {"name": "default"}}]);
     let started = Instant::now();
     let user_data = f.machine("m1", spec, Some("m1-bootstrap")).await;
 
@@ -351,19 +352,33 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
         json!({"type": "InternalIP", "address": ip})
     );
 
-    // The port capow made is tagged and bound to the server.
-    let ports = ports_tagged(&uid_tag(&m));
-    assert_eq!(ports.len(), 1, "{ports:?}");
-    assert_eq!(ports[0]["Name"], "m1-0");
+    // One plain port (a network, nothing else): Nova made it with the server (the default
+    // `--port-creation auto`), so capow made and tagged no port of its own.
+    assert_eq!(status["resolved"]["portsCreatedByNova"], true, "{status}");
+    assert!(
+        status["resources"]["ports"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{status}"
+    );
+    assert!(ports_tagged(&uid_tag(&m)).is_empty(), "no port of capow's");
     let bound = openstack(
         &env.admin_cloud,
         &["port", "list", "--device-id", &server_id],
     )
     .unwrap();
     assert_eq!(bound.as_array().map(Vec::len), Some(1), "{bound}");
+    let port_id = bound[0]["ID"].as_str().unwrap().to_owned();
+    let port = openstack(&env.admin_cloud, &["port", "show", &port_id]).unwrap();
+    let want_groups = &status["resolved"]["ports"][0]["securityGroups"];
     assert_eq!(
-        bound[0]["ID"], ports[0]["ID"],
-        "the server uses capow's port"
+        want_groups.as_array().map(Vec::len),
+        Some(1),
+        "spec.securityGroups resolved to an ID: {status}"
+    );
+    assert_eq!(
+        &port["security_group_ids"], want_groups,
+        "Nova's port carries the resolved security groups"
     );
 
     let events = f.events_for("m1").await;
@@ -382,7 +397,16 @@ async fn machine_lifecycle_creates_a_server_with_bootstrap_data_and_deletes_it()
         servers_tagged(&uid_tag(&m)).is_empty(),
         "server left behind"
     );
-    assert!(ports_tagged(&uid_tag(&m)).is_empty(), "port left behind");
+    let port_left = openstack(
+        &env.admin_cloud,
+        &["port", "list", "--device-id", &server_id],
+    )
+    .unwrap();
+    assert_eq!(
+        port_left.as_array().map(Vec::len),
+        Some(0),
+        "Nova deleted its port {port_id} with the server: {port_left}"
+    );
     let requests_total = manager.openstack_requests().await - requests_at_start;
 
     env.record(&format!(
@@ -512,9 +536,19 @@ async fn a_crash_between_create_and_status_write_never_makes_a_second_server_or_
     assert_eq!(after.len(), 1, "no second server: {after:?}");
     manager.stop().await;
 
-    // 2. The manager dies right after Neutron created the port, before it is tagged.
-    let mut crashing =
-        Manager::start(f.ns(), &["--fault-injection", "machine-after-port-create"]).await;
+    // 2. The manager dies right after Neutron created the port, before it is tagged. The
+    //    manager after it runs with the default `--port-creation auto`: the machine keeps the
+    //    way its port was first planned (capow's, in Neutron), so that port is adopted.
+    let mut crashing = Manager::start(
+        f.ns(),
+        &[
+            "--fault-injection",
+            "machine-after-port-create",
+            "--port-creation",
+            "neutron",
+        ],
+    )
+    .await;
     f.machine("m3", good_spec(), Some("m3-bootstrap")).await;
     crashing
         .wait_exit(Duration::from_secs(60))

@@ -42,13 +42,18 @@ const INFRA: &str = "infrastructure.cluster.x-k8s.io";
 const IDENTITY: &str = "cloud-config";
 /// Both managers sweep for orphans every second and call anything without its machine an
 /// orphan at once: a moved resource taken for an orphan on either side is deleted at once.
-const SWEEP: [&str; 6] = [
+/// The managers of this file make their ports in Neutron (`--port-creation neutron`): the
+/// tests show that capow's own ports change owner too (a plain port Nova made needs nothing:
+/// it goes with its server).
+const SWEEP: [&str; 8] = [
     "--orphan-sweep",
     "delete",
     "--orphan-sweep-interval",
     "1s",
     "--orphan-grace-period",
     "0s",
+    "--port-creation",
+    "neutron",
 ];
 
 fn e2e_dir() -> PathBuf {
@@ -462,7 +467,11 @@ impl Fixture {
     }
 
     async fn manager(&self) -> Manager {
-        Manager::start(self.ns(), &["--orphan-sweep", "off"]).await
+        Manager::start(
+            self.ns(),
+            &["--orphan-sweep", "off", "--port-creation", "neutron"],
+        )
+        .await
     }
 
     async fn machines(&self) -> Api<DynamicObject> {

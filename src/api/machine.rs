@@ -222,6 +222,12 @@ pub struct ResolvedMachineSpec {
     /// Availability zone the server was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
+    /// `true` when Nova creates (and deletes) the machine's one port with the server rather
+    /// than capow in Neutron (`--port-creation auto`; `docs/adr/0008-nova-creates-plain-ports.md`).
+    /// Decided when the spec is first resolved, before any create call, and kept for the
+    /// machine's life: deletion then has no port of capow's to look for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ports_created_by_nova: bool,
 }
 
 /// OpenStack resources created by capow for a machine (deleted with it).

@@ -57,12 +57,32 @@ pub struct ControllerConfig {
     /// Upper bound of one reconcile, in seconds: a reconcile still running then is dropped
     /// (each step is safe to interrupt, as after a crash) and retried.
     pub reconcile_timeout: Duration,
+    /// Who creates a new machine's Neutron port (see [`PortCreation`]).
+    pub port_creation: PortCreation,
     /// Kubernetes client timeouts (read timeout, watch length).
     pub kube: crate::kubeapi::Timeouts,
     /// The cluster-autoscalers capow runs for clusters with `spec.autoscaler`.
     pub managed_autoscaler: ManagedAutoscalerConfig,
     /// Test-only crash point (see [`FaultInjection`]); `None` in production.
     pub fault: Option<FaultInjection>,
+}
+
+/// Who creates the Neutron port of a new machine (`--port-creation`; ADR 0008,
+/// `docs/adr/0008-nova-creates-plain-ports.md`). The choice is made once per machine, when its
+/// references are first resolved, and recorded in `status.resolved.portsCreatedByNova`; a
+/// machine keeps it for its whole life, whatever the flag says later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PortCreation {
+    /// Nova creates the port when the machine has exactly one port that asks for nothing but a
+    /// network and security groups (`networks: [{"uuid": ...}]` and `security_groups` of
+    /// `POST /servers`, Compute API v2.1); capow creates every other port. Nova deletes the
+    /// ports it created with the server, so such a machine costs no port lookup, create, tag
+    /// or delete call.
+    #[default]
+    Auto,
+    /// capow creates, tags and deletes every port itself, named as CAPO names them
+    /// (`<machine>-<index>`).
+    Neutron,
 }
 
 /// Settings of the cluster-autoscalers capow runs (`OpenStackWorkerCluster.spec.autoscaler`,
@@ -183,6 +203,7 @@ impl Default for ControllerConfig {
             concurrency: 16,
             server_create_settle: Duration::from_secs(60),
             reconcile_timeout: Duration::from_secs(300),
+            port_creation: PortCreation::default(),
             kube: crate::kubeapi::Timeouts::default(),
             managed_autoscaler: ManagedAutoscalerConfig::default(),
             fault: None,

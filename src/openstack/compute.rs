@@ -103,11 +103,29 @@ pub struct Flavor {
     pub extra_specs: BTreeMap<String, String>,
 }
 
-/// Attach a pre-created port (`networks[].port` of server create).
+/// One entry of `networks` of `POST /servers` (Compute API v2.1, "Create Server"): a port
+/// created beforehand (`port`), or a network on which Nova creates the port (`uuid`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NetworkAttachment {
-    /// Neutron port UUID.
-    pub port: String,
+#[serde(untagged)]
+pub enum NetworkAttachment {
+    /// Attach this Neutron port (UUID).
+    Port {
+        /// Neutron port UUID.
+        port: String,
+    },
+    /// Nova creates a port on this Neutron network (UUID) and deletes it with the server.
+    Network {
+        /// Neutron network UUID.
+        uuid: String,
+    },
+}
+
+/// One entry of `security_groups` of `POST /servers`: Nova applies the group, named by name
+/// or UUID, to the ports it creates (not to ports passed in `networks[].port`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SecurityGroupRef {
+    /// Security group name or UUID (capow sends UUIDs).
+    pub name: String,
 }
 
 /// Body of `POST /servers` (the fields capow sets).
@@ -121,8 +139,12 @@ pub struct CreateServer {
     /// Image ID (omitted when booting from volume).
     #[serde(rename = "imageRef", skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<String>,
-    /// Ports to attach, in order.
+    /// Ports to attach or networks to create ports on, in order.
     pub networks: Vec<NetworkAttachment>,
+    /// Security groups of the ports Nova creates (omitted: Nova applies the project's
+    /// `default` group, as Neutron does for a port created without groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<SecurityGroupRef>,
     /// Keypair name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,

@@ -242,6 +242,12 @@ pub struct ControllerArgs {
     /// Upper bound of one reconcile; a reconcile running longer is stopped and retried.
     #[arg(long, env = "CAPOW_RECONCILE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub reconcile_timeout: Duration,
+    /// Who creates a new machine's port: `auto` lets Nova create a machine's single plain port
+    /// (a network and security groups, nothing else) with the server and capow create the
+    /// others; `neutron` makes capow create, tag and delete every port (named
+    /// `<machine>-<index>` as CAPO does).
+    #[arg(long, env = "CAPOW_PORT_CREATION", value_enum, default_value_t)]
+    pub port_creation: crate::controllers::PortCreation,
     /// Read timeout of every Kubernetes API request (and of connecting); watches are ended by
     /// the API server after 4/5 of it and resumed, so a half-open connection fails within it.
     #[arg(long, env = "CAPOW_KUBE_API_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]

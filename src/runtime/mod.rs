@@ -240,6 +240,7 @@ fn controller_config(
         concurrency: controller.concurrency,
         server_create_settle: controller.server_create_settle,
         reconcile_timeout: controller.reconcile_timeout,
+        port_creation: controller.port_creation,
         kube,
         managed_autoscaler: controllers::ManagedAutoscalerConfig {
             image_repository: Some(autoscaler.autoscaler_image_repository.clone())

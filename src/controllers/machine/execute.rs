@@ -439,8 +439,37 @@ pub async fn delete_resources(
     }
     // The servers are gone. Nova releases ports and detaches volumes only after that: delete
     // trunks (a parent port cannot go while its trunk exists), ports, then volumes.
-    let net = session.network();
     let resources = status.resources.clone().unwrap_or_default();
+    let nova_made_the_port = status
+        .resolved
+        .as_ref()
+        .is_some_and(|r| r.ports_created_by_nova)
+        && resources.ports.is_empty()
+        && resources.trunks.is_empty();
+    // Without a port or trunk of capow's (decided before the machine's first create call),
+    // Nova deleted the port with the server.
+    if !nova_made_the_port {
+        delete_ports_and_trunks(ctx, session, m, &resources, uid_tag).await?;
+    }
+    if m.spec.root_volume.is_some()
+        || !resources.volumes.is_empty()
+        || !m.spec.additional_block_devices.is_empty()
+    {
+        delete_volumes(ctx, session, m).await?;
+    }
+    Ok(true)
+}
+
+/// Deletes the trunks and then the ports capow made for `m`, found by tag, by name and from
+/// `resources` (its `status.resources`).
+async fn delete_ports_and_trunks(
+    ctx: &Context,
+    session: &Session,
+    m: &OpenStackWorkerMachine,
+    resources: &MachineResources,
+    uid_tag: String,
+) -> Result<(), Error> {
+    let net = session.network();
     let ports = observe::owned_ports(session, m).await?;
     let mut port_ids: Vec<String> = ports.into_iter().map(|p| p.id).collect();
     for p in &resources.ports {
@@ -495,13 +524,7 @@ pub async fn delete_resources(
         ctx.config
             .maybe_crash(crate::controllers::FaultPoint::MachineAfterPortDelete);
     }
-    if m.spec.root_volume.is_some()
-        || !resources.volumes.is_empty()
-        || !m.spec.additional_block_devices.is_empty()
-    {
-        delete_volumes(ctx, session, m).await?;
-    }
-    Ok(true)
+    Ok(())
 }
 
 /// Sends a delete for every server of `found` that Nova is not deleting yet, with an event.

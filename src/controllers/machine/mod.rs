@@ -507,12 +507,24 @@ async fn create(
         message,
     })?;
     let resolved = observe::resolve(session, m, owners).await?;
+    // Who makes the port is decided once: a machine resolved before (perhaps with a port
+    // capow created and a crash before it was recorded) keeps its way.
+    let ports_created_by_nova = match &status.resolved {
+        Some(earlier) => earlier.ports_created_by_nova,
+        None => plan::nova_creates_port(
+            ctx.config.port_creation,
+            &plan::effective_ports(&m.spec.ports),
+            m.spec.trunk,
+            &resolved.ports,
+        ),
+    };
     let resolved_status = Some(crate::api::machine::ResolvedMachineSpec {
         flavor_id: Some(resolved.flavor.id.clone()),
         image_id: Some(resolved.image_id.clone()),
         ports: resolved.ports.clone(),
         server_group_id: resolved.server_group_id.clone(),
         availability_zone: resolved.availability_zone.clone(),
+        ports_created_by_nova,
     });
     if status.resolved != resolved_status {
         // Persisted before the first create call: cleanup trusts "never resolved" to mean
@@ -542,9 +554,20 @@ async fn create(
             return Err(e);
         }
     };
-    let ports = execute::ensure_ports(ctx, session, m, &resolved, &owner, &mut resources).await;
+    let nova_port = match resolved.ports.as_slice() {
+        [port] if ports_created_by_nova => Some(port),
+        _ => None,
+    };
+    let created_ports = match nova_port {
+        Some(_) => Ok(Vec::new()),
+        None => execute::ensure_ports(ctx, session, m, &resolved, &owner, &mut resources).await,
+    };
     status.resources = Some(resources);
-    let ports = ports?;
+    let created_ports = created_ports?;
+    let ports = match nova_port {
+        Some(port) => plan::ServerPorts::ByNova(port),
+        None => plan::ServerPorts::Created(&created_ports),
+    };
 
     let hints = plan::scheduler_hints(
         resolved.server_group_id.as_deref(),
@@ -566,7 +589,7 @@ async fn create(
             name: &m.name_any(),
             flavor_id: &resolved.flavor.id,
             image_id: &resolved.image_id,
-            port_ids: &ports,
+            ports,
             key_name: m.spec.ssh_key_name.as_deref().filter(|k| !k.is_empty()),
             user_data: &user_data,
             tags: owner.tags(&m.spec.tags),

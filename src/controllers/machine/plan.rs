@@ -15,7 +15,8 @@ use crate::api::ownership::{
     METADATA_CLUSTER_UID, METADATA_MACHINE_UID, METADATA_NODE_GROUP, is_reserved_tag,
     machine_uid_of_tags, machine_uid_tag,
 };
-use crate::openstack::compute::{CreateServer, NetworkAttachment, Server};
+use crate::controllers::PortCreation;
+use crate::openstack::compute::{CreateServer, NetworkAttachment, SecurityGroupRef, Server};
 
 /// Nova's limit on base64-encoded user data, in bytes (`user_data` in the compute API).
 pub const MAX_USER_DATA_BASE64: usize = 65_535;
@@ -305,6 +306,49 @@ pub fn encode_user_data(data: &[u8]) -> Result<String, String> {
     Ok(encoded)
 }
 
+/// How a new server gets its ports.
+#[derive(Clone, Copy, Debug)]
+pub enum ServerPorts<'a> {
+    /// Ports capow created, by UUID, in `spec.ports` order (`networks[].port`).
+    Created(&'a [String]),
+    /// Nova creates the one port on the resolved network with its security groups
+    /// (`networks[].uuid` and `security_groups`), and deletes it with the server.
+    ByNova(&'a ResolvedPortSpec),
+}
+
+/// Whether Nova may create the machine's port (`--port-creation auto`, ADR 0008): the mode is
+/// [`PortCreation::Auto`], the machine has exactly one port (`ports`, as
+/// [`effective_ports`] gives them, resolved in `resolved`), no trunk (`spec.trunk`,
+/// `machine_trunk`, or the port's own), and the port asks for nothing `POST /servers` cannot
+/// say: no fixed IPs, name suffix, description, tags, MAC address, address pairs, binding
+/// options, value specs, non-normal VNIC type, disabled admin state or disabled port
+/// security. Any of those makes capow create the port in Neutron as CAPO does.
+pub fn nova_creates_port(
+    mode: PortCreation,
+    ports: &[PortOpts],
+    machine_trunk: Option<bool>,
+    resolved: &[ResolvedPortSpec],
+) -> bool {
+    let [opts] = ports else { return false };
+    let [want] = resolved else { return false };
+    mode == PortCreation::Auto
+        && want.fixed_ips.is_empty()
+        && opts.fixed_ips.is_empty()
+        && opts.trunk.or(machine_trunk) != Some(true)
+        && opts.name_suffix.is_none()
+        && opts.description.is_none()
+        && opts.tags.is_empty()
+        && opts.admin_state_up != Some(false)
+        && opts.enable_port_security != Some(false)
+        && opts.vnic_type.as_deref().is_none_or(|v| v == "normal")
+        && opts.mac_address.is_none()
+        && opts.allowed_address_pairs.is_empty()
+        && opts.host_id.is_none()
+        && opts.profile.is_none()
+        && opts.propagate_uplink_status.is_none()
+        && opts.value_specs.is_empty()
+}
+
 /// Everything the server create request is built from.
 #[derive(Clone, Debug)]
 pub struct ServerPlan<'a> {
@@ -314,8 +358,8 @@ pub struct ServerPlan<'a> {
     pub flavor_id: &'a str,
     /// Resolved image ID.
     pub image_id: &'a str,
-    /// Port IDs in spec order.
-    pub port_ids: &'a [String],
+    /// The server's ports.
+    pub ports: ServerPorts<'a>,
     /// Keypair.
     pub key_name: Option<&'a str>,
     /// Base64 user data.
@@ -343,11 +387,23 @@ pub fn create_server_request(plan: ServerPlan<'_>) -> CreateServer {
         flavor_ref: plan.flavor_id.to_owned(),
         image_ref: (!boots_from_volume).then(|| plan.image_id.to_owned()),
         block_device_mapping_v2: plan.block_devices,
-        networks: plan
-            .port_ids
-            .iter()
-            .map(|p| NetworkAttachment { port: p.clone() })
-            .collect(),
+        networks: match plan.ports {
+            ServerPorts::Created(ids) => ids
+                .iter()
+                .map(|p| NetworkAttachment::Port { port: p.clone() })
+                .collect(),
+            ServerPorts::ByNova(want) => vec![NetworkAttachment::Network {
+                uuid: want.network_id.clone(),
+            }],
+        },
+        security_groups: match plan.ports {
+            ServerPorts::Created(_) => Vec::new(),
+            ServerPorts::ByNova(want) => want
+                .security_groups
+                .iter()
+                .map(|g| SecurityGroupRef { name: g.clone() })
+                .collect(),
+        },
         key_name: plan.key_name.map(str::to_owned),
         user_data: Some(plan.user_data.to_owned()),
         metadata: plan.metadata,
@@ -717,7 +773,7 @@ mod tests {
             name: "m",
             flavor_id: "f",
             image_id: "img",
-            port_ids: &[],
+            ports: ServerPorts::Created(&[]),
             key_name: None,
             user_data: "",
             tags: vec![],
@@ -755,7 +811,7 @@ mod tests {
             name: "m",
             flavor_id: "f",
             image_id: "img",
-            port_ids: &[],
+            ports: ServerPorts::Created(&[]),
             key_name: None,
             user_data: "",
             tags: vec![],
@@ -831,7 +887,7 @@ mod tests {
             name: "m1",
             flavor_id: "f",
             image_id: "i",
-            port_ids: &ports,
+            ports: ServerPorts::Created(&ports),
             key_name: Some("k"),
             user_data: "dXNlcg==",
             tags: owner().tags(&[]),
@@ -852,6 +908,143 @@ mod tests {
         assert_eq!(body["config_drive"], true);
         assert_eq!(body["availability_zone"], "az1");
         assert_eq!(body["tags"][0], "capow");
+    }
+
+    #[test]
+    fn nova_creates_only_a_single_plain_port_in_auto_mode() {
+        let resolved = |n: usize| -> Vec<ResolvedPortSpec> {
+            (0..n)
+                .map(|i| ResolvedPortSpec {
+                    name: format!("m-{i}"),
+                    network_id: "net".into(),
+                    security_groups: vec!["sg".into()],
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let plain = effective_ports(&[]);
+        assert!(nova_creates_port(
+            PortCreation::Auto,
+            &plain,
+            None,
+            &resolved(1)
+        ));
+        assert!(
+            !nova_creates_port(PortCreation::Neutron, &plain, None, &resolved(1)),
+            "--port-creation neutron: capow makes every port"
+        );
+        assert!(
+            !nova_creates_port(PortCreation::Auto, &plain, Some(true), &resolved(1)),
+            "a trunk needs capow's port"
+        );
+        let two = vec![PortOpts::default(), PortOpts::default()];
+        assert!(!nova_creates_port(
+            PortCreation::Auto,
+            &two,
+            None,
+            &resolved(2)
+        ));
+        let asks = [
+            PortOpts {
+                name_suffix: Some("x".into()),
+                ..Default::default()
+            },
+            PortOpts {
+                tags: vec!["t".into()],
+                ..Default::default()
+            },
+            PortOpts {
+                enable_port_security: Some(false),
+                ..Default::default()
+            },
+            PortOpts {
+                vnic_type: Some("direct".into()),
+                ..Default::default()
+            },
+            PortOpts {
+                fixed_ips: vec![crate::api::common::FixedIp {
+                    subnet: None,
+                    ip_address: Some("10.0.0.5".into()),
+                }],
+                ..Default::default()
+            },
+            PortOpts {
+                trunk: Some(true),
+                ..Default::default()
+            },
+        ];
+        for opts in asks {
+            assert!(
+                !nova_creates_port(
+                    PortCreation::Auto,
+                    std::slice::from_ref(&opts),
+                    None,
+                    &resolved(1)
+                ),
+                "{opts:?} needs a port made in Neutron"
+            );
+        }
+        let normal = PortOpts {
+            vnic_type: Some("normal".into()),
+            enable_port_security: Some(true),
+            ..Default::default()
+        };
+        assert!(nova_creates_port(
+            PortCreation::Auto,
+            &[normal],
+            None,
+            &resolved(1)
+        ));
+    }
+
+    #[test]
+    fn a_port_made_by_nova_is_a_network_and_security_groups_in_the_request() {
+        let want = ResolvedPortSpec {
+            name: "m1-0".into(),
+            network_id: "net-1".into(),
+            security_groups: vec!["sg-a".into(), "sg-b".into()],
+            ..Default::default()
+        };
+        let req = create_server_request(ServerPlan {
+            name: "m1",
+            flavor_id: "f",
+            image_id: "i",
+            ports: ServerPorts::ByNova(&want),
+            key_name: None,
+            user_data: "",
+            tags: vec![],
+            metadata: Default::default(),
+            config_drive: None,
+            availability_zone: None,
+            block_devices: vec![],
+        });
+        let body = serde_json::to_value(&req).unwrap();
+        assert_eq!(body["networks"], serde_json::json!([{"uuid": "net-1"}]));
+        assert_eq!(
+            body["security_groups"],
+            serde_json::json!([{"name": "sg-a"}, {"name": "sg-b"}])
+        );
+        let created = create_server_request(ServerPlan {
+            ports: ServerPorts::Created(&["p0".to_owned()]),
+            ..ServerPlan {
+                name: "m1",
+                flavor_id: "f",
+                image_id: "i",
+                ports: ServerPorts::ByNova(&want),
+                key_name: None,
+                user_data: "",
+                tags: vec![],
+                metadata: Default::default(),
+                config_drive: None,
+                availability_zone: None,
+                block_devices: vec![],
+            }
+        });
+        let body = serde_json::to_value(&created).unwrap();
+        assert!(
+            body.get("security_groups").is_none(),
+            "groups of a port capow made are on the port: {body}"
+        );
     }
 
     fn server(status: &str) -> Server {
