@@ -144,12 +144,24 @@ pub struct ServiceOptions {
     pub template: TemplateOptions,
 }
 
+/// One scope's index, what it was built from, and the template answers made from it.
+struct Built {
+    /// The objects the index was built from, kept to tell whether a `Refresh` finds the
+    /// stores unchanged ([`Snapshot::same_objects`]).
+    snapshot: Snapshot,
+    /// Whether sizes capow wrote ([`WrittenSizes`]) were laid over the stores' sizes.
+    with_written: bool,
+    index: Index,
+    /// `NodeGroupTemplateNodeInfo` answers by node group id, made on first request.
+    templates: std::sync::Mutex<HashMap<String, pb::NodeGroupTemplateNodeInfoResponse>>,
+}
+
 /// The externalgrpc `CloudProvider` service.
 pub struct CloudProviderService {
     sources: Arc<dyn Snapshots>,
     options: ServiceOptions,
     metrics: RpcMetrics,
-    cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Index>>>,
+    cache: std::sync::Mutex<HashMap<Option<ClusterKey>, Arc<Built>>>,
     written: Arc<WrittenSizes>,
     writer: Writer,
     reporter: Arc<AnnotationReporter>,
@@ -222,26 +234,48 @@ impl CloudProviderService {
         }))
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Option<ClusterKey>, Arc<Index>>> {
-        match self.cache.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Option<ClusterKey>, Arc<Built>>> {
+        lock(&self.cache)
     }
 
-    /// Rebuilds the scope's index from the current objects (Refresh, and after writes).
-    fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
-        let snapshot = self.sources.snapshot();
+    /// Rebuilds the scope's index from the current objects (after writes, and on `Refresh`
+    /// when they changed).
+    fn rebuild(&self, scope: &Option<ClusterKey>) -> Arc<Built> {
+        self.build_from(scope, self.sources.snapshot())
+    }
+
+    fn build_from(&self, scope: &Option<ClusterKey>, snapshot: Snapshot) -> Arc<Built> {
         let mut index = Index::build(&snapshot, scope.as_ref());
         self.reporter.observe(scope.as_ref(), index.problems());
+        let with_written = !self.written.is_empty();
         self.written.apply(&snapshot, &mut index);
-        let index = Arc::new(index);
-        self.lock_cache().insert(scope.clone(), index.clone());
-        index
+        let built = Arc::new(Built {
+            snapshot,
+            with_written,
+            index,
+            templates: std::sync::Mutex::default(),
+        });
+        self.lock_cache().insert(scope.clone(), built.clone());
+        built
+    }
+
+    /// `Refresh`: the scope's index as the stores are now. The last one is kept when the
+    /// stores hold the very same objects and no written size is laid over either (CA calls
+    /// `Refresh` every loop, 10 s by default, while most loops change nothing).
+    fn refresh_index(&self, scope: &Option<ClusterKey>) -> Arc<Built> {
+        let snapshot = self.sources.snapshot();
+        if self.written.is_empty()
+            && let Some(built) = self.lock_cache().get(scope)
+            && !built.with_written
+            && built.snapshot.same_objects(&snapshot)
+        {
+            return built.clone();
+        }
+        self.build_from(scope, snapshot)
     }
 
     /// The scope's index as of the last Refresh (built now if there was none).
-    fn index(&self, scope: &Option<ClusterKey>) -> Arc<Index> {
+    fn index(&self, scope: &Option<ClusterKey>) -> Arc<Built> {
         if let Some(i) = self.lock_cache().get(scope) {
             return i.clone();
         }
@@ -292,7 +326,7 @@ impl CloudProviderService {
         f: impl AsyncFnOnce(&Option<ClusterKey>, &Index) -> Result<T, Status>,
     ) -> RpcResult<T> {
         self.with_scope(method, request, async |scope| {
-            f(scope, &self.index(scope)).await
+            f(scope, &self.index(scope).index).await
         })
         .await
     }
@@ -309,8 +343,8 @@ impl CloudProviderService {
         self.with_scope(method, request, async |scope| {
             let r = request.get_ref();
             r.check()?;
-            let index = self.index(scope);
-            f(scope, Self::group(&index, r.id())?).await
+            let built = self.index(scope);
+            f(scope, Self::group(&built.index, r.id())?).await
         })
         .await
     }
@@ -332,6 +366,14 @@ impl CloudProviderService {
             tracing::info!(method, code = ?s.code(), message = s.message(), "RPC refused");
         }
         result.map(Response::new)
+    }
+}
+
+/// Locks `m`, also when a panic poisoned it (the maps hold caches, never half-written state).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
@@ -597,7 +639,7 @@ impl CloudProvider for CloudProviderService {
                     MAX_WATCH_STALENESS.as_secs()
                 )));
             }
-            self.rebuild(scope);
+            self.refresh_index(scope);
             Ok(pb::RefreshResponse {})
         })
         .await
@@ -751,16 +793,25 @@ impl CloudProvider for CloudProviderService {
         &self,
         request: Request<pb::NodeGroupTemplateNodeInfoRequest>,
     ) -> RpcResult<pb::NodeGroupTemplateNodeInfoResponse> {
-        self.with_group("NodeGroupTemplateNodeInfo", &request, async |_, g| {
+        self.with_scope("NodeGroupTemplateNodeInfo", &request, async |scope| {
+            let r = request.get_ref();
+            r.check()?;
+            let built = self.index(scope);
+            let g = Self::group(&built.index, r.id())?;
+            if let Some(answer) = lock(&built.templates).get(&g.id) {
+                return Ok(answer.clone());
+            }
             let node = template_node(g, &self.options.template)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             // Both generations of the field (`proto/externalgrpc.proto`): CA ≤ 1.34.1 reads
             // field 1, ≥ 1.35 field 2.
             let bytes = node.encode_to_vec();
-            Ok(pb::NodeGroupTemplateNodeInfoResponse {
+            let answer = pb::NodeGroupTemplateNodeInfoResponse {
                 node_info: Some(node),
                 node_bytes: bytes,
-            })
+            };
+            lock(&built.templates).insert(g.id.clone(), answer.clone());
+            Ok(answer)
         })
         .await
     }
@@ -798,11 +849,14 @@ mod tests {
     use serde_json::json;
 
     /// Fixed objects, and a staleness the test sets.
-    struct Fixed(Snapshot, std::sync::Mutex<Option<Duration>>);
+    struct Fixed(
+        std::sync::Mutex<Snapshot>,
+        std::sync::Mutex<Option<Duration>>,
+    );
 
     impl Snapshots for Fixed {
         fn snapshot(&self) -> Snapshot {
-            self.0.clone()
+            self.0.lock().unwrap().clone()
         }
         fn stale_for(&self) -> Option<Duration> {
             *self.1.lock().unwrap()
@@ -849,7 +903,7 @@ mod tests {
             templates: vec![template("md-0-t", "0.2"), template("frozen-t", "0.4")],
             ..Snapshot::default()
         };
-        let fixed = Arc::new(Fixed(s, std::sync::Mutex::new(None)));
+        let fixed = Arc::new(Fixed(std::sync::Mutex::new(s), std::sync::Mutex::new(None)));
         // No write reaches an API server in these tests; the client points nowhere.
         let client =
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
@@ -887,6 +941,69 @@ mod tests {
         svc.refresh(Request::new(pb::RefreshRequest {}))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_the_index_only_while_the_stores_hold_the_same_objects() {
+        let (svc, fixed) = service();
+        let size = async |svc: &CloudProviderService| {
+            svc.node_group_target_size(Request::new(pb::NodeGroupTargetSizeRequest {
+                id: "MachineDeployment/ns/md-0".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .target_size
+        };
+        let template = async |svc: &CloudProviderService| {
+            svc.node_group_template_node_info(Request::new(pb::NodeGroupTemplateNodeInfoRequest {
+                id: "MachineDeployment/ns/md-0".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+        };
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+        let first = svc.index(&None);
+        let first_template = template(&svc).await;
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &svc.index(&None)),
+            "unchanged stores: the same index"
+        );
+        assert_eq!(template(&svc).await, first_template);
+        assert_eq!(size(&svc).await, 2);
+
+        // A watch event replaces the object (a new Arc, as a reflector store does).
+        let mut changed = (*fixed.0.lock().unwrap().machine_deployments[0]).clone();
+        changed.spec.replicas = Some(4);
+        changed.metadata.annotations.get_or_insert_default().insert(
+            "capacity.cluster-autoscaler.kubernetes.io/labels".into(),
+            "zone=b".into(),
+        );
+        fixed.0.lock().unwrap().machine_deployments[0] = Arc::new(changed);
+        assert_eq!(size(&svc).await, 2, "between Refreshes CA sees one state");
+        svc.refresh(Request::new(pb::RefreshRequest {}))
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &svc.index(&None)), "rebuilt");
+        assert_eq!(size(&svc).await, 4);
+        let labels = template(&svc)
+            .await
+            .node_info
+            .unwrap()
+            .metadata
+            .unwrap()
+            .labels;
+        assert_eq!(
+            labels.get("zone").map(String::as_str),
+            Some("b"),
+            "the template follows the change: {labels:?}"
+        );
     }
 
     #[tokio::test]
@@ -1023,7 +1140,7 @@ mod tests {
             .into_inner()
             .price;
         let index = svc.index(&None);
-        let rates = pricing::index_rates(&index).unwrap();
+        let rates = pricing::index_rates(&index.index).unwrap();
         assert_eq!(
             rates.group, "MachineDeployment/ns/md-0",
             "0.2/h beats 0.4/h for the same flavor"
