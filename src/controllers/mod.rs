@@ -223,6 +223,8 @@ pub struct Context {
     pub metrics: ReconcileMetrics,
     /// Timings.
     pub config: ControllerConfig,
+    /// Machines whose last server create Nova refused, held for their error interval.
+    pub refused_creates: machine::refusals::RefusedCreates,
 }
 
 impl Context {
@@ -247,6 +249,7 @@ impl Context {
             recorder,
             metrics,
             config,
+            refused_creates: machine::refusals::RefusedCreates::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod execute;
 pub mod observe;
 pub mod plan;
+pub mod refusals;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,13 @@ fn paused(m: &OpenStackWorkerMachine, cluster: Option<&Cluster>) -> bool {
 
 async fn apply(m: Arc<OpenStackWorkerMachine>, ctx: &Context) -> Result<Action, Error> {
     let before = m.status.clone().unwrap_or_default();
+    if before.instance_id.is_none()
+        && let Some(wait) = ctx.refused_creates.remaining(&m.uid().unwrap_or_default())
+    {
+        // Nova refused this machine's last create less than an error interval ago; a watch
+        // event does not shorten that. The refusal stays on the Ready condition meanwhile.
+        return Ok(Action::requeue(wait));
+    }
     let mut status = before.clone();
     let mut written = Written {
         resource_version: m.resource_version(),
@@ -217,9 +225,10 @@ impl Written {
     /// Writes `status` now (when it differs from what the object holds), preconditioned on the
     /// last resourceVersion.
     ///
-    /// A 409 whose cause is only a change of metadata (labels, annotations, owner references
-    /// written by CAPI or a user) is not a stale cache, and retrying the whole reconcile for it
-    /// repeats every lookup. On a 409 the object is read again; when its spec, status and
+    /// A 409 whose cause is only a change of metadata is not a stale cache: CAPI's Machine
+    /// controller adds its ownerReference (and labels) to a new object about when capow starts
+    /// on the Machine's claim (`observe::owners`), and retrying the whole reconcile for it cost
+    /// a second per new machine. On a 409 the object is read again; when its spec, status and
     /// deletion state are still what this reconcile started from ([`metadata_only_change`]),
     /// the write is repeated once on the new resourceVersion. Any other difference (another
     /// reconcile wrote status, the spec changed, deletion began) keeps the conflict.
@@ -628,6 +637,13 @@ async fn create(
                     }
                 }
             }
+            if let Error::OpenStack { source, .. } = &e
+                && !source.is_outcome_unknown()
+                && (source.is_client_error() || source.is_quota_exceeded())
+            {
+                ctx.refused_creates
+                    .hold(&m.uid().unwrap_or_default(), e.retry_after(&ctx.config));
+            }
             // Nova refused for good (bad input or quota): give the volumes back instead of
             // holding quota for a server that will not come; retries create them again.
             if let Error::OpenStack { source, .. } = &e
@@ -643,6 +659,7 @@ async fn create(
             return Err(e);
         }
     };
+    ctx.refused_creates.clear(&m.uid().unwrap_or_default());
     status.instance_id = Some(id.clone());
     status.instance_state = Some("BUILD".into());
     status.server_create_requested_at = None;

@@ -44,15 +44,14 @@ pub enum OwnerLookup {
     NoCluster(String),
 }
 
-/// Finds the owner Machine (ownerReference of kind `Machine` in group `cluster.x-k8s.io`) and
-/// its Cluster.
-///
-/// Starting on the Machine's claim (`spec.infrastructureRef`) before CAPI writes the
-/// ownerReference saved about 0.9 s per new machine (docs/benchmarks.md, "IncreaseSize → first
-/// POST"), but then the ownerReference write and CAPI's updates of the Machine arrive as
-/// changes after a first refused create and each reconciled it again at once, past the error
-/// interval (3 refused creates in 4 s, found by the real-CA test). The claim can come back
-/// once a refused create keeps its error interval against watch events.
+/// Finds the owner Machine and its Cluster. The owner is the Machine named by an
+/// ownerReference of kind `Machine` in group `cluster.x-k8s.io`; before CAPI's Machine
+/// controller has written that reference, it is the Machine of the same name whose
+/// `spec.infrastructureRef` names this object ([`claims`]): CAPI's MachineSet creates the
+/// infrastructure machine and the Machine under one name, and the Machine controller adds the
+/// ownerReference only on its first reconcile of the Machine, about a second later on a busy
+/// management cluster (measured in docs/benchmarks.md, "IncreaseSize → first POST"). capow
+/// starts on the Machine's claim instead of waiting for that reference.
 ///
 /// # Errors
 /// [`Error::Kube`] when the API server fails (404s are [`OwnerLookup`] states).
@@ -78,9 +77,17 @@ pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLo
             machine
         }
         None => {
-            return Ok(OwnerLookup::NoMachine(
-                "waiting for a Machine to own this object".into(),
-            ));
+            let claimant = machines
+                .get_opt(&m.name_any())
+                .await
+                .map_err(Error::kube("get the Machine of the same name"))?
+                .filter(|machine| claims(machine, m));
+            let Some(machine) = claimant else {
+                return Ok(OwnerLookup::NoMachine(
+                    "waiting for a Machine to own this object".into(),
+                ));
+            };
+            machine
         }
     };
     let cluster_name = if machine.spec.cluster_name.is_empty() {
@@ -116,6 +123,23 @@ pub async fn owners(ctx: &Context, m: &OpenStackWorkerMachine) -> Result<OwnerLo
         cluster,
         infra,
     })))
+}
+
+/// True when `machine` claims `m` as its infrastructure machine: same namespace, its
+/// `spec.infrastructureRef` names `m` (kind `OpenStackWorkerMachine`, capow's API group), and
+/// `m` has no ownerReference to another Machine.
+pub fn claims(machine: &Machine, m: &OpenStackWorkerMachine) -> bool {
+    let r = &machine.spec.infrastructure_ref;
+    let owned_by_another = m.owner_references().iter().any(|o| {
+        o.kind == "Machine"
+            && o.api_version.split('/').next() == Some(capi::GROUP)
+            && o.name != machine.name_any()
+    });
+    r.kind == OpenStackWorkerMachine::kind(&())
+        && r.api_group == OpenStackWorkerMachine::group(&())
+        && r.name == m.name_any()
+        && machine.namespace() == m.namespace()
+        && !owned_by_another
 }
 
 /// The identityRef of the `OpenStackWorkerCluster` of `m`'s Cluster (found through the
@@ -461,4 +485,82 @@ pub async fn owned_ports(
         }
     }
     Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use serde_json::json;
+
+    use super::*;
+
+    fn infra(owner: Option<&str>) -> OpenStackWorkerMachine {
+        let mut m: OpenStackWorkerMachine = serde_json::from_value(json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "OpenStackWorkerMachine",
+            "metadata": {"name": "md-abc-x1", "namespace": "ns"},
+            "spec": {"flavor": {"filter": {"name": "m1.small"}}, "image": {"filter": {"name": "img"}}}
+        }))
+        .expect("machine");
+        if let Some(name) = owner {
+            m.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "cluster.x-k8s.io/v1beta2".into(),
+                kind: "Machine".into(),
+                name: name.into(),
+                uid: "u".into(),
+                ..OwnerReference::default()
+            }]);
+        }
+        m
+    }
+
+    fn machine(ns: &str, kind: &str, group: &str, name: &str) -> Machine {
+        serde_json::from_value(json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "md-abc-x1", "namespace": ns},
+            "spec": {"clusterName": "c1", "infrastructureRef": {"kind": kind, "apiGroup": group, "name": name}}
+        }))
+        .expect("Machine")
+    }
+
+    #[test]
+    fn a_machine_claims_its_infrastructure_machine_only_by_an_exact_reference() {
+        let group = "infrastructure.cluster.x-k8s.io";
+        let m = infra(None);
+        assert!(claims(
+            &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            &m
+        ));
+        assert!(claims(
+            &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            &infra(Some("md-abc-x1"))
+        ));
+        for (why, other) in [
+            (
+                "another name",
+                machine("ns", "OpenStackWorkerMachine", group, "other"),
+            ),
+            (
+                "another kind",
+                machine("ns", "OpenStackMachine", group, "md-abc-x1"),
+            ),
+            (
+                "another group",
+                machine("ns", "OpenStackWorkerMachine", "example.com", "md-abc-x1"),
+            ),
+            (
+                "another namespace",
+                machine("ns2", "OpenStackWorkerMachine", group, "md-abc-x1"),
+            ),
+        ] {
+            assert!(!claims(&other, &m), "{why}");
+        }
+        assert!(
+            !claims(
+                &machine("ns", "OpenStackWorkerMachine", group, "md-abc-x1"),
+                &infra(Some("someone-else"))
+            ),
+            "owned by another Machine"
+        );
+    }
 }
