@@ -486,3 +486,219 @@ async fn max_age(c: &HcpCluster, env: &Env) {
     c.set_replicas(md, 0).await;
     c.wait_running(md, 0, Duration::from_secs(180)).await;
 }
+
+/// The headroom placeholders (`spec.nodeLifecycle.headroom`) of the cluster, from the workload
+/// cluster: `(name, node, phase)` of each live pod.
+async fn placeholders(c: &HcpCluster) -> Vec<(String, String, String)> {
+    use capow::controllers::lifecycle::plan::{HEADROOM_NAME, HEADROOM_NAMESPACE};
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.workload.clone(), HEADROOM_NAMESPACE);
+    let mut out: Vec<(String, String, String)> = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={HEADROOM_NAME}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.metadata.name.unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name).unwrap_or_default(),
+                p.status.and_then(|s| s.phase).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Headroom with the real cluster-autoscaler 1.36.1: capow runs a placeholder pod in the
+/// workload cluster; the autoscaler adds a node for it; a real pod that needs that node
+/// preempts the placeholder at once (no new node for the real pod), and the autoscaler adds a
+/// node for the placeholder again. Bad input is refused or reported, and deletes nothing;
+/// removing the field removes the placeholders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn placeholders_keep_headroom_make_the_autoscaler_add_a_node_and_yield_to_real_pods() {
+    let env = Env::get();
+    let Some(bin) = capow_e2e::autoscaler::binary(capow_e2e::autoscaler::Wire::New, "headroom")
+    else {
+        return;
+    };
+    capow_e2e::ensure_crds(&Env::get().client().await).await;
+    let c = HcpCluster::start("lc-headroom").await;
+    let keeper = keep_node_lifecycle_schema(&c);
+    let outcome = AssertUnwindSafe(headroom(&c, env, &bin))
+        .catch_unwind()
+        .await;
+    keeper.abort();
+    c.finish().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn headroom(c: &HcpCluster, env: &Env, bin: &std::path::Path) {
+    use capow::controllers::lifecycle::plan::HEADROOM_NAMESPACE;
+    use capow_e2e::autoscaler::{CaOptions, ClusterAutoscaler};
+    // m1.tiny: 1 vCPU. One placeholder of 600m fills a node as far as a 600m pod is concerned.
+    c.add_machine_deployment("workers", "m1.tiny", 3).await;
+    let oswc = dynamic(
+        &c.client,
+        &c.ns,
+        INFRA_GROUP,
+        "v1alpha1",
+        "OpenStackWorkerCluster",
+    )
+    .await;
+
+    // Bad input: the API server refuses a non-positive quantity.
+    let refused = oswc
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"nodeLifecycle": {"headroom": {"cpu": "-1", "memory": "64Mi"}}}}),
+            ),
+        )
+        .await
+        .expect_err("a negative cpu is refused");
+    assert!(
+        refused.to_string().contains("cpu must be a quantity"),
+        "{refused}"
+    );
+    // More than the group can hold at its max (3 nodes of 1 vCPU): reported, nothing applied.
+    set_node_lifecycle(
+        c,
+        json!({"headroom": {"cpu": "8", "memory": "64Mi", "replicas": 4}}),
+    )
+    .await;
+    Poll::new(
+        "the Headroom condition to report the misfit",
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
+        let cond = lifecycle_condition(c, "Headroom").await;
+        let msg = cond["message"].as_str().unwrap_or_default().to_owned();
+        if cond["reason"] == "HeadroomDoesNotFit" && msg.contains("spec.nodeLifecycle.headroom") {
+            Ok(())
+        } else {
+            Err(format!("condition {cond}"))
+        }
+    })
+    .await;
+    assert!(
+        placeholders(c).await.is_empty(),
+        "nothing applied for a misfit"
+    );
+
+    // The real thing: one placeholder of 600m CPU, the autoscaler running.
+    let cloud_config = c.cloud_config().await;
+    workload::wait_default_service_account(&c.workload, "default").await;
+    let ca = ClusterAutoscaler::start(
+        bin,
+        &c.workload_kubeconfig,
+        &cloud_config,
+        &CaOptions::default(),
+        &format!("{}-headroom", c.ns),
+    )
+    .await;
+    let started = Instant::now();
+    set_node_lifecycle(
+        c,
+        json!({"headroom": {"cpu": "600m", "memory": "64Mi", "replicas": 1}}),
+    )
+    .await;
+    let first = Poll::new(
+        "the placeholder Running on a node the autoscaler added",
+        Duration::from_secs(240),
+    )
+    .log_tail(&ca.log, 30)
+    .until(|| async {
+        match placeholders(c).await.as_slice() {
+            [(_, node, phase)] if phase == "Running" && !node.is_empty() => Ok(node.clone()),
+            other => Err(format!("placeholders {other:?}")),
+        }
+    })
+    .await;
+    let headroom_node_after = started.elapsed();
+    let cond = lifecycle_condition(c, "Headroom").await;
+    assert_eq!(cond["reason"], "HeadroomKept", "{cond}");
+    assert!(
+        !ca.lines("Scale-up: setting group").is_empty(),
+        "the autoscaler scaled up for the placeholder"
+    );
+
+    // A real pod that needs the node: it preempts the placeholder and runs there.
+    let preempt_started = Instant::now();
+    workload::create_deployment(&c.workload, "default", "real", 1, "600m", "64Mi").await;
+    let placed = workload::wait_pods(
+        &c.workload,
+        "default",
+        "real",
+        1,
+        "Running",
+        Duration::from_secs(120),
+        |p| p.phase == "Running",
+    )
+    .await;
+    let preempted_after = preempt_started.elapsed();
+    assert_eq!(
+        placed[0].node, first,
+        "the real pod took the placeholder's node"
+    );
+    // The placeholder, pending again, makes the autoscaler add a second node.
+    let second = Poll::new(
+        "the placeholder Running again on a second node",
+        Duration::from_secs(240),
+    )
+    .log_tail(&ca.log, 30)
+    .until(|| async {
+        match placeholders(c).await.as_slice() {
+            [(_, node, phase)] if phase == "Running" && !node.is_empty() && *node != first => {
+                Ok(node.clone())
+            }
+            other => Err(format!("placeholders {other:?}")),
+        }
+    })
+    .await;
+    let replaced_after = preempt_started.elapsed();
+    let nodes: Api<Node> = Api::all(c.workload.clone());
+    let names: BTreeSet<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([first.clone(), second.clone()]),
+        "two nodes: the real pod's and the placeholder's"
+    );
+
+    // Removing the field removes the placeholders (the namespace goes).
+    set_node_lifecycle(c, json!({"headroom": null})).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.workload.clone());
+    Poll::new("the headroom namespace gone", Duration::from_secs(120))
+        .log_tail(&c.manager.log, 30)
+        .until(|| async {
+            match namespaces.get_opt(HEADROOM_NAMESPACE).await {
+                Ok(None) => Ok(()),
+                Ok(Some(ns)) => Err(format!("phase {:?}", ns.status.and_then(|s| s.phase))),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    let version = ca.version().unwrap_or_else(|| "unknown".into());
+    ca.stop().await;
+    env.record(&format!(
+        "headroom (cluster-autoscaler {}): placeholder Running on an added node {:.1} s after spec.nodeLifecycle.headroom was set; a real 600m pod Running on that node {:.1} s after it was created (placeholder preempted); placeholder Running on a second node {:.1} s after that",
+        version,
+        headroom_node_after.as_secs_f64(),
+        preempted_after.as_secs_f64(),
+        replaced_after.as_secs_f64(),
+    ));
+}

@@ -69,6 +69,39 @@ pub struct NodeLifecycle {
     /// (`key[=value]:Effect`, or `off`) overrides it per MachineDeployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_taint: Option<StartupTaint>,
+
+    /// Spare capacity kept free in the workload cluster: capow runs placeholder pods that ask
+    /// for it at a priority below every workload's (PriorityClass `capow-headroom`, value
+    /// [`HEADROOM_PRIORITY`]), so the cluster-autoscaler adds nodes for them ahead of demand
+    /// and a real pod preempts a placeholder at once. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<Headroom>,
+}
+
+/// Priority of the headroom placeholder pods: below the default 0 of workloads, so any pod
+/// preempts them, and not below the cluster-autoscaler's `--expendable-pods-priority-cutoff`
+/// (default -10; pods below it never cause a scale-up, cluster-autoscaler FAQ "How can I
+/// configure overprovisioning with Cluster Autoscaler?").
+pub const HEADROOM_PRIORITY: i32 = -1;
+
+/// Free capacity kept by placeholder pods (`spec.nodeLifecycle.headroom`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.replicas) || !isQuantity(self.cpu) || (quantity(self.cpu).asApproximateFloat() / double(self.replicas) >= 0.001)").message("each placeholder pod must ask for at least 1m CPU: lower replicas or raise cpu"))]
+pub struct Headroom {
+    /// CPU kept free, a Kubernetes quantity greater than 0 and at most 1024 (e.g. `2`, `500m`).
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('1024')) <= 0").message("cpu must be a quantity greater than 0 and at most 1024, e.g. 2 or 500m"))]
+    pub cpu: String,
+    /// Memory kept free, a Kubernetes quantity greater than 0 and at most 16Ti (e.g. `4Gi`).
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('16Ti')) <= 0").message("memory must be a quantity greater than 0 and at most 16Ti, e.g. 4Gi"))]
+    pub memory: String,
+    /// Placeholder pods the headroom is split into; each asks for `cpu / replicas` and
+    /// `memory / replicas`, so it must fit one node. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
 }
 
 /// The startup taint (a `v1.Taint` without `timeAdded`).

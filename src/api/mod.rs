@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod machine;
 pub mod machine_template;
 pub mod ownership;
+pub mod quantity;
 
 use std::collections::BTreeMap;
 

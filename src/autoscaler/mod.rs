@@ -10,7 +10,7 @@ pub mod node;
 pub mod options;
 pub mod pricing;
 pub mod proto;
-pub mod quantity;
+pub use crate::api::quantity;
 pub mod report;
 pub mod scale;
 pub mod server;

@@ -347,6 +347,7 @@ mod tests {
             max_node_age: age.map(str::to_owned),
             replacement_budget: budget,
             startup_taint: taint,
+            headroom: None,
         }
     }
 

@@ -52,6 +52,7 @@ use crate::api::lifecycle::{
     AUTOSCALER_STARTUP_TAINT_PREFIXES, NodeLifecycle, NodeLifecycleStatus,
 };
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
+use crate::api::quantity;
 use crate::capi::{self, Cluster, Machine, MachineDeployment, MachineSet};
 use crate::controllers::run::{self, api};
 use crate::controllers::{Context, describe_kube_error};
@@ -67,6 +68,8 @@ pub mod condition_types {
     pub const MAX_NODE_AGE: &str = "MaxNodeAge";
     /// A startup taint is in force.
     pub const STARTUP_TAINT: &str = "StartupTaint";
+    /// `spec.nodeLifecycle.headroom` is set.
+    pub const HEADROOM: &str = "Headroom";
 }
 
 /// Reasons of the lifecycle conditions.
@@ -87,6 +90,11 @@ pub mod reasons {
     pub const AUTOSCALER_FLAG_NEEDED: &str = "AutoscalerFlagNeeded";
     /// The workload cluster cannot be reached (message says why).
     pub const WORKLOAD_CLUSTER_UNREACHABLE: &str = "WorkloadClusterUnreachable";
+    /// The headroom's placeholders cannot fit the cluster's autoscaled node groups, or its
+    /// quantities are unusable (message names the field and the sizes).
+    pub const HEADROOM_DOES_NOT_FIT: &str = "HeadroomDoesNotFit";
+    /// The placeholders are applied; the message counts the Ready ones.
+    pub const HEADROOM_KEPT: &str = "HeadroomKept";
 }
 
 /// Reasons of the events of this controller.
@@ -108,12 +116,15 @@ pub mod event_reasons {
 pub struct LifecycleConfig {
     /// Smallest max node age accepted from the MachineDeployment annotation.
     pub max_node_age_floor: Duration,
+    /// Image of the headroom placeholder pods (`--headroom-image`).
+    pub headroom_image: String,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
             max_node_age_floor: settings::DEFAULT_MAX_NODE_AGE_FLOOR,
+            headroom_image: "pause:3.10".to_owned(),
         }
     }
 }
@@ -205,6 +216,7 @@ struct Shared {
 /// One MachineDeployment of the cluster with what is in force for it.
 struct Group {
     md: Arc<MachineDeployment>,
+    capacity: plan::GroupCapacity,
     settings: GroupSettings,
     machines: Vec<Arc<Machine>>,
     view: DeploymentView,
@@ -361,7 +373,20 @@ fn groups(s: &Shared, spec: Option<&NodeLifecycle>, ns: &str, cluster: &str) -> 
                 })
                 .collect(),
         };
+        let node = template.as_ref().and_then(|t| {
+            let capacity = &t.status.as_ref()?.capacity;
+            let parse = |k: &str| quantity::parse(&capacity.get(k)?.0).ok();
+            Some((parse("cpu")?, parse("memory")?))
+        });
         out.push(Group {
+            capacity: plan::GroupCapacity {
+                name: name.clone(),
+                node,
+                max_size: match &limits {
+                    SizeLimits::Valid { max, .. } => Some(*max),
+                    _ => None,
+                },
+            },
             md,
             settings,
             machines: own,
@@ -476,32 +501,62 @@ async fn reconcile_bounded(
         .map(settings::taint_of);
     let taints_on =
         cluster_taint.is_some() || groups.iter().any(|g| g.settings.startup_taint.is_some());
-    if taints_on {
+    let headroom = spec.and_then(|l| l.headroom.as_ref());
+    // Placeholders applied earlier are removed once the field is gone.
+    let headroom_was_on = before
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition_types::HEADROOM);
+    if taints_on || headroom.is_some() || headroom_was_on {
         let owner = ObjectRef::from_obj(&*oswc);
-        match s
+        let w = match s
             .workloads
             .get(&s.ctx.client, &ns, &cluster_name, owner)
             .await
         {
-            Err(e) => report.set(
-                condition_types::STARTUP_TAINT,
-                false,
-                reasons::WORKLOAD_CLUSTER_UNREACHABLE,
-                e.to_string(),
-                generation,
-            ),
+            Err(e) => Err(e.to_string()),
+            Ok(w) if !w_synced(&w).await => {
+                s.workloads.recheck(&ns, &cluster_name);
+                Err(workload::WorkloadError::NotSynced.to_string())
+            }
+            Ok(w) => Ok(w),
+        };
+        match w {
+            Err(message) => {
+                for (on, type_) in [
+                    (taints_on, condition_types::STARTUP_TAINT),
+                    (headroom.is_some(), condition_types::HEADROOM),
+                ] {
+                    if on {
+                        report.set(
+                            type_,
+                            false,
+                            reasons::WORKLOAD_CLUSTER_UNREACHABLE,
+                            message.clone(),
+                            generation,
+                        );
+                    }
+                }
+            }
             Ok(w) => {
-                if !w_synced(&w).await {
-                    s.workloads.recheck(&ns, &cluster_name);
+                if taints_on {
+                    taint_step(&s, &oswc, &w, &groups, cluster_taint.as_ref(), &mut report).await;
+                }
+                if let Some(h) = headroom {
+                    headroom_step(&s, &oswc, &w, h, &groups, &before, &mut report).await;
+                } else if headroom_was_on && let Err(e) = remove_headroom(&w).await {
+                    // Keep the condition, so the next reconcile tries again.
                     report.set(
-                        condition_types::STARTUP_TAINT,
+                        condition_types::HEADROOM,
                         false,
-                        reasons::WORKLOAD_CLUSTER_UNREACHABLE,
-                        workload::WorkloadError::NotSynced.to_string(),
+                        reasons::WRITE_FAILED,
+                        format!(
+                            "spec.nodeLifecycle.headroom was removed, but deleting the placeholders (namespace {} of the workload cluster) failed: {}",
+                            plan::HEADROOM_NAMESPACE,
+                            describe_kube_error(&e)
+                        ),
                         generation,
                     );
-                } else {
-                    taint_step(&s, &oswc, &w, &groups, cluster_taint.as_ref(), &mut report).await;
                 }
             }
         }
@@ -929,6 +984,152 @@ async fn taint_step(
 
 /// Removes `taint` from `node` with a JSON patch that first tests the taints are still those
 /// of the cached Node (taints are an atomic list): `Ok(false)` when they changed meanwhile.
+/// Keeps the headroom's placeholders in the workload cluster (`spec.nodeLifecycle.headroom`):
+/// checks that the autoscaled groups can hold them ([`plan::headroom_fits`]), applies the
+/// Namespace, PriorityClass and Deployment ([`plan::headroom_objects`]) with server-side apply,
+/// and reports the `Headroom` condition. When they do not fit, nothing is applied (placeholders
+/// already running stay) and a `NodeLifecycleProblem` Warning names the sizes.
+async fn headroom_step(
+    s: &Shared,
+    oswc: &OpenStackWorkerCluster,
+    w: &Workload,
+    headroom: &crate::api::lifecycle::Headroom,
+    groups: &[Group],
+    before: &NodeLifecycleStatus,
+    report: &mut Report,
+) {
+    let generation = oswc.meta().generation;
+    let capacities: Vec<plan::GroupCapacity> = groups.iter().map(|g| g.capacity.clone()).collect();
+    let checked = plan::headroom(headroom)
+        .map_err(|(field, message)| format!("{field}: {message}"))
+        .and_then(|p| plan::headroom_fits(&p, &capacities).map(|()| p));
+    let p = match checked {
+        Ok(p) => p,
+        Err(message) => {
+            if message_changed(before, condition_types::HEADROOM, &message) {
+                s.ctx
+                    .event(
+                        &oswc.object_ref(&()),
+                        EventType::Warning,
+                        event_reasons::LIFECYCLE_PROBLEM,
+                        "Headroom",
+                        message.clone(),
+                    )
+                    .await;
+            }
+            report.set(
+                condition_types::HEADROOM,
+                false,
+                reasons::HEADROOM_DOES_NOT_FIT,
+                message,
+                generation,
+            );
+            return;
+        }
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut ready = 0;
+    for object in plan::headroom_objects(&p, &s.config.headroom_image) {
+        let applied = apply_workload_object(&w.client, &object, &params).await;
+        match applied {
+            Ok(status) => {
+                if let Some(n) = status {
+                    ready = n;
+                }
+            }
+            Err(e) => {
+                report.set(
+                    condition_types::HEADROOM,
+                    false,
+                    reasons::WRITE_FAILED,
+                    format!(
+                        "applying the headroom's {} in the workload cluster failed: {}",
+                        object["kind"].as_str().unwrap_or("object"),
+                        describe_kube_error(&e)
+                    ),
+                    generation,
+                );
+                s.workloads.recheck(
+                    &oswc.namespace().unwrap_or_default(),
+                    &cluster_name_of(oswc),
+                );
+                return;
+            }
+        }
+    }
+    report.set(
+        condition_types::HEADROOM,
+        true,
+        reasons::HEADROOM_KEPT,
+        format!(
+            "{ready} of {} placeholder pods of {} CPU and {} memory are Ready (Deployment {}/{} in the workload cluster, priority {})",
+            p.replicas,
+            quantity::format_cpu(p.cpu),
+            quantity::format_bytes(p.memory),
+            plan::HEADROOM_NAMESPACE,
+            plan::HEADROOM_NAME,
+            crate::api::lifecycle::HEADROOM_PRIORITY,
+        ),
+        generation,
+    );
+}
+
+/// Server-side applies `object` (a Namespace, PriorityClass or Deployment as JSON) in the
+/// workload cluster; for the Deployment returns its `status.readyReplicas`.
+async fn apply_workload_object(
+    client: &kube::Client,
+    object: &serde_json::Value,
+    params: &PatchParams,
+) -> Result<Option<i32>, kube::Error> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    match object["kind"].as_str() {
+        Some("Namespace") => {
+            Api::<Namespace>::all(client.clone())
+                .patch(name, params, &Patch::Apply(object))
+                .await?;
+            Ok(None)
+        }
+        Some("PriorityClass") => {
+            Api::<PriorityClass>::all(client.clone())
+                .patch(name, params, &Patch::Apply(object))
+                .await?;
+            Ok(None)
+        }
+        _ => {
+            let d = Api::<Deployment>::namespaced(client.clone(), plan::HEADROOM_NAMESPACE)
+                .patch(name, params, &Patch::Apply(object))
+                .await?;
+            Ok(Some(d.status.and_then(|st| st.ready_replicas).unwrap_or(0)))
+        }
+    }
+}
+
+/// Deletes the headroom's namespace (and with it the placeholders) and PriorityClass from the
+/// workload cluster; "not found" counts as done.
+async fn remove_headroom(w: &Workload) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let gone = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    };
+    gone(
+        Api::<Namespace>::all(w.client.clone())
+            .delete(plan::HEADROOM_NAMESPACE, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    gone(
+        Api::<PriorityClass>::all(w.client.clone())
+            .delete(plan::HEADROOM_NAME, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )
+}
+
 async fn remove_taint(w: &Workload, node: &Node, taint: &Taint) -> Result<bool, kube::Error> {
     let current = node
         .spec

@@ -1,7 +1,9 @@
 //! Pure decisions of the lifecycle controller, from views of what observe read:
 //!
 //! - [`max_age`]: which Machines of a MachineDeployment to replace now, or why none;
-//! - [`startup_taints`]: which Nodes lose their startup taint now.
+//! - [`startup_taints`]: which Nodes lose their startup taint now;
+//! - [`headroom`], [`headroom_fits`], [`headroom_objects`]: the placeholder pods of the
+//!   headroom, whether the cluster's node groups can hold them, and the objects that run them.
 //!
 //! Nothing here does I/O; every function is table-tested below.
 
@@ -9,7 +11,11 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use serde_json::json;
+
 use crate::api::lifecycle::settings::{MaxAge, Taint, format_duration};
+use crate::api::lifecycle::{HEADROOM_PRIORITY, Headroom};
+use crate::api::quantity::{self, Milli};
 use crate::capi::MachineDeploymentStatus;
 
 /// Annotation capow puts on a Machine it replaces for age, right before deleting it: the time
@@ -359,6 +365,172 @@ pub fn startup_taints(nodes: &[NodeView]) -> Vec<TaintDecision> {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// Headroom
+
+/// Namespace of the headroom placeholders in the workload cluster.
+pub const HEADROOM_NAMESPACE: &str = "capow-headroom";
+/// Name of their Deployment and of their PriorityClass.
+pub const HEADROOM_NAME: &str = "capow-headroom";
+
+/// The placeholder pods that keep `spec.nodeLifecycle.headroom` free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadroomPlan {
+    /// Placeholder pods.
+    pub replicas: i32,
+    /// CPU request of each, in millicores (rounded up).
+    pub cpu: Milli,
+    /// Memory request of each, in milli-bytes (rounded up to whole bytes).
+    pub memory: Milli,
+}
+
+/// Splits the headroom into its placeholder pods.
+///
+/// # Errors
+/// `(field path, sentence)` when a quantity does not parse or is not positive (the CRD's rules
+/// refuse both; this guards objects written before them).
+pub fn headroom(h: &Headroom) -> Result<HeadroomPlan, (String, String)> {
+    let replicas = h.replicas.unwrap_or(1).max(1);
+    let per_pod = |field: &str, value: &str, unit: i128| {
+        let q = quantity::parse(value).map_err(|e| {
+            (
+                format!("spec.nodeLifecycle.headroom.{field}"),
+                format!("{e}; use e.g. 2 or 500m for cpu, 4Gi for memory"),
+            )
+        })?;
+        if q.0 <= 0 {
+            return Err((
+                format!("spec.nodeLifecycle.headroom.{field}"),
+                format!("{value:?} keeps nothing free; give a quantity greater than 0"),
+            ));
+        }
+        let share = (q.0 + i128::from(replicas) - 1) / i128::from(replicas);
+        Ok(Milli((share + unit - 1) / unit * unit))
+    };
+    Ok(HeadroomPlan {
+        replicas,
+        cpu: per_pod("cpu", &h.cpu, 1)?,
+        memory: per_pod("memory", &h.memory, 1000)?,
+    })
+}
+
+/// An autoscaled node group as [`headroom_fits`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupCapacity {
+    /// MachineDeployment name.
+    pub name: String,
+    /// CPU and memory of one node (the template's `status.capacity`); `None` when unknown.
+    pub node: Option<(Milli, Milli)>,
+    /// The group's max size (autoscaling annotations); `None` when not autoscaled.
+    pub max_size: Option<i32>,
+}
+
+/// Whether the autoscaler can make room for the placeholders: each must fit one node of some
+/// autoscaled group, and all of them the groups at their max sizes.
+///
+/// # Errors
+/// A sentence naming the field, the sizes and what to change.
+pub fn headroom_fits(plan: &HeadroomPlan, groups: &[GroupCapacity]) -> Result<(), String> {
+    let usable: Vec<(&str, Milli, Milli, i128)> = groups
+        .iter()
+        .filter_map(|g| {
+            let (cpu, memory) = g.node?;
+            let max = g.max_size.filter(|m| *m > 0)?;
+            Some((g.name.as_str(), cpu, memory, i128::from(max)))
+        })
+        .collect();
+    let pod = format!(
+        "{} CPU and {} memory",
+        quantity::format_cpu(plan.cpu),
+        quantity::format_bytes(plan.memory)
+    );
+    if usable.is_empty() {
+        return Err(format!(
+            "spec.nodeLifecycle.headroom: no MachineDeployment of the cluster is autoscaled with a known node size (autoscaling min/max annotations and a template with status.capacity), so nothing can make room for the placeholders of {pod}"
+        ));
+    }
+    if !usable
+        .iter()
+        .any(|(_, cpu, memory, _)| plan.cpu <= *cpu && plan.memory <= *memory)
+    {
+        let largest = usable
+            .iter()
+            .map(|(name, cpu, memory, _)| {
+                format!(
+                    "{name}: {} CPU, {}",
+                    quantity::format_cpu(*cpu),
+                    quantity::format_bytes(*memory)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(format!(
+            "spec.nodeLifecycle.headroom: each placeholder pod asks for {pod}, more than one node of any autoscaled MachineDeployment offers ({largest}); raise spec.nodeLifecycle.headroom.replicas or lower cpu and memory"
+        ));
+    }
+    let n = i128::from(plan.replicas);
+    let (want_cpu, want_memory) = (plan.cpu.0 * n, plan.memory.0 * n);
+    let (max_cpu, max_memory) = usable
+        .iter()
+        .fold((0i128, 0i128), |(c, m), (_, cpu, memory, max)| {
+            (c + cpu.0 * max, m + memory.0 * max)
+        });
+    if want_cpu > max_cpu || want_memory > max_memory {
+        return Err(format!(
+            "spec.nodeLifecycle.headroom: {} placeholder pods of {pod} need more than the autoscaled MachineDeployments hold at their max sizes ({} CPU, {} memory); raise their max-size annotations or lower the headroom",
+            plan.replicas,
+            quantity::format_cpu(Milli(max_cpu)),
+            quantity::format_bytes(Milli(max_memory))
+        ));
+    }
+    Ok(())
+}
+
+/// The workload-cluster objects that run the placeholders, in apply order: the Namespace
+/// [`HEADROOM_NAMESPACE`], the PriorityClass [`HEADROOM_NAME`] (value [`HEADROOM_PRIORITY`],
+/// `preemptionPolicy: Never`: placeholders never preempt anything) and the Deployment
+/// [`HEADROOM_NAME`] of `plan.replicas` pods running `image` (a pause image) with requests
+/// equal to limits, no service account token, and zero termination grace, so a preempted
+/// placeholder frees its node at once.
+pub fn headroom_objects(plan: &HeadroomPlan, image: &str) -> [serde_json::Value; 3] {
+    let labels =
+        json!({"app.kubernetes.io/name": HEADROOM_NAME, "app.kubernetes.io/managed-by": "capow"});
+    let resources = json!({
+        "cpu": quantity::format_cpu(plan.cpu),
+        "memory": quantity::format_bytes(plan.memory),
+    });
+    [
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": HEADROOM_NAMESPACE, "labels": labels}}),
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+               "metadata": {"name": HEADROOM_NAME, "labels": labels},
+               "value": HEADROOM_PRIORITY, "preemptionPolicy": "Never", "globalDefault": false,
+               "description": "Placeholder pods capow runs to keep spare capacity (OpenStackWorkerCluster spec.nodeLifecycle.headroom); every workload preempts them."}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": HEADROOM_NAME, "namespace": HEADROOM_NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": plan.replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": HEADROOM_NAME}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": HEADROOM_NAME,
+                    "terminationGracePeriodSeconds": 0,
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65535, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "placeholder",
+                        "image": image,
+                        "resources": {"requests": resources, "limits": resources},
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        }}),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +787,95 @@ mod tests {
         let mut off = node("x", true, &["s/t"]);
         off.startup_taint = None;
         assert!(startup_taints(&[off]).is_empty());
+    }
+
+    fn headroom_of(cpu: &str, memory: &str, replicas: Option<i32>) -> Headroom {
+        Headroom {
+            cpu: cpu.into(),
+            memory: memory.into(),
+            replicas,
+        }
+    }
+
+    fn group(name: &str, cpu: &str, memory: &str, max: Option<i32>) -> GroupCapacity {
+        GroupCapacity {
+            name: name.into(),
+            node: Some((
+                quantity::parse(cpu).unwrap(),
+                quantity::parse(memory).unwrap(),
+            )),
+            max_size: max,
+        }
+    }
+
+    #[test]
+    fn headroom_is_split_into_placeholders_rounded_up() {
+        let p = headroom(&headroom_of("1", "1Gi", Some(3))).unwrap();
+        assert_eq!(p.replicas, 3);
+        assert_eq!(quantity::format_cpu(p.cpu), "334m");
+        assert_eq!(p.memory.0 % 1000, 0, "whole bytes");
+        assert!(p.memory.0 * 3 >= (1i128 << 30) * 1000);
+        let one = headroom(&headroom_of("500m", "256Mi", None)).unwrap();
+        assert_eq!(
+            (
+                one.replicas,
+                quantity::format_cpu(one.cpu),
+                quantity::format_bytes(one.memory)
+            ),
+            (1, "500m".to_owned(), "256Mi".to_owned())
+        );
+        let (field, message) = headroom(&headroom_of("two", "1Gi", None)).unwrap_err();
+        assert_eq!(field, "spec.nodeLifecycle.headroom.cpu");
+        assert!(message.contains("not a Kubernetes quantity"), "{message}");
+        let (field, _) = headroom(&headroom_of("1", "0", None)).unwrap_err();
+        assert_eq!(field, "spec.nodeLifecycle.headroom.memory");
+    }
+
+    #[test]
+    fn headroom_must_fit_one_node_and_the_groups_at_their_max() {
+        let p = headroom(&headroom_of("2", "4Gi", Some(2))).unwrap();
+        let small = group("small", "1", "2Gi", Some(10));
+        let big = group("big", "2", "8Gi", Some(1));
+        assert!(headroom_fits(&p, &[small.clone(), big.clone()]).is_ok());
+        let err = headroom_fits(&p, &[group("tiny", "500m", "2Gi", Some(10))]).unwrap_err();
+        assert!(
+            err.contains("more than one node") && err.contains("tiny: 500m CPU, 2Gi"),
+            "{err}"
+        );
+        let p4 = headroom(&headroom_of("4", "4Gi", Some(4))).unwrap();
+        let err = headroom_fits(&p4, &[group("small", "1", "2Gi", Some(3))]).unwrap_err();
+        assert!(
+            err.contains("4 placeholder pods") && err.contains("3 CPU, 6Gi memory"),
+            "{err}"
+        );
+        let unknown = GroupCapacity {
+            node: None,
+            ..small.clone()
+        };
+        let not_autoscaled = GroupCapacity {
+            max_size: None,
+            ..big
+        };
+        let err = headroom_fits(&p, &[unknown, not_autoscaled]).unwrap_err();
+        assert!(err.contains("no MachineDeployment"), "{err}");
+    }
+
+    #[test]
+    fn headroom_objects_run_preemptible_placeholders_that_never_preempt() {
+        let p = headroom(&headroom_of("1", "1Gi", Some(2))).unwrap();
+        let [ns, pc, deployment] = headroom_objects(&p, "mirror.example/pause:3.10");
+        assert_eq!(ns["metadata"]["name"], HEADROOM_NAMESPACE);
+        assert_eq!(pc["value"], HEADROOM_PRIORITY);
+        const { assert!(HEADROOM_PRIORITY < 0 && HEADROOM_PRIORITY >= -10) };
+        assert_eq!(pc["preemptionPolicy"], "Never");
+        assert_eq!(deployment["spec"]["replicas"], 2);
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["priorityClassName"], HEADROOM_NAME);
+        assert_eq!(pod["terminationGracePeriodSeconds"], 0);
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "mirror.example/pause:3.10");
+        assert_eq!(c["resources"]["requests"], c["resources"]["limits"]);
+        assert_eq!(c["resources"]["requests"]["cpu"], "500m");
+        assert_eq!(c["resources"]["requests"]["memory"], "512Mi");
     }
 }
