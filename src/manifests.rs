@@ -334,6 +334,7 @@ fn deployment(image: &Image) -> Value {
                             "--autoscaler-address=0.0.0.0:8086",
                             "--namespace=${CAPOW_WATCH_NAMESPACE:=}",
                             "--autoscaler-image-repository=${CAPOW_AUTOSCALER_IMAGE_REPOSITORY:=cluster-autoscaler}",
+                            "--headroom-image=${CAPOW_HEADROOM_IMAGE:=pause:3.10}",
                         ],
                         "env": [env("POD_NAME", "metadata.name"), env("POD_NAMESPACE", "metadata.namespace")],
                         "ports": [
