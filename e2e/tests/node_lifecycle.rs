@@ -53,6 +53,18 @@ fn is_ready(n: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Names of the workload cluster's Nodes.
+async fn node_names(c: &HcpCluster) -> BTreeSet<String> {
+    Api::<Node>::all(c.workload.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect()
+}
+
 /// The `status.nodeLifecycle` condition `type_` of the cluster's OpenStackWorkerCluster.
 async fn lifecycle_condition(c: &HcpCluster, type_: &str) -> Value {
     let oswc = dynamic(
@@ -203,14 +215,7 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     c.wait_running("workers", n as usize, Duration::from_secs(240))
         .await;
     let nodes: Api<Node> = Api::all(c.workload.clone());
-    let names: Vec<String> = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|x| x.metadata.name)
-        .collect();
+    let names = node_names(c).await;
     assert_eq!(names.len(), n as usize, "{names:?}");
 
     // NotReady: capow reports it keeps the taint, and the taint is still there.
@@ -664,15 +669,7 @@ async fn headroom(c: &HcpCluster, env: &Env, bin: &std::path::Path) {
     })
     .await;
     let replaced_after = preempt_started.elapsed();
-    let nodes: Api<Node> = Api::all(c.workload.clone());
-    let names: BTreeSet<String> = nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+    let names = node_names(c).await;
     assert_eq!(
         names,
         BTreeSet::from([first.clone(), second.clone()]),

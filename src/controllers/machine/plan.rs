@@ -1005,7 +1005,7 @@ mod tests {
             security_groups: vec!["sg-a".into(), "sg-b".into()],
             ..Default::default()
         };
-        let req = create_server_request(ServerPlan {
+        let by_nova = ServerPlan {
             name: "m1",
             flavor_id: "f",
             image_id: "i",
@@ -1017,7 +1017,8 @@ mod tests {
             config_drive: None,
             availability_zone: None,
             block_devices: vec![],
-        });
+        };
+        let req = create_server_request(by_nova.clone());
         let body = serde_json::to_value(&req).unwrap();
         assert_eq!(body["networks"], serde_json::json!([{"uuid": "net-1"}]));
         assert_eq!(
@@ -1026,19 +1027,7 @@ mod tests {
         );
         let created = create_server_request(ServerPlan {
             ports: ServerPorts::Created(&["p0".to_owned()]),
-            ..ServerPlan {
-                name: "m1",
-                flavor_id: "f",
-                image_id: "i",
-                ports: ServerPorts::ByNova(&want),
-                key_name: None,
-                user_data: "",
-                tags: vec![],
-                metadata: Default::default(),
-                config_drive: None,
-                availability_zone: None,
-                block_devices: vec![],
-            }
+            ..by_nova
         });
         let body = serde_json::to_value(&created).unwrap();
         assert!(
