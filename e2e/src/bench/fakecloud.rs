@@ -288,6 +288,39 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 .to_string(),
         );
     }
+    // Version discovery (unauthenticated `GET` of each endpoint), which gophercloud v2 clients
+    // such as CAPO's make before their first call: the documents Nova, Neutron and Glance
+    // serve (Compute API "API Versions", Networking API "List API versions", Image API
+    // "Version history").
+    let origin = &shared.origin;
+    match path.as_str() {
+        "/compute/v2.1" | "/compute/v2.1/" => {
+            return json_response(
+                StatusCode::OK,
+                json!({"version": {"id": "v2.1", "status": "CURRENT", "version": "2.96",
+                    "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                    "links": [{"rel": "self", "href": format!("{origin}/compute/v2.1/")}]}})
+                .to_string(),
+            );
+        }
+        "/network" | "/network/" => {
+            return json_response(
+                StatusCode::OK,
+                json!({"versions": [{"id": "v2.0", "status": "CURRENT",
+                    "links": [{"rel": "self", "href": format!("{origin}/network/v2.0/")}]}]})
+                .to_string(),
+            );
+        }
+        "/image" | "/image/" => {
+            return json_response(
+                StatusCode::OK,
+                json!({"versions": [{"id": "v2.16", "status": "CURRENT",
+                    "links": [{"rel": "self", "href": format!("{origin}/image/v2/")}]}]})
+                .to_string(),
+            );
+        }
+        _ => {}
+    }
     if let Some(rest) = path.strip_prefix("/compute/v2.1") {
         return compute(&shared, rest, &q);
     }
