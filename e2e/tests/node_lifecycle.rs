@@ -65,16 +65,21 @@ async fn node_names(c: &HcpCluster) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `status.nodeLifecycle` condition `type_` of the cluster's OpenStackWorkerCluster.
-async fn lifecycle_condition(c: &HcpCluster, type_: &str) -> Value {
-    let oswc = dynamic(
+/// The cluster's OpenStackWorkerClusters, as dynamic objects.
+async fn oswc_api(c: &HcpCluster) -> Api<kube::api::DynamicObject> {
+    dynamic(
         &c.client,
         &c.ns,
         INFRA_GROUP,
         "v1alpha1",
         "OpenStackWorkerCluster",
     )
-    .await;
+    .await
+}
+
+/// The `status.nodeLifecycle` condition `type_` of the cluster's OpenStackWorkerCluster.
+async fn lifecycle_condition(c: &HcpCluster, type_: &str) -> Value {
+    let oswc = oswc_api(c).await;
     let v = serde_json::to_value(oswc.get(CLUSTER).await.unwrap()).unwrap();
     v["status"]["nodeLifecycle"]["conditions"]
         .as_array()
@@ -130,14 +135,7 @@ async fn ensure_schema(client: &kube::Client) -> Result<(), kube::Error> {
 
 async fn set_node_lifecycle(c: &HcpCluster, spec: Value) {
     ensure_node_lifecycle_schema(c).await;
-    let oswc = dynamic(
-        &c.client,
-        &c.ns,
-        INFRA_GROUP,
-        "v1alpha1",
-        "OpenStackWorkerCluster",
-    )
-    .await;
+    let oswc = oswc_api(c).await;
     let got = oswc
         .patch(
             CLUSTER,
@@ -548,14 +546,7 @@ async fn headroom(c: &HcpCluster, env: &Env, bin: &std::path::Path) {
     use capow_e2e::autoscaler::{CaOptions, ClusterAutoscaler};
     // m1.tiny: 1 vCPU. One placeholder of 600m fills a node as far as a 600m pod is concerned.
     c.add_machine_deployment("workers", "m1.tiny", 3).await;
-    let oswc = dynamic(
-        &c.client,
-        &c.ns,
-        INFRA_GROUP,
-        "v1alpha1",
-        "OpenStackWorkerCluster",
-    )
-    .await;
+    let oswc = oswc_api(c).await;
 
     // Bad input: the API server refuses a non-positive quantity.
     let refused = oswc

@@ -982,8 +982,6 @@ async fn taint_step(
     report.set(t, ok, reason, message, generation);
 }
 
-/// Removes `taint` from `node` with a JSON patch that first tests the taints are still those
-/// of the cached Node (taints are an atomic list): `Ok(false)` when they changed meanwhile.
 /// Keeps the headroom's placeholders in the workload cluster (`spec.nodeLifecycle.headroom`):
 /// checks that the autoscaled groups can hold them ([`plan::headroom_fits`]), applies the
 /// Namespace, PriorityClass and Deployment ([`plan::headroom_objects`]) with server-side apply,
@@ -1130,6 +1128,8 @@ async fn remove_headroom(w: &Workload) -> Result<(), kube::Error> {
     )
 }
 
+/// Removes `taint` from `node` with a JSON patch that first tests the taints are still those
+/// of the cached Node (taints are an atomic list): `Ok(false)` when they changed meanwhile.
 async fn remove_taint(w: &Workload, node: &Node, taint: &Taint) -> Result<bool, kube::Error> {
     let current = node
         .spec

@@ -769,19 +769,7 @@ mod tests {
             block_devices("img", &[], &[]).is_empty(),
             "no devices, no mapping"
         );
-        let req = create_server_request(ServerPlan {
-            name: "m",
-            flavor_id: "f",
-            image_id: "img",
-            ports: ServerPorts::Created(&[]),
-            key_name: None,
-            user_data: "",
-            tags: vec![],
-            metadata: Default::default(),
-            config_drive: None,
-            availability_zone: None,
-            block_devices: image_only,
-        });
+        let req = create_server_request(bare_plan(ServerPorts::Created(&[]), image_only));
         assert_eq!(
             req.image_ref.as_deref(),
             Some("img"),
@@ -807,19 +795,7 @@ mod tests {
         assert_eq!(json[2]["volume_size"], 5);
         assert!(bdm.iter().all(|b| b.delete_on_termination));
         // Booting from a volume drops imageRef from the request.
-        let req = create_server_request(ServerPlan {
-            name: "m",
-            flavor_id: "f",
-            image_id: "img",
-            ports: ServerPorts::Created(&[]),
-            key_name: None,
-            user_data: "",
-            tags: vec![],
-            metadata: Default::default(),
-            config_drive: None,
-            availability_zone: None,
-            block_devices: bdm,
-        });
+        let req = create_server_request(bare_plan(ServerPorts::Created(&[]), bdm));
         assert!(req.image_ref.is_none());
 
         let mut dup = spec.clone();
@@ -997,6 +973,26 @@ mod tests {
         ));
     }
 
+    /// A plan with only ports and block devices set (name `m`, flavor `f`, image `img`).
+    fn bare_plan<'a>(
+        ports: ServerPorts<'a>,
+        block_devices: Vec<crate::openstack::compute::BlockDeviceMapping>,
+    ) -> ServerPlan<'a> {
+        ServerPlan {
+            name: "m",
+            flavor_id: "f",
+            image_id: "img",
+            ports,
+            key_name: None,
+            user_data: "",
+            tags: vec![],
+            metadata: Default::default(),
+            config_drive: None,
+            availability_zone: None,
+            block_devices,
+        }
+    }
+
     #[test]
     fn a_port_made_by_nova_is_a_network_and_security_groups_in_the_request() {
         let want = ResolvedPortSpec {
@@ -1005,19 +1001,7 @@ mod tests {
             security_groups: vec!["sg-a".into(), "sg-b".into()],
             ..Default::default()
         };
-        let by_nova = ServerPlan {
-            name: "m1",
-            flavor_id: "f",
-            image_id: "i",
-            ports: ServerPorts::ByNova(&want),
-            key_name: None,
-            user_data: "",
-            tags: vec![],
-            metadata: Default::default(),
-            config_drive: None,
-            availability_zone: None,
-            block_devices: vec![],
-        };
+        let by_nova = bare_plan(ServerPorts::ByNova(&want), vec![]);
         let req = create_server_request(by_nova.clone());
         let body = serde_json::to_value(&req).unwrap();
         assert_eq!(body["networks"], serde_json::json!([{"uuid": "net-1"}]));
