@@ -31,7 +31,12 @@ esac
 log "building capow ($profile) and the bench program"
 cargo build --locked "${profile_flag[@]}" --bin capow -p capow
 cargo build --locked "${profile_flag[@]}" -p capow-e2e --bin bench
-export CAPOW_BIN="$CARGO_TARGET_DIR/$profile/capow"
+# The capow build under test is copied out of the target directory, so that another build in
+# the same directory (another checkout, an A/B) cannot replace it during a run of many minutes.
+bin_dir=$(mktemp -d /var/tmp/capow-bench-bin.XXXXXX)
+trap 'rm -rf "$bin_dir"' EXIT
+cp "$CARGO_TARGET_DIR/$profile/capow" "$bin_dir/capow"
+export CAPOW_BIN="$bin_dir/capow"
 # shellcheck source=dev-env.sh
 source "$E2E_DIR/dev-env.sh"
 curl -sf "http://127.0.0.1:5000/v3" >/dev/null || die "the e2e OpenStack is not up (e2e/env.sh up)"

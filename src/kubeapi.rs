@@ -74,3 +74,49 @@ mod tests {
         assert_eq!(short.watch_seconds(), 1);
     }
 }
+
+/// The annotation `kubectl apply` keeps a copy of the whole object in (Kubernetes
+/// well-known labels, annotations and taints, v1.36).
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no part of capow reads from a watched object before it is cached or compared:
+/// `metadata.managedFields` (server-side apply bookkeeping, one entry per field manager and
+/// often larger than the object's spec) and the [`LAST_APPLIED_ANNOTATION`]. Applied to every
+/// watch that feeds a reflector store, with kube-runtime's `WatchStreamExt::modify` (whose
+/// documentation describes this use). Writes are unaffected: capow never sends a cached object
+/// back whole (it patches), and an omitted `managedFields` leaves the server's unchanged
+/// (Kubernetes "Server-Side Apply", v1.36, "Field management").
+pub fn trim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    #[test]
+    fn trim_drops_managed_fields_and_the_last_applied_copy_only() {
+        let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "c",
+                "annotations": {LAST_APPLIED_ANNOTATION: "{}", "keep": "me"},
+                "labels": {"a": "b"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]
+            },
+            "data": {"k": "v"}
+        }))
+        .unwrap();
+        trim(&mut cm);
+        assert!(cm.metadata.managed_fields.is_none());
+        let annotations = cm.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(annotations["keep"], "me");
+        assert_eq!(cm.metadata.labels.unwrap()["a"], "b");
+        assert_eq!(cm.data.unwrap()["k"], "v");
+    }
+}

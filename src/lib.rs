@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod autoscaler;
+pub mod caches;
 pub mod capi;
 pub mod controllers;
 pub mod kubeapi;

@@ -17,12 +17,14 @@ fn allowed(layer: &str) -> &'static [&'static str] {
         "capi" | "kubeapi" | "openstack" => &[],
         "manifests" => &["api", "autoscaler", "runtime"],
         "tls" => &["api", "capi", "kubeapi"],
-        "autoscaler" => &["api", "capi", "kubeapi", "tls"],
-        "controllers" => &["api", "capi", "kubeapi", "openstack", "tls"],
+        "caches" => &["api", "capi", "kubeapi"],
+        "autoscaler" => &["api", "caches", "capi", "kubeapi", "tls"],
+        "controllers" => &["api", "caches", "capi", "kubeapi", "openstack", "tls"],
         // Process wiring names everything.
         _ => &[
             "api",
             "autoscaler",
+            "caches",
             "capi",
             "controllers",
             "kubeapi",

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::capi::Cluster;
@@ -58,20 +56,17 @@ fn error_policy(_c: Arc<Cluster>, error: &crate::tls::Error, _ctx: Arc<Ctx>) -> 
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Runs the publisher until `shutdown` resolves; watches Clusters with `watch`.
+/// Runs the publisher until `shutdown` resolves, on the Clusters of the manager's shared
+/// `caches`.
 pub async fn run(
     client: Client,
-    namespace: Option<&str>,
+    caches: &crate::caches::Caches,
     ca: Arc<Ca>,
     settings: PublishSettings,
-    watch: watcher::Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<Cluster> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    Controller::new(api, watch)
+    let clusters = caches.clusters.subscribe().await;
+    Controller::for_shared_stream(clusters, caches.clusters.store())
         .graceful_shutdown_on(shutdown)
         .run(
             reconcile,

@@ -1,18 +1,14 @@
-//! Reflector stores of the objects the node-group index is built from, kept current by
-//! watches (kube-runtime `reflector`), and the [`Snapshots`] implementation over them, with
+//! Reflector stores of the objects the node-group index is built from, kept current by the
+//! manager's shared watch caches ([`crate::caches`]), and the [`Snapshots`] implementation over them, with
 //! the watches' health ([`WatchHealth`]): how long they have been failing, so that `Refresh`
 //! can refuse to serve sizes from stores that stopped following the API server.
 
-use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::Client;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 use super::index::Snapshot;
@@ -20,50 +16,10 @@ use super::service::Snapshots;
 use crate::api::cluster::OpenStackWorkerCluster;
 use crate::api::machine::OpenStackWorkerMachine;
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
+use crate::caches::Caches;
 use crate::capi::{Machine, MachineDeployment, MachineSet};
 
-/// A failure streak ends when no watch error came for this long (90 s: longer than the longest
-/// gap between a failing watch's retries: kube-runtime's default backoff waits at most 30 s
-/// between attempts (kube-runtime 5 `watcher.rs`, `DefaultBackoff`), and an attempt against an
-/// unreachable API server fails within the client's 30 s connect timeout).
-pub const STREAK_WINDOW: Duration = Duration::from_secs(90);
-
-/// Health of one watch, from its stream: a *failure streak* starts with an error after
-/// success and lasts while errors keep coming at most [`STREAK_WINDOW`] apart; any event ends
-/// it at once.
-///
-/// kube-runtime's watcher re-opens a failed watch from its last resourceVersion without
-/// emitting anything when nothing changed meanwhile, so a recovered, quiet watch is only told
-/// apart from a failing one by its errors stopping; a watch that stays down keeps yielding an
-/// error per retry. A watch whose connection hangs without an error is not detected until the
-/// client's read timeout ends it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WatchHealth {
-    first_error: Option<Instant>,
-    last_error: Option<Instant>,
-}
-
-impl WatchHealth {
-    /// An event arrived: the watch follows the API server.
-    pub fn on_event(&mut self) {
-        *self = WatchHealth::default();
-    }
-
-    /// The stream yielded an error at `now`.
-    pub fn on_error(&mut self, now: Instant) {
-        if self.stale_for(now).is_none() {
-            self.first_error = Some(now);
-        }
-        self.last_error = Some(now);
-    }
-
-    /// How long the current failure streak has lasted at `now`; `None` when there is none.
-    pub fn stale_for(&self, now: Instant) -> Option<Duration> {
-        let (first, last) = (self.first_error?, self.last_error?);
-        (now.saturating_duration_since(last) < STREAK_WINDOW)
-            .then(|| now.saturating_duration_since(first))
-    }
-}
+pub use crate::caches::{STREAK_WINDOW, WatchHealth};
 
 /// The stores.
 #[derive(Clone)]
@@ -78,58 +34,10 @@ pub struct Stores {
     health: Vec<Arc<Mutex<WatchHealth>>>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn spawn_reflector<K>(
-    api: Api<K>,
-    config: &watcher::Config,
-    shutdown: CancellationToken,
-    health: &mut Vec<Arc<Mutex<WatchHealth>>>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config.clone())).default_backoff();
-    let slot = Arc::new(Mutex::new(WatchHealth::default()));
-    health.push(slot.clone());
-    tokio::spawn(drive(stream, slot, shutdown));
-    reader
-}
-
 fn lock(slot: &Mutex<WatchHealth>) -> std::sync::MutexGuard<'_, WatchHealth> {
     match slot.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
-    }
-}
-
-async fn drive<S, T, E>(stream: S, health: Arc<Mutex<WatchHealth>>, shutdown: CancellationToken)
-where
-    S: Stream<Item = Result<T, E>> + Send,
-    E: std::fmt::Display,
-{
-    let mut stream = std::pin::pin!(stream);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            item = stream.next() => match item {
-                Some(Err(e)) => {
-                    lock(&health).on_error(Instant::now());
-                    tracing::debug!(error = %e, "Autoscaler watch error");
-                }
-                Some(Ok(_)) => lock(&health).on_event(),
-                None => break,
-            },
-        }
     }
 }
 
@@ -152,31 +60,28 @@ impl Stores {
         shutdown: &CancellationToken,
         config: &watcher::Config,
     ) -> Stores {
-        let mut h = Vec::new();
+        Stores::from_caches(&Caches::start(client, namespace, config, shutdown))
+    }
+
+    /// The stores of the manager's shared `caches` (no watch of its own).
+    pub fn from_caches(caches: &Caches) -> Stores {
         Stores {
-            machine_deployments: spawn_reflector(
-                api(client, namespace),
-                config,
-                shutdown.clone(),
-                &mut h,
-            ),
-            machine_sets: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
-            machines: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
-            infra_machines: spawn_reflector(
-                api(client, namespace),
-                config,
-                shutdown.clone(),
-                &mut h,
-            ),
-            templates: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
-            infra_clusters: spawn_reflector(
-                api(client, namespace),
-                config,
-                shutdown.clone(),
-                &mut h,
-            ),
-            clusters: spawn_reflector(api(client, namespace), config, shutdown.clone(), &mut h),
-            health: h,
+            machine_deployments: caches.machine_deployments.store(),
+            machine_sets: caches.machine_sets.store(),
+            machines: caches.machines.store(),
+            infra_machines: caches.infra_machines.store(),
+            templates: caches.templates.store(),
+            infra_clusters: caches.infra_clusters.store(),
+            clusters: caches.clusters.store(),
+            health: vec![
+                caches.machine_deployments.health(),
+                caches.machine_sets.health(),
+                caches.machines.health(),
+                caches.infra_machines.health(),
+                caches.templates.health(),
+                caches.infra_clusters.health(),
+                caches.clusters.health(),
+            ],
         }
     }
 

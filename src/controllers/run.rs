@@ -11,8 +11,6 @@ use futures::{Stream, StreamExt};
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 
@@ -63,34 +61,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// The objects of `api` a controller reconciles, as a stream for `Controller::for_stream` and
-/// the store that caches them. Only changes capow acts on pass ([`super::own_changes`]): its
-/// own status writes would otherwise trigger the next reconcile at once.
-pub(crate) fn own_objects<K>(
-    api: Api<K>,
-    watch: watcher::Config,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let objects = watcher::watcher(api, watch)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(super::own_changes, Default::default());
-    (store, objects)
 }
 
 /// Runs `reconcile` for at most `bound`: a reconcile still running then is dropped (each step

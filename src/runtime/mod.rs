@@ -103,16 +103,27 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(signal_shutdown(shutdown.clone()));
 
+    // One watch and store per kind, shared by the autoscaler index (every replica) and the
+    // controllers (the leader); started before leadership so that a standby takes over warm.
+    let caches = crate::caches::Caches::start(
+        &client,
+        namespace.as_deref(),
+        &kube_timeouts.watcher_config(),
+        &shutdown,
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(120), caches.ready())
+        .await
+        .context("the manager's watches did not sync within 120 s")??;
+
     // The externalgrpc server answers on every replica (reads come from local caches); only
     // the leader publishes credentials and reconciles.
     let publisher = match autoscaler.autoscaler_address {
         Some(addr) => start_autoscaler(
             &client,
-            namespace.as_deref(),
+            &caches,
             addr,
             &autoscaler,
             (metrics.rpc, metrics.annotation, &metrics.node_groups),
-            &kube_timeouts.watcher_config(),
             &shutdown,
         )
         .await
@@ -133,6 +144,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
 
     let controllers = spawn_controllers(
         ctx,
+        caches,
         namespace,
         publisher,
         Background {
@@ -355,6 +367,7 @@ struct Background {
 /// and lifecycle controllers and the orphan sweep.
 fn spawn_controllers(
     ctx: Arc<controllers::Context>,
+    caches: crate::caches::Caches,
     namespace: Option<String>,
     publisher: Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>,
     background: Background,
@@ -366,10 +379,9 @@ fn spawn_controllers(
             if let Some((ca, settings)) = publisher {
                 crate::autoscaler::credentials::run(
                     ctx.client.clone(),
-                    ns,
+                    &caches,
                     ca,
                     settings,
-                    ctx.config.kube.watcher_config(),
                     token.clone().cancelled_owned(),
                 )
                 .await;
@@ -377,11 +389,20 @@ fn spawn_controllers(
         };
         tokio::join!(
             credentials,
-            controllers::machine::run_controller(ctx.clone(), ns, token.clone().cancelled_owned()),
-            controllers::cluster::run_controller(ctx.clone(), ns, token.clone().cancelled_owned()),
+            controllers::machine::run_controller(
+                ctx.clone(),
+                &caches,
+                token.clone().cancelled_owned()
+            ),
+            controllers::cluster::run_controller(
+                ctx.clone(),
+                &caches,
+                ns,
+                token.clone().cancelled_owned()
+            ),
             controllers::machine_template::run_controller(
                 ctx.clone(),
-                ns,
+                &caches,
                 token.clone().cancelled_owned()
             ),
             controllers::orphans::run(
@@ -393,9 +414,9 @@ fn spawn_controllers(
             ),
             controllers::lifecycle::run_controller(
                 ctx.clone(),
+                &caches,
                 background.lifecycle,
                 background.lifecycle_metrics,
-                ns,
                 token.clone()
             ),
         );
@@ -432,7 +453,7 @@ fn lease_error(namespace: &str, e: kube_lease_manager::LeaseManagerError) -> any
 /// credentials publisher needs (TLS only).
 async fn start_autoscaler(
     client: &kube::Client,
-    namespace: Option<&str>,
+    caches: &crate::caches::Caches,
     addr: std::net::SocketAddr,
     args: &cli::AutoscalerArgs,
     (metrics, annotation_metrics, node_groups): (
@@ -440,14 +461,10 @@ async fn start_autoscaler(
         crate::autoscaler::report::InvalidAnnotationMetrics,
         &crate::autoscaler::gauges::NodeGroupCollector,
     ),
-    watch: &kube::runtime::watcher::Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<crate::tls::Ca>, crate::tls::PublishSettings)>> {
     use crate::autoscaler::{marks, report, server, service, sources};
-    let stores = sources::Stores::start_with(client, namespace, shutdown, watch);
-    tokio::time::timeout(std::time::Duration::from_secs(120), stores.ready())
-        .await
-        .context("the watches of the autoscaler index did not sync within 120 s")??;
+    let stores = sources::Stores::from_caches(caches);
     let options = service::ServiceOptions {
         require_identity: !args.autoscaler_insecure,
         template: crate::autoscaler::node::TemplateOptions {

@@ -336,24 +336,27 @@ async fn cleanup(c: Arc<OpenStackWorkerCluster>, ctx: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-/// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerCluster`s and the
-/// Clusters that own them (pause, ownership).
+/// Runs the controller until `shutdown` resolves, on the manager's shared `caches`:
+/// `OpenStackWorkerCluster`s and the Clusters that own them (pause, ownership); the
+/// cluster-autoscaler Deployments it manages (in `namespace` if given) have a watch of their own.
 pub async fn run_controller(
     ctx: Arc<Context>,
+    caches: &crate::caches::Caches,
     namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = &ctx.client;
-    let api = run::api::<OpenStackWorkerCluster>(client, namespace);
-    let clusters = run::api::<Cluster>(client, namespace);
-    let deployments = run::api::<k8s_openapi::api::apps::v1::Deployment>(client, namespace);
+    let deployments = run::api::<k8s_openapi::api::apps::v1::Deployment>(&ctx.client, namespace);
     let filter = capi::ClusterEventFilter::default();
     let watch = ctx.config.kube.watcher_config();
-    let (store, objects) = run::own_objects(api, watch.clone());
-    let results = Controller::for_stream(objects, store)
+    let objects = caches
+        .infra_clusters
+        .subscribe_changes(super::own_changes)
+        .await;
+    let clusters = caches.clusters.subscribe().await;
+    let results = Controller::for_shared_stream(objects, caches.infra_clusters.store())
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
-        .owns(deployments, autoscaler::owned_watch(watch.clone()))
-        .watches(clusters, watch, move |cluster: Cluster| {
+        .owns(deployments, autoscaler::owned_watch(watch))
+        .watches_shared_stream(clusters, move |cluster: Arc<Cluster>| {
             if !filter.relevant(&cluster) {
                 return None;
             }

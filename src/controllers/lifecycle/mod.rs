@@ -23,15 +23,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,7 +52,7 @@ use crate::api::lifecycle::{
 use crate::api::machine_template::OpenStackWorkerMachineTemplate;
 use crate::api::quantity;
 use crate::capi::{self, Cluster, Machine, MachineDeployment, MachineSet};
-use crate::controllers::run::{self, api};
+use crate::controllers::run;
 use crate::controllers::{Context, describe_kube_error};
 
 /// Controller name (metrics, logs).
@@ -1260,77 +1258,29 @@ fn machine_fingerprint(m: &Machine) -> Option<u64> {
     Some(h.finish())
 }
 
-/// A reflector whose events nobody else consumes, driven until `shutdown`.
-fn spawn_store<K>(api: Api<K>, config: watcher::Config, shutdown: CancellationToken) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                item = stream.next() => {
-                    match item {
-                        None => return,
-                        Some(Err(e)) => tracing::debug!(error = %e, "Lifecycle watch error"),
-                        Some(Ok(_)) => {}
-                    }
-                }
-            }
-        }
-    });
-    reader
-}
-
-/// Runs the controller until `shutdown`.
+/// Runs the controller until `shutdown`, on the manager's shared `caches`.
 pub async fn run_controller(
     ctx: Arc<Context>,
+    caches: &crate::caches::Caches,
     config: LifecycleConfig,
     metrics: LifecycleMetrics,
-    namespace: Option<&str>,
     shutdown: CancellationToken,
 ) {
-    let client = ctx.client.clone();
-    let watch = ctx.config.kube.watcher_config();
-    let (oswcs, oswc_stream) = run::own_objects(
-        api::<OpenStackWorkerCluster>(&client, namespace),
-        watch.clone(),
-    );
-    let (clusters, cluster_writer) = reflector::store();
+    let oswcs = caches.infra_clusters.store();
+    let oswc_stream = caches
+        .infra_clusters
+        .subscribe_changes(crate::controllers::own_changes)
+        .await;
+    let clusters = caches.clusters.store();
     let cluster_filter = capi::ClusterEventFilter::default();
-    let cluster_stream = watcher(api::<Cluster>(&client, namespace), watch.clone())
-        .default_backoff()
-        .reflect(cluster_writer)
-        .applied_objects();
-    let (mds, md_writer) = reflector::store();
-    let md_stream = watcher(api::<MachineDeployment>(&client, namespace), watch.clone())
-        .default_backoff()
-        .reflect(md_writer)
-        .applied_objects();
-    let (machines, machine_writer) = reflector::store();
-    let machine_stream = watcher(api::<Machine>(&client, namespace), watch.clone())
-        .default_backoff()
-        .reflect(machine_writer)
-        .applied_objects()
-        .predicate_filter(machine_fingerprint, Default::default());
-    let machine_sets = spawn_store(
-        api::<MachineSet>(&client, namespace),
-        watch.clone(),
-        shutdown.clone(),
-    );
-    let templates = spawn_store(
-        api::<OpenStackWorkerMachineTemplate>(&client, namespace),
-        watch.clone(),
-        shutdown.clone(),
+    let cluster_stream = caches.clusters.subscribe().await;
+    let md_stream = caches.machine_deployments.subscribe().await;
+    let machine_stream = caches.machines.subscribe_changes(machine_fingerprint).await;
+    let (mds, machine_sets, machines, templates) = (
+        caches.machine_deployments.store(),
+        caches.machine_sets.store(),
+        caches.machines.store(),
+        caches.templates.store(),
     );
     let (trigger, triggered) = tokio::sync::mpsc::channel(256);
     let shared = Arc::new(Shared {
@@ -1346,19 +1296,19 @@ pub async fn run_controller(
         templates,
     });
     let (c1, c2, c3) = (clusters.clone(), clusters.clone(), clusters);
-    let results = Controller::for_stream(oswc_stream, oswcs)
+    let results = Controller::for_shared_stream(oswc_stream, oswcs)
         .with_config(ControllerRunConfig::default().concurrency(4))
-        .watches_stream(cluster_stream, move |c: Cluster| {
+        .watches_shared_stream(cluster_stream, move |c: Arc<Cluster>| {
             if !cluster_filter.relevant(&c) {
                 return None;
             }
             infra_of(&c1, &c.namespace().unwrap_or_default(), &c.name_any())
         })
-        .watches_stream(md_stream, move |md: MachineDeployment| {
-            infra_of_member(&c2, &md, &md.spec.cluster_name)
+        .watches_shared_stream(md_stream, move |md: Arc<MachineDeployment>| {
+            infra_of_member(&c2, &*md, &md.spec.cluster_name)
         })
-        .watches_stream(machine_stream, move |m: Machine| {
-            infra_of_member(&c3, &m, &m.spec.cluster_name)
+        .watches_shared_stream(machine_stream, move |m: Arc<Machine>| {
+            infra_of_member(&c3, &*m, &m.spec.cluster_name)
         })
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(triggered))
         .graceful_shutdown_on(shutdown.cancelled_owned())

@@ -222,6 +222,7 @@ impl Workloads {
         let (nodes, node_writer) = reflector::store();
         let node_stream = watcher(Api::<Node>::all(client.clone()), config.clone())
             .default_backoff()
+            .modify(crate::kubeapi::trim)
             .reflect(node_writer)
             .applied_objects();
         let tasks = vec![tokio::spawn(wake_on_change(

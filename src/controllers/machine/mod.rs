@@ -24,11 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::watcher;
 use kube::{Resource, ResourceExt};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -1026,42 +1024,40 @@ fn machine_changes(m: &Machine) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Runs the controller until `shutdown` resolves. Watches `OpenStackWorkerMachine`s (in
-/// `namespace` if given), and Machines and Clusters so that bootstrap data, ownership, pause
-/// and infrastructure readiness trigger a reconcile at once.
+/// Runs the controller until `shutdown` resolves, on the manager's shared `caches`:
+/// `OpenStackWorkerMachine`s, and Machines and Clusters so that bootstrap data, ownership,
+/// pause and infrastructure readiness trigger a reconcile at once.
 pub async fn run_controller(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
+    caches: &crate::caches::Caches,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = &ctx.client;
-    let machines_api = run::api::<OpenStackWorkerMachine>(client, namespace);
-    let capi_machines = run::api::<Machine>(client, namespace);
-    let clusters = run::api::<Cluster>(client, namespace);
     // Only changes capow acts on trigger a reconcile: its own status writes (and CAPI's
     // Machine status updates that mirror them) would otherwise re-run a failing create at once,
     // and every write of a reconcile would queue the next one.
-    let watch = ctx.config.kube.watcher_config();
-    let (store, machines) = run::own_objects(machines_api, watch.clone());
-    let capi_machines = watcher(capi_machines, watch.clone())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(machine_changes, Default::default());
+    let store = caches.infra_machines.store();
+    let machines = caches
+        .infra_machines
+        .subscribe_changes(super::own_changes)
+        .await;
+    let capi_machines = caches.machines.subscribe_changes(machine_changes).await;
+    let clusters = caches.clusters.subscribe().await;
     let filter = capi::ClusterEventFilter::default();
-    let results = Controller::for_stream(machines, store.clone())
+    let infra_machines = store.clone();
+    let results = Controller::for_shared_stream(machines, store)
         .with_config(ControllerRunConfig::default().concurrency(ctx.config.concurrency))
-        .watches_stream(capi_machines, |machine: Machine| {
+        .watches_shared_stream(capi_machines, |machine: Arc<Machine>| {
             let r = &machine.spec.infrastructure_ref;
             (r.kind == "OpenStackWorkerMachine" && !r.name.is_empty())
                 .then(|| ObjectRef::new(&r.name).within(&machine.namespace().unwrap_or_default()))
         })
-        .watches(clusters, watch, move |cluster: Cluster| {
+        .watches_shared_stream(clusters, move |cluster: Arc<Cluster>| {
             if !filter.relevant(&cluster) {
                 return Vec::new();
             }
             let ns = cluster.namespace().unwrap_or_default();
             let name = cluster.name_any();
-            store
+            infra_machines
                 .state()
                 .into_iter()
                 .filter(|m| {

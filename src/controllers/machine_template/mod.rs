@@ -62,7 +62,9 @@ async fn compute_status(
         ));
     };
     let ns = t.namespace().unwrap_or_default();
-    let session = identity::session(ctx, &ns, Some(&identity)).await?;
+    let session = identity::session(ctx, &ns, Some(&identity))
+        .await?
+        .with_lookup_cache();
     // The template's spec is resolved the way a machine's would be (same `*Param` rules).
     let probe = OpenStackWorkerMachine::new(&t.name_any(), t.spec.template.spec.clone());
     let flavor = resolve::resolve_flavor(&session, &probe.spec.flavor).await?;
@@ -147,14 +149,15 @@ fn error_policy(
     run::requeue(&ctx.metrics, CONTROLLER, &*t, error, retry)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves, on the templates of the manager's shared
+/// `caches` (changes of its own status trigger nothing).
 pub async fn run_controller(
     ctx: Arc<Context>,
-    namespace: Option<&str>,
+    caches: &crate::caches::Caches,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api = run::api::<OpenStackWorkerMachineTemplate>(&ctx.client, namespace);
-    let results = Controller::new(api, ctx.config.kube.watcher_config())
+    let templates = caches.templates.subscribe_changes(super::own_changes).await;
+    let results = Controller::for_shared_stream(templates, caches.templates.store())
         .with_config(ControllerRunConfig::default().concurrency(4))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx);
