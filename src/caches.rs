@@ -210,25 +210,34 @@ impl<K: Cached> Shared<K> {
         &self,
         fingerprint: impl Fn(&K) -> Option<u64> + Send + 'static,
     ) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        changes(self.subscribe().await, fingerprint)
+        changes(self.subscribe().await, fingerprint, self.store())
     }
 }
 
 /// The objects of `objects` whose `fingerprint` changed since the last one of the same object
-/// (by namespace, name and UID) passed.
+/// (by namespace, name and UID) passed. The fingerprints of objects no longer in `store`
+/// (deleted) are forgotten once there are more than twice as many fingerprints as stored
+/// objects (plus 1,024), so that churn cannot grow the map without bound.
 pub fn changes<K: Cached>(
     objects: impl Stream<Item = Arc<K>> + Send + 'static,
     fingerprint: impl Fn(&K) -> Option<u64> + Send + 'static,
+    store: Store<K>,
 ) -> impl Stream<Item = Arc<K>> + Send + 'static {
-    let mut seen: HashMap<(ObjectRef<K>, Option<String>), u64> = HashMap::new();
+    type Key = (Option<String>, Option<String>, Option<String>);
+    let key = |meta: &kube::api::ObjectMeta| -> Key {
+        (meta.namespace.clone(), meta.name.clone(), meta.uid.clone())
+    };
+    let mut seen: HashMap<Key, u64> = HashMap::new();
     objects.filter(move |obj| {
         let pass = match fingerprint(obj) {
             None => true,
-            Some(fp) => {
-                let key = (ObjectRef::from_obj(&**obj), obj.meta().uid.clone());
-                seen.insert(key, fp) != Some(fp)
-            }
+            Some(fp) => seen.insert(key(obj.meta()), fp) != Some(fp),
         };
+        if seen.len() > 2 * store.len() + 1024 {
+            let live: std::collections::HashSet<Key> =
+                store.state().iter().map(|o| key(o.meta())).collect();
+            seen.retain(|k, _| live.contains(k));
+        }
         std::future::ready(pass)
     })
 }
@@ -431,6 +440,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changes_forgets_the_fingerprints_of_deleted_objects() {
+        // 1,100 objects pass through, none of them in the store any more (all deleted): the
+        // map is pruned past 1,024, so the first object, sent again unchanged, passes again.
+        let mut objects: Vec<_> = (0..1100)
+            .map(|i| Arc::new(cm(&format!("o{i}"), "1", "x")))
+            .collect();
+        objects.push(Arc::new(cm("o0", "1", "x")));
+        objects.push(Arc::new(cm("o1099", "1", "x")));
+        let (store, _writer) = reflector::store();
+        let passed: Vec<_> = changes(
+            futures::stream::iter(objects),
+            |_: &ConfigMap| Some(1),
+            store,
+        )
+        .collect()
+        .await;
+        // o0 again (forgotten), not o1099 (seen after the pruning).
+        assert_eq!(passed.len(), 1101);
+        assert_eq!(passed[1100].metadata.name.as_deref(), Some("o0"));
+    }
+
+    #[tokio::test]
     async fn changes_passes_an_object_only_when_its_fingerprint_moved() {
         let objects = futures::stream::iter(vec![
             Arc::new(cm("a", "1", "x")),
@@ -444,7 +475,8 @@ mod tests {
             c.data.hash(&mut h);
             Some(h.finish())
         };
-        let passed: Vec<_> = changes(objects, fingerprint).collect().await;
+        let (store, _writer) = reflector::store();
+        let passed: Vec<_> = changes(objects, fingerprint, store).collect().await;
         assert_eq!(names(&passed), ["a@1", "a@4", "b@3"]);
     }
 }

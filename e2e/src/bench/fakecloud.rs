@@ -350,6 +350,26 @@ fn flavor() -> Value {
            "os-flavor-access:is_public": true, "extra_specs": {}, "links": []})
 }
 
+/// Nova's `name` filter is a regular expression searched in the name (compute API reference,
+/// "List Servers"); the fake understands the literal names with optional `^` and `$` anchors
+/// that capow and CAPO send.
+fn name_matches(filter: &str, name: &str) -> bool {
+    let (start, rest) = match filter.strip_prefix('^') {
+        Some(r) => (true, r),
+        None => (false, filter),
+    };
+    let (end, literal) = match rest.strip_suffix('$') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    match (start, end) {
+        (true, true) => name == literal,
+        (true, false) => name.starts_with(literal),
+        (false, true) => name.ends_with(literal),
+        (false, false) => name.contains(literal),
+    }
+}
+
 fn compute(shared: &Shared, rest: &str, q: &dyn Fn(&str) -> Option<String>) -> Response {
     match rest {
         "/servers/detail" | "/servers" => {
@@ -361,12 +381,11 @@ fn compute(shared: &Shared, rest: &str, q: &dyn Fn(&str) -> Option<String>) -> R
             let want: Vec<String> = tags
                 .map(|t| t.split(',').map(str::to_owned).collect())
                 .unwrap_or_default();
-            let name = name.map(|n| n.trim_start_matches('^').trim_end_matches('$').to_owned());
             let selected: Vec<Value> = shared
                 .servers
                 .iter()
                 .filter(|s| want.iter().all(|t| s.tags.contains(t)))
-                .filter(|s| name.as_ref().is_none_or(|n| s.name.starts_with(n.as_str())))
+                .filter(|s| name.as_ref().is_none_or(|n| name_matches(n, &s.name)))
                 .map(FakeServer::to_json)
                 .collect();
             json_response(StatusCode::OK, json!({"servers": selected}).to_string())
@@ -416,10 +435,13 @@ fn network(shared: &Shared, rest: &str, q: &dyn Fn(&str) -> Option<String>) -> R
         "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.255.254"}], "dns_nameservers": []});
     match rest {
         "/ports" => {
+            // Neutron filters a port listing by any attribute; these are the ones the two
+            // managers send (CAPO looks a known port up by `id`, a new one by `name`).
             let device = q("device_id");
             let tags = q("tags");
             let name = q("name");
-            if device.is_none() && tags.is_none() && name.is_none() {
+            let id = q("id");
+            if device.is_none() && tags.is_none() && name.is_none() && id.is_none() {
                 return json_response(StatusCode::OK, shared.all_ports.clone());
             }
             let want: Vec<String> = tags
@@ -431,6 +453,7 @@ fn network(shared: &Shared, rest: &str, q: &dyn Fn(&str) -> Option<String>) -> R
                 .filter(|s| device.as_ref().is_none_or(|d| &s.id == d))
                 .filter(|s| want.iter().all(|t| s.tags.contains(t)))
                 .filter(|s| name.as_ref().is_none_or(|n| *n == format!("{}-0", s.name)))
+                .filter(|s| id.as_ref().is_none_or(|i| *i == s.port_id))
                 .map(FakeServer::port_json)
                 .collect();
             json_response(StatusCode::OK, json!({"ports": selected}).to_string())
