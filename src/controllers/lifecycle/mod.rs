@@ -545,8 +545,16 @@ async fn reconcile_bounded(
             Err(message) => {
                 for (on, type_) in [
                     (taints_on, condition_types::STARTUP_TAINT),
-                    (headroom.is_some(), condition_types::HEADROOM),
-                    (warmup.is_some(), condition_types::IMAGE_WARMUP),
+                    // A removed feature keeps its condition, so its objects are deleted once
+                    // the workload cluster answers again.
+                    (
+                        headroom.is_some() || headroom_was_on,
+                        condition_types::HEADROOM,
+                    ),
+                    (
+                        warmup.is_some() || warmup_was_on,
+                        condition_types::IMAGE_WARMUP,
+                    ),
                 ] {
                     if on {
                         report.set(
@@ -1294,13 +1302,13 @@ async fn warmup_step(
         }
     }
     let progress = format!("pulled on {done} of {} Node(s)", names.len());
+    let (pending, failing) = (first_of(&pending, ", "), first_of(&failing, "; "));
     let (ok, reason, message) = if !failing.is_empty() {
         (
             false,
             reasons::IMAGE_WARMUP_FAILED,
             format!(
-                "{what}; {progress}; {}. A Node with a startup taint keeps it for at most {timeout} (spec.nodeLifecycle.imageWarmup.timeout) after it turned Ready, then capow removes it anyway; fix the image reference or the registry access, or add the image to spec.nodeLifecycle.imageWarmup.ignore",
-                failing.join("; ")
+                "{what}; {progress}; {failing}. A Node with a startup taint keeps it for at most {timeout} (spec.nodeLifecycle.imageWarmup.timeout) after it turned Ready, then capow removes it anyway; fix the image reference or the registry access, or add the image to spec.nodeLifecycle.imageWarmup.ignore"
             ),
         )
     } else if pending.is_empty() {
@@ -1309,7 +1317,7 @@ async fn warmup_step(
         (
             true,
             reasons::WARMING_UP,
-            format!("{what}; {progress}; warming up: {}", pending.join(", ")),
+            format!("{what}; {progress}; warming up: {pending}"),
         )
     };
     if !ok && message_changed(before, t, &message) {
@@ -1326,6 +1334,25 @@ async fn warmup_step(
     report.set(t, ok, reason, message, generation);
     Some(warmup)
 }
+
+/// The first [`LISTED_NODES`] of `items` joined by `sep`, and how many more there are: keeps a
+/// condition message of a large cluster far below the 32768 characters `metav1.Condition`
+/// allows (Kubernetes v1.36 API reference, Condition).
+fn first_of(items: &[String], sep: &str) -> String {
+    let mut out = items
+        .iter()
+        .take(LISTED_NODES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(sep);
+    if items.len() > LISTED_NODES {
+        out.push_str(&format!(" and {} more", items.len() - LISTED_NODES));
+    }
+    out
+}
+
+/// Nodes a warm-up condition message names at most.
+const LISTED_NODES: usize = 10;
 
 /// Deletes the image warm-up DaemonSet and its Namespace from the workload cluster; "not found"
 /// counts as done.
@@ -1651,4 +1678,21 @@ pub async fn run_controller(
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, shared);
     run::drain(CONTROLLER, results).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_messages_name_at_most_ten_nodes() {
+        let few: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+        assert_eq!(first_of(&few, ", "), "n0, n1, n2");
+        let many: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+        let text = first_of(&many, ", ");
+        assert!(
+            text.starts_with("n0, n1,") && text.ends_with("n9 and 15 more"),
+            "{text}"
+        );
+    }
 }
