@@ -12,6 +12,11 @@
 //! deletion through CAPI, only while the MachineDeployment is fully available, and the
 //! MachineSet creates each successor.
 //!
+//! Image warm-up: Nodes register Ready (kwok) with the startup taint and a test taint the
+//! warm-up DaemonSet does not tolerate; capow keeps the startup taint while no warm-up pod can
+//! run, and removes it once the test lifts the test taint and kwok has the warm-up pod Ready; a
+//! Node that never gets one loses its taint after `imageWarmup.timeout`.
+//!
 //! Delays are recorded (`measure:` lines, `docs/benchmarks.md`), never asserted.
 
 #![allow(
