@@ -1019,6 +1019,78 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_cluster_class_sets_headroom_and_image_warmup_from_its_variables() {
+        use crate::api::lifecycle::{DURATION_PATTERN, IGNORE_PATTERN, IMAGE_REFERENCE_PATTERN};
+        let class = cluster_class();
+        let variable = |name: &str| {
+            class["spec"]["variables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("no variable {name}"))["schema"]["openAPIV3Schema"]
+                .clone()
+        };
+        // The variables admit what the CRD admits: the same patterns and bounds.
+        let warmup = variable("imageWarmup");
+        let p = &warmup["properties"];
+        assert_eq!(p["images"]["items"]["pattern"], IMAGE_REFERENCE_PATTERN);
+        assert_eq!(p["ignore"]["items"]["pattern"], IGNORE_PATTERN);
+        assert_eq!(p["timeout"]["pattern"], DURATION_PATTERN);
+        assert_eq!(
+            p["images"]["maxItems"],
+            crate::api::lifecycle::MAX_WARMUP_IMAGES
+        );
+        assert_eq!(warmup["required"], json!(["images"]));
+        let headroom = variable("headroom");
+        assert_eq!(headroom["required"], json!(["cpu", "memory"]));
+        assert_eq!(headroom["properties"]["replicas"]["default"], 1);
+        let cpu =
+            regex::Regex::new(headroom["properties"]["cpu"]["pattern"].as_str().unwrap()).unwrap();
+        let memory = regex::Regex::new(
+            headroom["properties"]["memory"]["pattern"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        for (q, is_cpu, is_memory) in [
+            ("2", true, true),
+            ("500m", true, false),
+            ("1.5", true, true),
+            ("4Gi", false, true),
+            ("-1", false, false),
+            ("two", false, false),
+        ] {
+            assert_eq!(cpu.is_match(q), is_cpu, "cpu {q}");
+            assert_eq!(memory.is_match(q), is_memory, "memory {q}");
+            // Whatever the variable admits is a quantity capow parses.
+            if is_cpu || is_memory {
+                assert!(crate::api::quantity::parse(q).is_ok(), "{q}");
+            }
+        }
+        // One patch sets both, each only when its variable is set.
+        let patch = class["spec"]["patches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "node-lifecycle")
+            .unwrap();
+        assert_eq!(
+            patch["enabledIf"],
+            "{{ if or .headroom .imageWarmup }}true{{ end }}"
+        );
+        let json_patch = &patch["definitions"][0]["jsonPatches"][0];
+        assert_eq!(json_patch["path"], "/spec/template/spec/nodeLifecycle");
+        let template = json_patch["valueFrom"]["template"].as_str().unwrap();
+        for needle in [
+            "{{- if .headroom }}\nheadroom: {{ .headroom | toJson }}",
+            "{{- if .imageWarmup }}\nimageWarmup: {{ .imageWarmup | toJson }}",
+        ] {
+            assert!(template.contains(needle), "{needle} in {template}");
+        }
+    }
+
     /// The `cluster-addon` chart's hand-written values.
     const ADDON_VALUES: &str = include_str!("../clusterstack/cluster-addon/values.yaml");
     /// The per-cluster values the Cluster Stack Operator renders.
@@ -1071,6 +1143,8 @@ mod tests {
             "autoscalerEnabled",
             "autoscalerExpander",
             "autoscalerScaleDownUnneededTime",
+            "headroom",
+            "imageWarmup",
         ];
         for name in seed {
             schema(name);

@@ -12,6 +12,11 @@
 //! deletion through CAPI, only while the MachineDeployment is fully available, and the
 //! MachineSet creates each successor.
 //!
+//! Image warm-up: Nodes register Ready (kwok) with the startup taint and a test taint the
+//! warm-up DaemonSet does not tolerate; capow keeps the startup taint while no warm-up pod can
+//! run, and removes it once the test lifts the test taint and kwok has the warm-up pod Ready; a
+//! Node that never gets one loses its taint after `imageWarmup.timeout`.
+//!
 //! Delays are recorded (`measure:` lines, `docs/benchmarks.md`), never asserted.
 
 #![allow(
@@ -38,6 +43,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const INFRA_GROUP: &str = "infrastructure.cluster.x-k8s.io";
+/// A taint the test registers Nodes with and the image warm-up DaemonSet does not tolerate: it
+/// keeps the warm-up pod off a Ready Node until the test removes it.
+const HOLD_TAINT: &str = "e2e.capow.dev/hold-warmup";
 
 fn has_taint(n: &Node, key: &str) -> bool {
     n.spec
@@ -88,8 +96,9 @@ async fn lifecycle_condition(c: &HcpCluster, type_: &str) -> Value {
 }
 
 /// Adds `spec.nodeLifecycle` (and `status.nodeLifecycle`) of this build's
-/// OpenStackWorkerCluster CRD to the environment's CRD when it lacks them: a JSON patch that
-/// adds only those properties, so fields other branches' tests put there stay.
+/// OpenStackWorkerCluster CRD to the environment's CRD when it lacks them or lacks one of their
+/// properties (an older build's CRD): a JSON patch that sets only those two, so fields other
+/// branches' tests put elsewhere stay.
 async fn ensure_node_lifecycle_schema(c: &HcpCluster) {
     ensure_schema(&c.client).await.unwrap();
 }
@@ -121,7 +130,13 @@ async fn ensure_schema(client: &kube::Client) -> Result<(), kube::Error> {
     let mut ops = Vec::new();
     for part in ["spec", "status"] {
         let path = format!("{root}/properties/{part}/properties/nodeLifecycle");
-        if live.pointer(&path).is_none() {
+        let keys = |v: &Value| -> BTreeSet<String> {
+            v.pointer(&format!("{path}/properties"))
+                .and_then(Value::as_object)
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        if live.pointer(&path).is_none() || !keys(&ours).is_subset(&keys(&live)) {
             ops.push(json!({"op": "add", "path": path, "value": ours.pointer(&path).unwrap()}));
         }
     }
@@ -689,4 +704,298 @@ async fn headroom(c: &HcpCluster, env: &Env, bin: &std::path::Path) {
         preempted_after.as_secs_f64(),
         replaced_after.as_secs_f64(),
     ));
+}
+
+/// The image warm-up pods (`spec.nodeLifecycle.imageWarmup`) of the workload cluster:
+/// `(node, Ready)` of each live pod.
+async fn warmup_pods(c: &HcpCluster) -> Vec<(String, bool)> {
+    use capow::controllers::lifecycle::plan::{WARMUP_NAME, WARMUP_NAMESPACE};
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(c.workload.clone(), WARMUP_NAMESPACE);
+    pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/name={WARMUP_NAME}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.spec.and_then(|s| s.node_name).unwrap_or_default(), ready)
+        })
+        .collect()
+}
+
+/// Removes taint `key` from Node `name` (optimistic concurrency on the Node's
+/// `resourceVersion`, retried on conflict).
+async fn remove_node_taint(c: &HcpCluster, name: &str, key: &str) {
+    let nodes: Api<Node> = Api::all(c.workload.clone());
+    for _ in 0..20 {
+        let node = nodes.get(name).await.unwrap();
+        let taints: Vec<_> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != key)
+            .collect();
+        let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version},
+                           "spec": {"taints": taints}});
+        match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("remove taint {key} from {name}: {e}"),
+        }
+    }
+    panic!("taint {key} of {name}: conflicts on every try");
+}
+
+/// Image warm-up with the workload cluster's kube-scheduler, DaemonSet controller and kwok
+/// (which runs the warm-up pods and turns them Ready): an invalid image reference is refused by
+/// the API server; a Ready Node keeps its startup taint while its warm-up pod cannot run (a
+/// test taint keeps it off) and loses it once that pod is Ready; a Node whose warm-up never
+/// finishes loses it after `imageWarmup.timeout` with an `ImageWarmupTimedOut` event; removing
+/// the field deletes the DaemonSet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: run e2e/test.sh"]
+async fn the_startup_taint_waits_for_the_image_warmup_of_its_node() {
+    let env = Env::get();
+    let c = HcpCluster::start_with(
+        "lc-warmup",
+        HcpOptions {
+            registration: Registration {
+                taints: vec![
+                    json!({"key": DEFAULT_STARTUP_TAINT_KEY, "effect": "NoSchedule"}),
+                    json!({"key": HOLD_TAINT, "effect": "NoSchedule"}),
+                ],
+                not_ready: false,
+            },
+            ..HcpOptions::default()
+        },
+    )
+    .await;
+    let keeper = keep_node_lifecycle_schema(&c);
+    let outcome = AssertUnwindSafe(image_warmup(&c, env)).catch_unwind().await;
+    keeper.abort();
+    c.finish().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn image_warmup(c: &HcpCluster, env: &Env) {
+    use capow::controllers::lifecycle::plan::{WARMUP_NAME, WARMUP_NAMESPACE};
+    ensure_node_lifecycle_schema(c).await;
+    let oswc = oswc_api(c).await;
+
+    // Bad input: the API server refuses an image reference that is not one (upper case).
+    let refused = oswc
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeLifecycle": {"imageWarmup": {
+                "images": ["pause:3.10", "Busybox:latest"]}}}})),
+        )
+        .await
+        .expect_err("an upper-case image reference is refused");
+    let text = refused.to_string();
+    assert!(
+        text.contains("spec.nodeLifecycle.imageWarmup.images[1]")
+            && text.contains("Busybox:latest"),
+        "the rejection names the field and the value: {text}"
+    );
+
+    // A generous timeout while the first Node shows the wait; lowered for the second one.
+    set_node_lifecycle(
+        c,
+        json!({"startupTaint": {}, "imageWarmup": {
+            "images": ["pause:3.10", "busybox:1.36", "mirror.example/big/model:1"],
+            "ignore": ["mirror.example/big/*"],
+            "timeout": "10m"}}),
+    )
+    .await;
+    c.add_machine_deployment("workers", "m1.tiny", 3).await;
+    let n = 2;
+    c.set_replicas("workers", n).await;
+    c.wait_running("workers", n as usize, Duration::from_secs(240))
+        .await;
+    let names: Vec<String> = node_names(c).await.into_iter().collect();
+    assert_eq!(names.len(), n as usize, "{names:?}");
+    let (first, second) = (&names[0], &names[1]);
+    let nodes: Api<Node> = Api::all(c.workload.clone());
+
+    // Ready, but no warm-up pod can run yet: capow keeps the startup taint and says why.
+    Poll::new(
+        "the StartupTaint condition to hold the Ready Nodes for their warm-up",
+        Duration::from_secs(60),
+    )
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
+        let cond = lifecycle_condition(c, "StartupTaint").await;
+        let msg = cond["message"].as_str().unwrap_or_default();
+        if names
+            .iter()
+            .all(|name| msg.contains(&format!("{name} (image warm-up: no warm-up pod")))
+        {
+            Ok(())
+        } else {
+            Err(format!("condition {cond}"))
+        }
+    })
+    .await;
+    for name in &names {
+        let node = nodes.get(name).await.unwrap();
+        assert!(is_ready(&node), "{name} is Ready (kwok)");
+        assert!(
+            has_taint(&node, DEFAULT_STARTUP_TAINT_KEY),
+            "{name} lost its startup taint before its warm-up"
+        );
+    }
+    let cond = lifecycle_condition(c, "ImageWarmup").await;
+    let msg = cond["message"].as_str().unwrap_or_default();
+    assert!(
+        cond["reason"] == "WarmingUp"
+            && msg.contains("pre-pulls 2 image(s) (pause:3.10, busybox:1.36)")
+            && msg.contains(
+                "ignored by spec.nodeLifecycle.imageWarmup.ignore: mirror.example/big/model:1"
+            ),
+        "{cond}"
+    );
+
+    // The first Node admits its warm-up pod; once kwok has it Ready, the taint goes.
+    let released = Instant::now();
+    remove_node_taint(c, first, HOLD_TAINT).await;
+    let mut pod_ready_at: Option<Instant> = None;
+    let poll = Poll::new(
+        format!("the startup taint removed from {first} after its warm-up"),
+        Duration::from_secs(90),
+    )
+    .every(Duration::from_millis(100))
+    .log_tail(&c.manager.log, 30);
+    loop {
+        let pods = warmup_pods(c).await;
+        let ready = pods.iter().any(|(node, ready)| node == first && *ready);
+        if ready && pod_ready_at.is_none() {
+            pod_ready_at = Some(Instant::now());
+        }
+        let node = nodes.get(first).await.unwrap();
+        if !has_taint(&node, DEFAULT_STARTUP_TAINT_KEY) {
+            assert!(
+                ready || pod_ready_at.is_some(),
+                "{first} lost its taint before its warm-up pod was Ready: {pods:?}"
+            );
+            let now = Instant::now();
+            let from_ready = now.duration_since(pod_ready_at.unwrap_or(now));
+            env.record(&format!(
+                "image warm-up: Node {first} untainted {:.2} s after its warm-up pod was seen Ready ({:.2} s after the pod could be scheduled)",
+                from_ready.as_secs_f64(),
+                released.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        poll.tick(format_args!("warm-up pods {pods:?}")).await;
+    }
+    assert!(
+        has_taint(&nodes.get(second).await.unwrap(), DEFAULT_STARTUP_TAINT_KEY),
+        "{second}, without a warm-up pod, keeps its taint"
+    );
+
+    // The second Node never gets its warm-up pod: with the timeout lowered to 30s, capow
+    // removes its taint 30 s after the Node turned Ready, and says so.
+    let ready_since = nodes
+        .get(second)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time)
+        .map(|t| t.0)
+        .expect("the Ready condition's lastTransitionTime");
+    let lowered = Instant::now();
+    set_node_lifecycle(c, json!({"imageWarmup": {"timeout": "30s"}})).await;
+    Poll::new(
+        format!("the startup taint removed from {second} after the warm-up timeout"),
+        Duration::from_secs(90),
+    )
+    .every(Duration::from_millis(200))
+    .log_tail(&c.manager.log, 30)
+    .until(|| async {
+        let node = nodes.get(second).await.unwrap();
+        if has_taint(&node, DEFAULT_STARTUP_TAINT_KEY) {
+            Err("tainted".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let since_ready = k8s_openapi::jiff::Timestamp::now().duration_since(ready_since);
+    env.record(&format!(
+        "image warm-up: Node {second} (no warm-up pod) untainted {:.2} s after it turned Ready (imageWarmup.timeout 30s, lowered from 10m {:.2} s before)",
+        since_ready.as_secs_f64(),
+        lowered.elapsed().as_secs_f64()
+    ));
+    let events: Api<Event> = Api::namespaced(c.client.clone(), &c.ns);
+    Poll::new(
+        "the ImageWarmupTimedOut and StartupTaintRemoved events",
+        Duration::from_secs(30),
+    )
+    .until(|| async {
+        let list = events.list(&ListParams::default()).await.unwrap().items;
+        let about = |reason: &str| -> Vec<(String, String)> {
+            list.iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| {
+                    (
+                        e.related
+                            .as_ref()
+                            .and_then(|r| r.name.clone())
+                            .unwrap_or_default(),
+                        e.note.clone().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        let timed_out = about("ImageWarmupTimedOut");
+        let removed = about("StartupTaintRemoved");
+        let ok = timed_out
+            .iter()
+            .any(|(n, note)| n == second && note.contains("no warm-up pod"))
+            && removed
+                .iter()
+                .any(|(n, note)| n == first && note.contains("its image warm-up finished"));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "ImageWarmupTimedOut {timed_out:?}; StartupTaintRemoved {removed:?}"
+            ))
+        }
+    })
+    .await;
+
+    // Removing the field deletes the DaemonSet (and its namespace).
+    set_node_lifecycle(c, json!({"imageWarmup": null})).await;
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(c.workload.clone(), WARMUP_NAMESPACE);
+    Poll::new("the warm-up DaemonSet gone", Duration::from_secs(60))
+        .log_tail(&c.manager.log, 30)
+        .until(|| async {
+            match daemonsets.get_opt(WARMUP_NAME).await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err("still there".to_owned()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+
+    c.set_replicas("workers", 0).await;
+    c.wait_running("workers", 0, Duration::from_secs(180)).await;
 }

@@ -481,6 +481,13 @@ fn every_variable() -> Vec<Value> {
         ("imageAddVersion", json!(true)),
         ("workerMinSize", json!(1)),
         ("workerMaxSize", json!(4)),
+        // replicas left to the variable's default (1).
+        ("headroom", json!({"cpu": "1", "memory": "512Mi"})),
+        (
+            "imageWarmup",
+            json!({"images": ["pause:3.10", "mirror.example:5000/team/app:1.2"],
+                   "ignore": ["mirror.example:5000/*"], "timeout": "5m"}),
+        ),
     ]
     .into_iter()
     .map(|(name, value)| json!({"name": name, "value": value}))
@@ -570,6 +577,15 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
     );
     assert_eq!(spec["managedNetwork"], json!({"mtu": 1400}));
     assert_eq!(spec["externalNetwork"], json!({"id": EXTERNAL_NET}));
+    assert_eq!(
+        spec["nodeLifecycle"],
+        json!({
+            "headroom": {"cpu": "1", "memory": "512Mi", "replicas": 1},
+            "imageWarmup": {"images": ["pause:3.10", "mirror.example:5000/team/app:1.2"],
+                            "ignore": ["mirror.example:5000/*"], "timeout": "5m"},
+        }),
+        "the headroom and imageWarmup variables, the headroom's replicas defaulted"
+    );
 
     let mds = dynamic(
         &client,
@@ -662,6 +678,14 @@ async fn the_cluster_class_patches_every_variable_and_refuses_bad_values() {
         ("workerFlavor", json!("")),
         ("workerMaxSize", json!(5000)),
         ("sshKeyName", json!("k".repeat(256))),
+        ("headroom", json!({"cpu": "-1", "memory": "1Gi"})),
+        ("headroom", json!({"cpu": "1"})),
+        ("imageWarmup", json!({"images": ["Busybox:latest"]})),
+        ("imageWarmup", json!({"images": []})),
+        (
+            "imageWarmup",
+            json!({"images": ["pause:3.10"], "ignore": ["*"]}),
+        ),
     ];
     for (name, value) in bad {
         let mut variables = every_variable();

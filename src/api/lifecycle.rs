@@ -5,7 +5,9 @@
 //!
 //! - `maxNodeAge`: Machines older than this are replaced one at a time through CAPI;
 //! - `startupTaint`: a taint new nodes register with, which capow removes once the Node is
-//!   Ready.
+//!   Ready (and, with `imageWarmup`, once the Node's warm-up pod is Ready);
+//! - `headroom`: placeholder pods that keep spare capacity for the cluster-autoscaler to add;
+//! - `imageWarmup`: images a DaemonSet pre-pulls on every Node of the workload cluster.
 //!
 //! `maxNodeAge`, `replacementBudget` and `startupTaint` can be overridden per
 //! MachineDeployment by annotations ([`settings`]). The
@@ -76,6 +78,86 @@ pub struct NodeLifecycle {
     /// and a real pod preempts a placeholder at once. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headroom: Option<Headroom>,
+
+    /// Images pre-pulled on every Node of the workload cluster by a DaemonSet capow keeps there
+    /// (namespace `capow-image-warmup`); with a startup taint on, a new Node keeps its taint
+    /// until its warm-up pod is Ready (at most `timeout`). Off when unset; removing it deletes
+    /// the DaemonSet. Per cluster only (no MachineDeployment annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_warmup: Option<ImageWarmup>,
+}
+
+/// Largest number of entries of `imageWarmup.images` and of `imageWarmup.ignore`: one init
+/// container per image, and a pod spec stays far below the 1.5 MiB object limit of etcd.
+pub const MAX_WARMUP_IMAGES: usize = 50;
+
+/// An image reference `name[:tag][@sha256:digest]` as the container runtime reads it
+/// (distribution/reference `reference.go` grammar, v2.8): an optional registry host with port
+/// (`mirror.example:5000/`), lower-case path components separated by `/` (each
+/// alphanumeric runs joined by `.`, `_`, `__` or dashes), a tag of at most 128 of
+/// `[A-Za-z0-9_.-]` not starting with `.` or `-`, and a sha256 digest of 64 lower-case hex
+/// digits. No registry host is assumed: `pause:3.10` stays as written and the runtime
+/// resolves it as it would for any pod. IPv6 registry hosts are not accepted.
+pub const IMAGE_REFERENCE_PATTERN: &str = concat!(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?",
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+);
+
+/// An entry of `imageWarmup.ignore`: an image reference ([`IMAGE_REFERENCE_PATTERN`]) that
+/// ignores exactly that image, or a prefix ending in `*` (`mirror.example/team/*`,
+/// `busybox:*`) that ignores every image starting with it.
+pub const IGNORE_PATTERN: &str = concat!(
+    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?",
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?",
+    r"|[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}\*)$"
+);
+
+/// Default of `imageWarmup.timeout`: how long a new Node's startup taint waits for its
+/// warm-up pod.
+pub const DEFAULT_WARMUP_TIMEOUT: &str = "10m";
+
+/// Images pre-pulled on the workload cluster's Nodes (`spec.nodeLifecycle.imageWarmup`).
+///
+/// capow runs a DaemonSet `capow-image-warmup/capow-image-warmup` whose pods have one init
+/// container per image (the list minus `ignore`) running `/bin/sh -c true` with
+/// `imagePullPolicy: IfNotPresent`, so the kubelet pulls each image once; every image must
+/// therefore contain `/bin/sh` (images without a shell fail with `StartError` after their pull
+/// and are reported; ignore them). The pattern is the pre-puller of Zero to JupyterHub
+/// (`jupyterhub/zero-to-jupyterhub-k8s` `image-puller` chart templates) in capow's terms.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageWarmup {
+    /// Images to pre-pull, 1 to 50 distinct references `name[:tag][@sha256:digest]`
+    /// ([`IMAGE_REFERENCE_PATTERN`]; e.g. `pause:3.10`, `mirror.example:5000/team/app:1.2`),
+    /// each at most 512 characters, pulled in this order.
+    #[schemars(
+        length(min = 1, max = 50),
+        inner(length(min = 1, max = 512), regex(pattern = IMAGE_REFERENCE_PATTERN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub images: Vec<String>,
+    /// Images not to pre-pull, up to 50 distinct entries: an exact reference, or a prefix
+    /// ending in `*` ([`IGNORE_PATTERN`]; e.g. `busybox:*`, `mirror.example/big/*`). Meant for
+    /// a cluster that takes its `images` from a ClusterClass default and must skip some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 50),
+        inner(length(min = 1, max = 512), regex(pattern = IGNORE_PATTERN)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub ignore: Vec<String>,
+    /// How long a new Node keeps its startup taint waiting for its warm-up pod, counted from
+    /// the Node's `Ready` condition turning `True`. After it capow removes the taint anyway
+    /// and records a Warning event `ImageWarmupTimedOut` naming the Node and what its warm-up
+    /// waited for (images that fail to pull are reported all along in the `ImageWarmup`
+    /// condition, reason `ImageWarmupFailed`). A Go duration between 30s and 24h; default
+    /// `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('30s') && duration(self) <= duration('24h')").message("timeout must be a duration between 30s and 24h, e.g. 10m"))]
+    pub timeout: Option<String>,
 }
 
 /// Priority of the headroom placeholder pods: below the default 0 of workloads, so any pod
@@ -157,7 +239,8 @@ impl StartupTaintEffect {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeLifecycleStatus {
-    /// One condition per configured feature: `MaxNodeAge`, `StartupTaint` (True when it works; False with the reason and the field path when input
+    /// One condition per configured feature: `MaxNodeAge`, `StartupTaint`, `Headroom`,
+    /// `ImageWarmup` (True when it works; False with the reason and the field path when input
     /// or the workload cluster keeps it from working).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::conditions::conditions_schema")]
@@ -180,5 +263,40 @@ mod tests {
         );
         let name = DEFAULT_STARTUP_TAINT_KEY.rsplit('/').next().unwrap();
         assert!(name.len() <= 63);
+    }
+
+    #[test]
+    fn image_references_are_checked_without_assuming_a_registry() {
+        let image = regex::Regex::new(IMAGE_REFERENCE_PATTERN).unwrap();
+        let ignore = regex::Regex::new(IGNORE_PATTERN).unwrap();
+        let digest = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for ok in [
+            "pause:3.10".to_owned(),
+            "busybox".to_owned(),
+            "team/app_x__y.z-w:v1.2-rc.1".to_owned(),
+            "mirror.example:5000/team/app:1.2".to_owned(),
+            "localhost:5000/app".to_owned(),
+            format!("mirror.example/app{digest}"),
+            format!("mirror.example/app:1.2{digest}"),
+        ] {
+            assert!(image.is_match(&ok), "{ok} is a reference");
+            assert!(ignore.is_match(&ok), "{ok} is an ignore entry");
+        }
+        for bad in [
+            "",
+            "Pause:3.10",
+            "app:",
+            "app:-x",
+            "app@sha256:abc",
+            "app:1 2",
+            "/app",
+            "app/",
+            "mirror.example/*",
+        ] {
+            assert!(!image.is_match(bad), "{bad:?} is not a reference");
+        }
+        for rule in ["busybox:*", "mirror.example/team/*", "*"] {
+            assert_eq!(ignore.is_match(rule), rule != "*", "{rule}");
+        }
     }
 }

@@ -102,12 +102,19 @@ pub struct LifecycleArgs {
     /// 1h). For tests only: a short age replaces every node soon after it is ready.
     #[arg(long, hide = true, env = "CAPOW_MAX_NODE_AGE_FLOOR", default_value = "1h", value_parser = humantime::parse_duration)]
     pub max_node_age_floor: Duration,
-    /// Image of the headroom placeholder pods (`spec.nodeLifecycle.headroom`): any image whose
-    /// entrypoint sleeps forever and runs as a non-root user, normally the Kubernetes pause
-    /// image from the registry or mirror the workload cluster pulls from, e.g.
-    /// `<registry>/pause:3.10`. The default names no registry host.
-    #[arg(long, env = "CAPOW_HEADROOM_IMAGE", default_value = "pause:3.10")]
-    pub headroom_image: String,
+    /// Pause image capow runs in the workload cluster: the headroom placeholder pods
+    /// (`spec.nodeLifecycle.headroom`) and the main container of the image warm-up pods
+    /// (`spec.nodeLifecycle.imageWarmup`). Any image whose entrypoint sleeps forever and runs
+    /// as a non-root user, normally the Kubernetes pause image from the registry or mirror the
+    /// workload cluster pulls from, e.g. `<registry>/pause:3.10`. The default names no registry
+    /// host. `--headroom-image` (its name before image warm-up) still works.
+    #[arg(
+        long,
+        alias = "headroom-image",
+        env = "CAPOW_HEADROOM_IMAGE",
+        default_value = "pause:3.10"
+    )]
+    pub pause_image: String,
 }
 
 /// The externalgrpc cloud provider (`src/autoscaler/`) and its mTLS (`src/tls/`).

@@ -156,7 +156,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
             orphan_metrics: metrics.orphan,
             lifecycle: controllers::lifecycle::LifecycleConfig {
                 max_node_age_floor: lifecycle.max_node_age_floor,
-                headroom_image: lifecycle.headroom_image.clone(),
+                pause_image: lifecycle.pause_image.clone(),
             },
             lifecycle_metrics: metrics.lifecycle,
         },

@@ -348,6 +348,7 @@ mod tests {
             replacement_budget: budget,
             startup_taint: taint,
             headroom: None,
+            image_warmup: None,
         }
     }
 

@@ -5,7 +5,10 @@
 //!    ([`plan::max_age`]: mark `cluster.x-k8s.io/delete-machine`, delete the Machine; CAPI
 //!    drains the Node and the MachineSet creates the successor);
 //! 2. removes the startup taint from Nodes of the workload cluster (reached through the
-//!    `<cluster>-kubeconfig` Secret, [`workload`]) once they are Ready;
+//!    `<cluster>-kubeconfig` Secret, [`workload`]) once they are Ready, and with image
+//!    warm-up on once their warm-up pod is Ready (or the warm-up timed out);
+//! 3. keeps the headroom placeholders and the image warm-up DaemonSet in the workload cluster
+//!    (server-side apply), and deletes them when their field goes;
 //!
 //! and reports each configured feature as a condition in `status.nodeLifecycle`, written
 //! with its own field manager [`FIELD_MANAGER`]. Steps: observe (reflector stores and the
@@ -40,7 +43,9 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use self::plan::{AgeDecision, DeploymentView, Hold, MachineView, NodeView, Release};
+use self::plan::{
+    AgeDecision, DeploymentView, Hold, MachineView, NodeView, Release, WarmupGate, WarmupPod,
+};
 use self::workload::{Workload, Workloads};
 use crate::api::autoscaling::{SizeLimits, effective_annotations, size_limits};
 use crate::api::cluster::OpenStackWorkerCluster;
@@ -68,6 +73,8 @@ pub mod condition_types {
     pub const STARTUP_TAINT: &str = "StartupTaint";
     /// `spec.nodeLifecycle.headroom` is set.
     pub const HEADROOM: &str = "Headroom";
+    /// `spec.nodeLifecycle.imageWarmup` is set.
+    pub const IMAGE_WARMUP: &str = "ImageWarmup";
 }
 
 /// Reasons of the lifecycle conditions.
@@ -93,6 +100,15 @@ pub mod reasons {
     pub const HEADROOM_DOES_NOT_FIT: &str = "HeadroomDoesNotFit";
     /// The placeholders are applied; the message counts the Ready ones.
     pub const HEADROOM_KEPT: &str = "HeadroomKept";
+    /// The warm-up DaemonSet is applied and every Node it runs on has pulled the images.
+    pub const WARMED_UP: &str = "WarmedUp";
+    /// The warm-up DaemonSet is applied and some Nodes are still pulling (message names them).
+    pub const WARMING_UP: &str = "WarmingUp";
+    /// A warm-up pod cannot pull or run an image (message names the Node, the image and the
+    /// kubelet's reason).
+    pub const IMAGE_WARMUP_FAILED: &str = "ImageWarmupFailed";
+    /// `imageWarmup.ignore` leaves nothing to pull, or its timeout does not parse.
+    pub const INVALID_IMAGE_WARMUP: &str = "InvalidImageWarmup";
 }
 
 /// Reasons of the events of this controller.
@@ -107,6 +123,9 @@ pub mod event_reasons {
     pub const STARTUP_TAINT_REMOVED: &str = "StartupTaintRemoved";
     /// Warning, on the OpenStackWorkerCluster: a feature cannot work (message says why).
     pub const LIFECYCLE_PROBLEM: &str = "NodeLifecycleProblem";
+    /// Warning, on the OpenStackWorkerCluster (related: the Node): the startup taint was
+    /// removed without a finished image warm-up, after `imageWarmup.timeout`.
+    pub const IMAGE_WARMUP_TIMED_OUT: &str = "ImageWarmupTimedOut";
 }
 
 /// Settings of the controller (manager flags).
@@ -114,15 +133,16 @@ pub mod event_reasons {
 pub struct LifecycleConfig {
     /// Smallest max node age accepted from the MachineDeployment annotation.
     pub max_node_age_floor: Duration,
-    /// Image of the headroom placeholder pods (`--headroom-image`).
-    pub headroom_image: String,
+    /// Pause image of the headroom placeholders and the warm-up pods (`--pause-image`, alias
+    /// `--headroom-image`).
+    pub pause_image: String,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
             max_node_age_floor: settings::DEFAULT_MAX_NODE_AGE_FLOOR,
-            headroom_image: "pause:3.10".to_owned(),
+            pause_image: "pause:3.10".to_owned(),
         }
     }
 }
@@ -163,7 +183,7 @@ impl LifecycleMetrics {
         );
         registry.register(
             "startup_taints_removed",
-            "Startup taints removed, by what released the Node (ready)",
+            "Startup taints removed, by what released the Node (ready, warmed_up, warmup_timeout)",
             self.taints_removed.clone(),
         );
         registry.register(
@@ -500,12 +520,12 @@ async fn reconcile_bounded(
     let taints_on =
         cluster_taint.is_some() || groups.iter().any(|g| g.settings.startup_taint.is_some());
     let headroom = spec.and_then(|l| l.headroom.as_ref());
-    // Placeholders applied earlier are removed once the field is gone.
-    let headroom_was_on = before
-        .conditions
-        .iter()
-        .any(|c| c.type_ == condition_types::HEADROOM);
-    if taints_on || headroom.is_some() || headroom_was_on {
+    let warmup = spec.and_then(|l| l.image_warmup.as_ref());
+    // Objects applied earlier are removed once their field is gone.
+    let was_on = |type_: &str| before.conditions.iter().any(|c| c.type_ == type_);
+    let headroom_was_on = was_on(condition_types::HEADROOM);
+    let warmup_was_on = was_on(condition_types::IMAGE_WARMUP);
+    if taints_on || headroom.is_some() || headroom_was_on || warmup.is_some() || warmup_was_on {
         let owner = ObjectRef::from_obj(&*oswc);
         let w = match s
             .workloads
@@ -523,7 +543,16 @@ async fn reconcile_bounded(
             Err(message) => {
                 for (on, type_) in [
                     (taints_on, condition_types::STARTUP_TAINT),
-                    (headroom.is_some(), condition_types::HEADROOM),
+                    // A removed feature keeps its condition, so its objects are deleted once
+                    // the workload cluster answers again.
+                    (
+                        headroom.is_some() || headroom_was_on,
+                        condition_types::HEADROOM,
+                    ),
+                    (
+                        warmup.is_some() || warmup_was_on,
+                        condition_types::IMAGE_WARMUP,
+                    ),
                 ] {
                     if on {
                         report.set(
@@ -537,8 +566,44 @@ async fn reconcile_bounded(
                 }
             }
             Ok(w) => {
+                let mut gate = None;
+                if let Some(iw) = warmup {
+                    let taints: Vec<Taint> = cluster_taint
+                        .iter()
+                        .chain(
+                            groups
+                                .iter()
+                                .filter_map(|g| g.settings.startup_taint.as_ref()),
+                        )
+                        .cloned()
+                        .collect();
+                    gate = warmup_step(&s, &oswc, &w, iw, &taints, &before, &mut report).await;
+                } else if warmup_was_on && let Err(e) = remove_warmup(&w).await {
+                    // Keep the condition, so the next reconcile tries again.
+                    report.set(
+                        condition_types::IMAGE_WARMUP,
+                        false,
+                        reasons::WRITE_FAILED,
+                        format!(
+                            "spec.nodeLifecycle.imageWarmup was removed, but deleting DaemonSet {}/{} of the workload cluster failed: {}",
+                            plan::WARMUP_NAMESPACE,
+                            plan::WARMUP_NAME,
+                            describe_kube_error(&e)
+                        ),
+                        generation,
+                    );
+                }
                 if taints_on {
-                    taint_step(&s, &oswc, &w, &groups, cluster_taint.as_ref(), &mut report).await;
+                    taint_step(
+                        &s,
+                        &oswc,
+                        &w,
+                        &groups,
+                        cluster_taint.as_ref(),
+                        gate.as_ref(),
+                        &mut report,
+                    )
+                    .await;
                 }
                 if let Some(h) = headroom {
                     headroom_step(&s, &oswc, &w, h, &groups, &before, &mut report).await;
@@ -575,7 +640,9 @@ async fn reconcile_bounded(
 }
 
 async fn w_synced(w: &Workload) -> bool {
-    let ready = async { w.nodes.wait_until_ready().await.is_ok() };
+    let ready = async {
+        w.nodes.wait_until_ready().await.is_ok() && w.warmup_pods.wait_until_ready().await.is_ok()
+    };
     tokio::time::timeout(workload::FIRST_LIST_WAIT, ready)
         .await
         .unwrap_or(false)
@@ -792,14 +859,16 @@ fn cluster_name_of(oswc: &OpenStackWorkerCluster) -> String {
         .unwrap_or_else(|| oswc.name_any())
 }
 
-/// Removes the startup taint from the Nodes that are Ready and reports the `StartupTaint`
-/// condition.
+/// Removes the startup taint from the Nodes that are Ready (with image warm-up on: whose
+/// warm-up pod is Ready, or that have been Ready for the warm-up timeout) and reports the
+/// `StartupTaint` condition.
 async fn taint_step(
     s: &Shared,
     oswc: &OpenStackWorkerCluster,
     w: &Workload,
     groups: &[Group],
     cluster_taint: Option<&Taint>,
+    warmup: Option<&Warmup>,
     report: &mut Report,
 ) {
     let now = Timestamp::now();
@@ -834,9 +903,11 @@ async fn taint_step(
                 .cloned()
                 .unwrap_or_else(|| cluster_taint.cloned());
             NodeView {
+                warmup: warmup.and_then(|x| x.pods.get(&name).cloned()),
                 name,
                 created: created(&n.metadata),
                 ready: workload::node_ready(n),
+                ready_since: workload::node_ready_since(n),
                 taints: n
                     .spec
                     .as_ref()
@@ -853,53 +924,102 @@ async fn taint_step(
             }
         })
         .collect();
-    let decisions = plan::startup_taints(&views);
+    let decisions = plan::startup_taints(&views, warmup.map(|x| &x.gate), now);
     let (mut released, mut holding, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for d in decisions {
-        match d.outcome {
-            Err(Hold::NotReady) => holding.push(format!("{} (not Ready)", d.node)),
-            Ok(Release::Ready) => {
-                let Some(node) = nodes.iter().find(|n| n.name_any() == d.node) else {
-                    continue;
-                };
-                match remove_taint(w, node, &d.taint).await {
-                    Ok(true) => {
-                        let label = "ready";
-                        let note = format!(
+        let release = match d.outcome {
+            Err(Hold::NotReady) => {
+                holding.push(format!("{} (not Ready)", d.node));
+                continue;
+            }
+            Err(Hold::WarmingUp { wait, deadline }) => {
+                report.due_at(deadline);
+                holding.push(format!(
+                    "{} (image warm-up: {}; the taint goes at {deadline} at the latest)",
+                    d.node,
+                    wait.describe()
+                ));
+                continue;
+            }
+            Ok(r) => r,
+        };
+        let Some(node) = nodes.iter().find(|n| n.name_any() == d.node) else {
+            continue;
+        };
+        let timeout =
+            warmup.map_or_else(String::new, |x| settings::format_duration(x.gate.timeout));
+        match remove_taint(w, node, &d.taint).await {
+            Ok(true) => {
+                let (label, note) = match &release {
+                    Release::Ready => (
+                        "ready",
+                        format!(
                             "Removed the startup taint {} from Node {}: it is Ready",
                             d.taint.describe(),
                             d.node
-                        );
-                        s.metrics
-                            .taints_removed
-                            .get_or_create(&ReleaseLabels { after: label })
-                            .inc();
-                        let registered = created(&node.metadata);
-                        let seconds = now.duration_since(registered).as_secs_f64().max(0.0);
-                        s.metrics.taint_seconds.observe(seconds);
-                        tracing::info!(node = %d.node, after = label, seconds, "Removed the startup taint");
-                        s.ctx
-                            .event_about(
-                                &oswc.object_ref(&()),
-                                node_ref(&d.node),
-                                EventType::Normal,
-                                event_reasons::STARTUP_TAINT_REMOVED,
-                                "RemoveTaint",
-                                note,
-                            )
-                            .await;
-                        released.push(d.node);
-                    }
-                    Ok(false) => {
-                        holding.push(format!("{} (changed meanwhile; trying again)", d.node))
-                    }
-                    Err(e) => failed.push(format!(
-                        "failed to remove the startup taint from Node {}: {}",
-                        d.node,
-                        describe_kube_error(&e)
-                    )),
+                        ),
+                    ),
+                    Release::WarmedUp => (
+                        "warmed_up",
+                        format!(
+                            "Removed the startup taint {} from Node {}: it is Ready and its image warm-up finished",
+                            d.taint.describe(),
+                            d.node
+                        ),
+                    ),
+                    Release::WarmupTimedOut(wait) => (
+                        "warmup_timeout",
+                        format!(
+                            "Removed the startup taint {} from Node {} without a finished image warm-up: it has been Ready for {timeout} (spec.nodeLifecycle.imageWarmup.timeout) and its warm-up is not done ({})",
+                            d.taint.describe(),
+                            d.node,
+                            wait.describe()
+                        ),
+                    ),
+                };
+                if matches!(release, Release::WarmupTimedOut(_)) {
+                    s.ctx
+                        .event_about(
+                            &oswc.object_ref(&()),
+                            node_ref(&d.node),
+                            EventType::Warning,
+                            event_reasons::IMAGE_WARMUP_TIMED_OUT,
+                            "RemoveTaint",
+                            note.clone(),
+                        )
+                        .await;
                 }
+                s.metrics
+                    .taints_removed
+                    .get_or_create(&ReleaseLabels { after: label })
+                    .inc();
+                let registered = created(&node.metadata);
+                let seconds = now.duration_since(registered).as_secs_f64().max(0.0);
+                s.metrics.taint_seconds.observe(seconds);
+                tracing::info!(node = %d.node, after = label, seconds, "Removed the startup taint");
+                s.ctx
+                    .event_about(
+                        &oswc.object_ref(&()),
+                        node_ref(&d.node),
+                        EventType::Normal,
+                        event_reasons::STARTUP_TAINT_REMOVED,
+                        "RemoveTaint",
+                        note,
+                    )
+                    .await;
+                released.push(match release {
+                    Release::WarmupTimedOut(_) => {
+                        format!("{} (image warm-up not finished within {timeout})", d.node)
+                    }
+                    _ => d.node,
+                });
             }
+            Ok(false) => holding.push(format!("{} (changed meanwhile; trying again)", d.node)),
+            Err(e) => failed.push(format!(
+                "failed to remove the startup taint from Node {}: {}",
+                d.node,
+                describe_kube_error(&e)
+            )),
         }
     }
     let problems: Vec<String> = groups
@@ -1025,7 +1145,7 @@ async fn headroom_step(
     };
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut ready = 0;
-    for object in plan::headroom_objects(&p, &s.config.headroom_image) {
+    for object in plan::headroom_objects(&p, &s.config.pause_image) {
         let applied = apply_workload_object(&w.client, &object, &params).await;
         match applied {
             Ok(status) => {
@@ -1070,8 +1190,193 @@ async fn headroom_step(
     );
 }
 
-/// Server-side applies `object` (a Namespace, PriorityClass or Deployment as JSON) in the
-/// workload cluster; for the Deployment returns its `status.readyReplicas`.
+/// Image warm-up of a cluster as the startup-taint step needs it.
+struct Warmup {
+    /// How long a Ready Node waits for its warm-up pod.
+    gate: WarmupGate,
+    /// The warm-up pod of the current image list on each Node, by Node name.
+    pods: HashMap<String, WarmupPod>,
+}
+
+/// Keeps the image warm-up DaemonSet in the workload cluster (`spec.nodeLifecycle.imageWarmup`):
+/// resolves the image list ([`plan::warmup`]), applies the Namespace and DaemonSet
+/// ([`plan::warmup_objects`], tolerating every startup taint in `taints`) with server-side apply,
+/// reads the warm-up pods from the workload cache and reports the `ImageWarmup` condition. Returns
+/// what the startup-taint step waits for; `None` when the list leaves nothing to pull (then no
+/// taint waits, and a DaemonSet applied before stays: bad input deletes nothing).
+async fn warmup_step(
+    s: &Shared,
+    oswc: &OpenStackWorkerCluster,
+    w: &Workload,
+    iw: &crate::api::lifecycle::ImageWarmup,
+    taints: &[Taint],
+    before: &NodeLifecycleStatus,
+    report: &mut Report,
+) -> Option<Warmup> {
+    let generation = oswc.meta().generation;
+    let t = condition_types::IMAGE_WARMUP;
+    let p = match plan::warmup(iw) {
+        Ok(p) => p,
+        Err((field, message)) => {
+            let message = format!("{field}: {message}");
+            if message_changed(before, t, &message) {
+                s.ctx
+                    .event(
+                        &oswc.object_ref(&()),
+                        EventType::Warning,
+                        event_reasons::LIFECYCLE_PROBLEM,
+                        "ImageWarmup",
+                        message.clone(),
+                    )
+                    .await;
+            }
+            report.set(t, false, reasons::INVALID_IMAGE_WARMUP, message, generation);
+            return None;
+        }
+    };
+    let pods: HashMap<String, WarmupPod> = w
+        .warmup_pods
+        .state()
+        .iter()
+        .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.clone()?;
+            Some((node, plan::warmup_pod(pod, &p.hash)?))
+        })
+        .collect();
+    let warmup = Warmup {
+        gate: WarmupGate { timeout: p.timeout },
+        pods,
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for object in plan::warmup_objects(&p, &s.config.pause_image, taints) {
+        if let Err(e) = apply_workload_object(&w.client, &object, &params).await {
+            report.set(
+                t,
+                false,
+                reasons::WRITE_FAILED,
+                format!(
+                    "applying the image warm-up's {} in the workload cluster failed: {}",
+                    object["kind"].as_str().unwrap_or("object"),
+                    describe_kube_error(&e)
+                ),
+                generation,
+            );
+            s.workloads.recheck(
+                &oswc.namespace().unwrap_or_default(),
+                &cluster_name_of(oswc),
+            );
+            return Some(warmup);
+        }
+    }
+    let timeout = settings::format_duration(p.timeout);
+    let mut what = format!(
+        "DaemonSet {}/{} of the workload cluster pre-pulls {} image(s) ({})",
+        plan::WARMUP_NAMESPACE,
+        plan::WARMUP_NAME,
+        p.images.len(),
+        p.images.join(", ")
+    );
+    if !p.ignored.is_empty() {
+        what.push_str(&format!(
+            "; ignored by spec.nodeLifecycle.imageWarmup.ignore: {}",
+            p.ignored.join(", ")
+        ));
+    }
+    let mut names: Vec<String> = w.nodes.state().iter().map(|n| n.name_any()).collect();
+    names.sort();
+    let (mut done, mut pending, mut failing) = (0usize, Vec::new(), Vec::new());
+    for name in &names {
+        match warmup.pods.get(name) {
+            Some(pod) if pod.ready => done += 1,
+            Some(pod) if !pod.problems.is_empty() => failing.push(format!(
+                "Node {name}: {}",
+                plan::WarmupWait::Failing(pod.problems.clone()).describe()
+            )),
+            Some(pod) => pending.push(format!(
+                "{name} ({} of {} images pulled)",
+                pod.pulled, pod.total
+            )),
+            None => pending.push(format!("{name} (no warm-up pod yet)")),
+        }
+    }
+    let progress = format!("pulled on {done} of {} Node(s)", names.len());
+    let (pending, failing) = (first_of(&pending, ", "), first_of(&failing, "; "));
+    let (ok, reason, message) = if !failing.is_empty() {
+        (
+            false,
+            reasons::IMAGE_WARMUP_FAILED,
+            format!(
+                "{what}; {progress}; {failing}. A Node with a startup taint keeps it for at most {timeout} (spec.nodeLifecycle.imageWarmup.timeout) after it turned Ready, then capow removes it anyway; fix the image reference or the registry access, or add the image to spec.nodeLifecycle.imageWarmup.ignore"
+            ),
+        )
+    } else if pending.is_empty() {
+        (true, reasons::WARMED_UP, format!("{what}; {progress}"))
+    } else {
+        (
+            true,
+            reasons::WARMING_UP,
+            format!("{what}; {progress}; warming up: {pending}"),
+        )
+    };
+    if !ok && message_changed(before, t, &message) {
+        s.ctx
+            .event(
+                &oswc.object_ref(&()),
+                EventType::Warning,
+                event_reasons::LIFECYCLE_PROBLEM,
+                "ImageWarmup",
+                message.clone(),
+            )
+            .await;
+    }
+    report.set(t, ok, reason, message, generation);
+    Some(warmup)
+}
+
+/// The first [`LISTED_NODES`] of `items` joined by `sep`, and how many more there are: keeps a
+/// condition message of a large cluster far below the 32768 characters `metav1.Condition`
+/// allows (Kubernetes v1.36 API reference, Condition).
+fn first_of(items: &[String], sep: &str) -> String {
+    let mut out = items
+        .iter()
+        .take(LISTED_NODES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(sep);
+    if items.len() > LISTED_NODES {
+        out.push_str(&format!(" and {} more", items.len() - LISTED_NODES));
+    }
+    out
+}
+
+/// Nodes a warm-up condition message names at most.
+const LISTED_NODES: usize = 10;
+
+/// Deletes the image warm-up DaemonSet and its Namespace from the workload cluster; "not found"
+/// counts as done.
+async fn remove_warmup(w: &Workload) -> Result<(), kube::Error> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Namespace;
+    let gone = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    };
+    gone(
+        Api::<DaemonSet>::namespaced(w.client.clone(), plan::WARMUP_NAMESPACE)
+            .delete(plan::WARMUP_NAME, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )?;
+    gone(
+        Api::<Namespace>::all(w.client.clone())
+            .delete(plan::WARMUP_NAMESPACE, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    )
+}
+
+/// Server-side applies `object` (a Namespace, PriorityClass, Deployment or DaemonSet as JSON)
+/// in the workload cluster; for the Deployment returns its `status.readyReplicas`.
 async fn apply_workload_object(
     client: &kube::Client,
     object: &serde_json::Value,
@@ -1092,6 +1397,15 @@ async fn apply_workload_object(
             Api::<PriorityClass>::all(client.clone())
                 .patch(name, params, &Patch::Apply(object))
                 .await?;
+            Ok(None)
+        }
+        Some("DaemonSet") => {
+            Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(
+                client.clone(),
+                plan::WARMUP_NAMESPACE,
+            )
+            .patch(name, params, &Patch::Apply(object))
+            .await?;
             Ok(None)
         }
         _ => {
@@ -1314,4 +1628,21 @@ pub async fn run_controller(
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, shared);
     run::drain(CONTROLLER, results).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_messages_name_at_most_ten_nodes() {
+        let few: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+        assert_eq!(first_of(&few, ", "), "n0, n1, n2");
+        let many: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+        let text = first_of(&many, ", ");
+        assert!(
+            text.starts_with("n0, n1,") && text.ends_with("n9 and 15 more"),
+            "{text}"
+        );
+    }
 }

@@ -1,9 +1,13 @@
 //! Pure decisions of the lifecycle controller, from views of what observe read:
 //!
 //! - [`max_age`]: which Machines of a MachineDeployment to replace now, or why none;
-//! - [`startup_taints`]: which Nodes lose their startup taint now;
+//! - [`startup_taints`]: which Nodes lose their startup taint now (with image warm-up on, once
+//!   their warm-up pod is Ready or the warm-up timed out);
 //! - [`headroom`], [`headroom_fits`], [`headroom_objects`]: the placeholder pods of the
-//!   headroom, whether the cluster's node groups can hold them, and the objects that run them.
+//!   headroom, whether the cluster's node groups can hold them, and the objects that run them;
+//! - [`warmup`], [`warmup_objects`], [`warmup_pod`]: the images the warm-up DaemonSet pulls,
+//!   the objects that run it, and what a Node's warm-up pod reports (which
+//!   [`startup_taints`] waits for).
 //!
 //! Nothing here does I/O; every function is table-tested below.
 
@@ -13,8 +17,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use serde_json::json;
 
-use crate::api::lifecycle::settings::{MaxAge, Taint, format_duration};
-use crate::api::lifecycle::{HEADROOM_PRIORITY, Headroom};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::api::lifecycle::settings::{MaxAge, Taint, format_duration, parse_duration};
+use crate::api::lifecycle::{DEFAULT_WARMUP_TIMEOUT, HEADROOM_PRIORITY, Headroom, ImageWarmup};
 use crate::api::quantity::{self, Milli};
 use crate::capi::MachineDeploymentStatus;
 
@@ -304,17 +310,28 @@ pub struct NodeView {
     pub created: Timestamp,
     /// The `Ready` condition is `True`.
     pub ready: bool,
+    /// `lastTransitionTime` of the `Ready` condition when it is `True` (when the Node turned
+    /// Ready); `None` when not Ready or not recorded.
+    pub ready_since: Option<Timestamp>,
     /// `spec.taints` as `(key, value, effect)`.
     pub taints: Vec<Taint>,
     /// The startup taint of the Node's group (its MachineDeployment's, else the cluster's).
     pub startup_taint: Option<Taint>,
+    /// The Node's warm-up pod of the current image list ([`warmup_pod`]); `None` when there is
+    /// none (yet).
+    pub warmup: Option<WarmupPod>,
 }
 
 /// Why a taint goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Release {
-    /// The Node is Ready.
+    /// The Node is Ready (image warm-up is off).
     Ready,
+    /// The Node is Ready and its warm-up pod is Ready: every image is pulled.
+    WarmedUp,
+    /// The Node has been Ready for the warm-up timeout without a Ready warm-up pod: the taint
+    /// goes anyway (docs/node-lifecycle.md, "Image warm-up").
+    WarmupTimedOut(WarmupWait),
 }
 
 /// Why a taint stays.
@@ -322,6 +339,14 @@ pub enum Release {
 pub enum Hold {
     /// The Node is not Ready.
     NotReady,
+    /// The Node is Ready but its warm-up is not finished; the taint goes at `deadline` at the
+    /// latest.
+    WarmingUp {
+        /// What the warm-up waits for.
+        wait: WarmupWait,
+        /// When the timeout releases the taint.
+        deadline: Timestamp,
+    },
 }
 
 /// The startup-taint decision of one Node that carries its startup taint.
@@ -335,9 +360,22 @@ pub struct TaintDecision {
     pub outcome: Result<Release, Hold>,
 }
 
+/// Image warm-up as the startup-taint decision sees it: it is on, and how long a Ready Node
+/// waits for its warm-up pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WarmupGate {
+    /// `spec.nodeLifecycle.imageWarmup.timeout`.
+    pub timeout: Duration,
+}
+
 /// Decides, for every Node that carries its startup taint, whether the taint goes now: once
-/// the Node is Ready.
-pub fn startup_taints(nodes: &[NodeView]) -> Vec<TaintDecision> {
+/// the Node is Ready, and with image warm-up on (`gate`) once its warm-up pod is Ready too, or
+/// once it has been Ready for the warm-up timeout (at `now`), whatever its warm-up pod does.
+pub fn startup_taints(
+    nodes: &[NodeView],
+    gate: Option<&WarmupGate>,
+    now: Timestamp,
+) -> Vec<TaintDecision> {
     let mut out = Vec::new();
     for n in nodes {
         let Some(want) = &n.startup_taint else {
@@ -350,10 +388,10 @@ pub fn startup_taints(nodes: &[NodeView]) -> Vec<TaintDecision> {
         else {
             continue;
         };
-        let outcome = if n.ready {
-            Ok(Release::Ready)
-        } else {
-            Err(Hold::NotReady)
+        let outcome = match gate {
+            _ if !n.ready => Err(Hold::NotReady),
+            None => Ok(Release::Ready),
+            Some(g) => warmup_decision(n, g, now),
         };
         out.push(TaintDecision {
             node: n.name.clone(),
@@ -363,6 +401,27 @@ pub fn startup_taints(nodes: &[NodeView]) -> Vec<TaintDecision> {
     }
     out.sort_by(|a, b| a.node.cmp(&b.node));
     out
+}
+
+fn warmup_decision(n: &NodeView, gate: &WarmupGate, now: Timestamp) -> Result<Release, Hold> {
+    let wait = match &n.warmup {
+        Some(p) if p.ready => return Ok(Release::WarmedUp),
+        Some(p) if !p.problems.is_empty() => WarmupWait::Failing(p.problems.clone()),
+        Some(p) => WarmupWait::Pulling {
+            pulled: p.pulled,
+            total: p.total,
+        },
+        None => WarmupWait::NoPod,
+    };
+    // A Ready Node without a recorded transition time counts from its registration.
+    let since = n.ready_since.unwrap_or(n.created);
+    let timeout = SignedDuration::try_from(gate.timeout).unwrap_or(SignedDuration::MAX);
+    let deadline = since.checked_add(timeout).unwrap_or(Timestamp::MAX);
+    if now >= deadline {
+        Ok(Release::WarmupTimedOut(wait))
+    } else {
+        Err(Hold::WarmingUp { wait, deadline })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,6 +588,323 @@ pub fn headroom_objects(plan: &HeadroomPlan, image: &str) -> [serde_json::Value;
             },
         }}),
     ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image warm-up
+
+/// Namespace of the image warm-up DaemonSet in the workload cluster.
+pub const WARMUP_NAMESPACE: &str = "capow-image-warmup";
+/// Name of the image warm-up DaemonSet (and the `app.kubernetes.io/name` label of its pods).
+pub const WARMUP_NAME: &str = "capow-image-warmup";
+/// Pod-template annotation of the warm-up DaemonSet: a hash of the images its pods pull, so a
+/// pod of an older list (not yet rolled) does not count as warmed up.
+pub const WARMUP_IMAGES_ANNOTATION: &str = "capow.infrastructure.cluster.x-k8s.io/warmup-images";
+/// Command of every pull init container: the image must contain `/bin/sh`.
+pub const WARMUP_COMMAND: [&str; 3] = ["/bin/sh", "-c", "true"];
+
+/// What the warm-up DaemonSet pulls (`spec.nodeLifecycle.imageWarmup` resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmupPlan {
+    /// Images to pull, in the order of `images`, without the ignored ones and duplicates.
+    pub images: Vec<String>,
+    /// Images of `images` that `ignore` removed.
+    pub ignored: Vec<String>,
+    /// How long a Ready Node waits for its warm-up pod.
+    pub timeout: Duration,
+    /// [`WARMUP_IMAGES_ANNOTATION`] of the pods: 16 hex digits of the FNV-1a 64 hash of the
+    /// images joined by newlines (stable across builds, unlike `std`'s hasher).
+    pub hash: String,
+}
+
+/// True when `ignore` entry `rule` (an exact reference, or a prefix ending in `*`) matches
+/// `image`.
+pub fn ignores(rule: &str, image: &str) -> bool {
+    match rule.strip_suffix('*') {
+        Some(prefix) => image.starts_with(prefix),
+        None => rule == image,
+    }
+}
+
+fn fnv1a64(text: &str) -> u64 {
+    // FNV-1a, 64 bit (offset basis and prime of the FNV specification, draft-eastlake-fnv).
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Resolves `spec.nodeLifecycle.imageWarmup`.
+///
+/// # Errors
+/// `(field path, sentence)` when `timeout` does not parse (the CRD refuses it; this guards
+/// objects written before the rule) or when `ignore` leaves nothing to pull.
+pub fn warmup(w: &ImageWarmup) -> Result<WarmupPlan, (String, String)> {
+    let timeout_text = w.timeout.as_deref().unwrap_or(DEFAULT_WARMUP_TIMEOUT);
+    let timeout = parse_duration(timeout_text).map_err(|e| {
+        (
+            "spec.nodeLifecycle.imageWarmup.timeout".to_owned(),
+            format!("{e}; use a duration between 30s and 24h such as 10m"),
+        )
+    })?;
+    let (mut images, mut ignored) = (Vec::new(), Vec::new());
+    for image in &w.images {
+        if w.ignore.iter().any(|rule| ignores(rule, image)) {
+            ignored.push(image.clone());
+        } else if !images.contains(image) {
+            images.push(image.clone());
+        }
+    }
+    if images.is_empty() {
+        return Err((
+            "spec.nodeLifecycle.imageWarmup.ignore".to_owned(),
+            format!(
+                "every image of spec.nodeLifecycle.imageWarmup.images ({}) is ignored, so there is nothing to pre-pull; remove the entries of ignore that match them or remove imageWarmup",
+                w.images.join(", ")
+            ),
+        ));
+    }
+    let hash = format!("{:016x}", fnv1a64(&images.join("\n")));
+    Ok(WarmupPlan {
+        images,
+        ignored,
+        timeout,
+        hash,
+    })
+}
+
+/// The workload-cluster objects of the warm-up, in apply order: the Namespace
+/// [`WARMUP_NAMESPACE`] and the DaemonSet [`WARMUP_NAME`].
+///
+/// Its pods have one init container `pull-<i>` per image of `plan` (`imagePullPolicy:
+/// IfNotPresent`, command [`WARMUP_COMMAND`], 1m CPU and 8Mi memory requested, 32Mi memory
+/// limit) and one container running `pause_image`; init containers run in order and the pod
+/// turns Ready once all of them succeeded (Kubernetes v1.36 "Init Containers" concept page),
+/// so a Ready pod means every image is on its Node. The pods tolerate `startup_taints` (every
+/// startup taint in force, key with `operator: Exists` and its effect), so they run on a new
+/// Node before its taint goes; the DaemonSet controller adds the tolerations of
+/// `node.kubernetes.io/not-ready` and `unreachable` (`NoExecute`) and of the node pressure and
+/// `unschedulable` taints itself (Kubernetes v1.36 "DaemonSet" concept page, "Taints and
+/// tolerations"). Pods run as user 65535 without privileges or a service-account token, with
+/// termination grace 0; the rolling update replaces all pods at once (`maxUnavailable: 100%`).
+pub fn warmup_objects(
+    plan: &WarmupPlan,
+    pause_image: &str,
+    startup_taints: &[Taint],
+) -> [serde_json::Value; 2] {
+    let labels =
+        json!({"app.kubernetes.io/name": WARMUP_NAME, "app.kubernetes.io/managed-by": "capow"});
+    let container_security = json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}});
+    let resources =
+        json!({"requests": {"cpu": "1m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}});
+    let init: Vec<serde_json::Value> = plan
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            json!({"name": format!("pull-{i}"), "image": image, "imagePullPolicy": "IfNotPresent",
+                   "command": WARMUP_COMMAND, "resources": resources,
+                   "securityContext": container_security})
+        })
+        .collect();
+    let mut tolerations: Vec<serde_json::Value> = Vec::new();
+    for t in startup_taints {
+        let toleration = json!({"key": t.key, "operator": "Exists", "effect": t.effect});
+        if !tolerations.contains(&toleration) {
+            tolerations.push(toleration);
+        }
+    }
+    [
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": WARMUP_NAMESPACE, "labels": labels}}),
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": WARMUP_NAME, "namespace": WARMUP_NAMESPACE, "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": WARMUP_NAME}},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "100%"}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {WARMUP_IMAGES_ANNOTATION: plan.hash}},
+                "spec": {
+                    "tolerations": tolerations,
+                    "terminationGracePeriodSeconds": 0,
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65535, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "initContainers": init,
+                    "containers": [{
+                        "name": "pause",
+                        "image": pause_image,
+                        "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}, "limits": {"memory": "8Mi"}},
+                        "securityContext": container_security,
+                    }],
+                },
+            },
+        }}),
+    ]
+}
+
+/// An image a warm-up pod could not pull or run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageProblem {
+    /// The image reference.
+    pub image: String,
+    /// The kubelet's reason (`ErrImagePull`, `ImagePullBackOff`, `InvalidImageName`,
+    /// `CrashLoopBackOff`, `Error`, ...).
+    pub reason: String,
+    /// The kubelet's message (may be empty).
+    pub message: String,
+}
+
+impl ImageProblem {
+    /// `image (Reason: message)`.
+    pub fn describe(&self) -> String {
+        if self.message.is_empty() {
+            format!("{} ({})", self.image, self.reason)
+        } else {
+            format!("{} ({}: {})", self.image, self.reason, self.message)
+        }
+    }
+}
+
+/// A Node's warm-up pod, as far as the decisions need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmupPod {
+    /// The pod's `Ready` condition is `True`.
+    pub ready: bool,
+    /// Init containers that finished (their image is on the Node).
+    pub pulled: usize,
+    /// Images the pod pulls.
+    pub total: usize,
+    /// Images it could not pull or run.
+    pub problems: Vec<ImageProblem>,
+}
+
+/// What a Node's warm-up waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WarmupWait {
+    /// The DaemonSet has no pod of the current image list on the Node (yet).
+    NoPod,
+    /// The pod is pulling.
+    Pulling {
+        /// Images done.
+        pulled: usize,
+        /// Images in all.
+        total: usize,
+    },
+    /// Images cannot be pulled or run.
+    Failing(Vec<ImageProblem>),
+}
+
+impl WarmupWait {
+    /// The state as a sentence part.
+    pub fn describe(&self) -> String {
+        match self {
+            WarmupWait::NoPod => format!(
+                "no warm-up pod of DaemonSet {WARMUP_NAMESPACE}/{WARMUP_NAME} runs on it (yet); if it never comes, the Node has a taint the DaemonSet does not tolerate"
+            ),
+            WarmupWait::Pulling { pulled, total } => {
+                format!("{pulled} of {total} images pulled")
+            }
+            WarmupWait::Failing(problems) => format!(
+                "failed to pull or run {}",
+                problems
+                    .iter()
+                    .map(ImageProblem::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// Waiting reasons of an init container that mean its image cannot be pulled or run (kubelet
+/// `pkg/kubelet/images/types.go` and `pkg/kubelet/container/sync_result.go`, Kubernetes v1.36).
+const PULL_FAILURES: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+    "SignatureValidationFailed",
+    "CrashLoopBackOff",
+    "RunContainerError",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+    "StartError",
+];
+
+/// The warm-up view of `pod`, a pod of the warm-up DaemonSet; `None` when it is being deleted
+/// or belongs to another image list than `hash` (an older one, not rolled yet).
+pub fn warmup_pod(pod: &Pod, hash: &str) -> Option<WarmupPod> {
+    if pod.metadata.deletion_timestamp.is_some()
+        || pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(WARMUP_IMAGES_ANNOTATION))
+            .map(String::as_str)
+            != Some(hash)
+    {
+        return None;
+    }
+    let spec_images: Vec<(String, String)> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+        .collect();
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let (mut pulled, mut problems) = (0, Vec::new());
+    for cs in status
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let image = spec_images
+            .iter()
+            .find(|(name, _)| *name == cs.name)
+            .map_or_else(|| cs.image.clone(), |(_, image)| image.clone());
+        let state = cs.state.as_ref();
+        if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+            if t.exit_code == 0 {
+                pulled += 1;
+            } else {
+                problems.push(ImageProblem {
+                    image,
+                    reason: t.reason.clone().unwrap_or_else(|| "Error".into()),
+                    message: format!(
+                        "exited with {}{}",
+                        t.exit_code,
+                        t.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+        } else if let Some(w) = state.and_then(|s| s.waiting.as_ref())
+            && let Some(reason) = w.reason.as_deref()
+            && PULL_FAILURES.contains(&reason)
+        {
+            problems.push(ImageProblem {
+                image,
+                reason: reason.to_owned(),
+                message: w.message.clone().unwrap_or_default(),
+            });
+        }
+    }
+    Some(WarmupPod {
+        ready,
+        pulled: if ready { spec_images.len() } else { pulled },
+        total: spec_images.len(),
+        problems: if ready { Vec::new() } else { problems },
+    })
 }
 
 #[cfg(test)]
@@ -755,8 +1131,10 @@ mod tests {
             name: name.into(),
             created: t(0),
             ready,
+            ready_since: ready.then(|| t(1)),
             taints: keys.iter().map(|k| taint(k)).collect(),
             startup_taint: Some(taint("s/t")),
+            warmup: None,
         }
     }
 
@@ -772,7 +1150,7 @@ mod tests {
             node("c-untainted", true, &[]),
             node("d-other-taint", true, &["dedicated"]),
         ];
-        let d = startup_taints(&nodes);
+        let d = startup_taints(&nodes, None, t(2));
         assert_eq!(
             d.iter()
                 .map(|d| (d.node.as_str(), d.outcome.clone()))
@@ -786,7 +1164,7 @@ mod tests {
         // A node of a group without a startup taint is left alone.
         let mut off = node("x", true, &["s/t"]);
         off.startup_taint = None;
-        assert!(startup_taints(&[off]).is_empty());
+        assert!(startup_taints(&[off], None, t(2)).is_empty());
     }
 
     fn headroom_of(cpu: &str, memory: &str, replicas: Option<i32>) -> Headroom {
@@ -877,5 +1255,260 @@ mod tests {
         assert_eq!(c["resources"]["requests"], c["resources"]["limits"]);
         assert_eq!(c["resources"]["requests"]["cpu"], "500m");
         assert_eq!(c["resources"]["requests"]["memory"], "512Mi");
+    }
+
+    fn warmup_of(images: &[&str], ignore: &[&str], timeout: Option<&str>) -> ImageWarmup {
+        ImageWarmup {
+            images: images.iter().map(|s| (*s).to_owned()).collect(),
+            ignore: ignore.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: timeout.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn warmup_pulls_the_images_minus_the_ignored_ones_in_order() {
+        let p = warmup(&warmup_of(
+            &[
+                "mirror.example:5000/team/app:1.2",
+                "busybox:1.36",
+                "pause:3.10",
+                "mirror.example/big/model@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "pause:3.10",
+            ],
+            &["busybox:*", "mirror.example/big/*"],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(p.images, ["mirror.example:5000/team/app:1.2", "pause:3.10"]);
+        assert_eq!(p.ignored.len(), 2);
+        assert_eq!(p.timeout, Duration::from_secs(600), "default 10m");
+        assert_eq!(p.hash.len(), 16);
+        // The hash follows the list, not the ignored entries or the order of evaluation.
+        let same = warmup(&warmup_of(
+            &["mirror.example:5000/team/app:1.2", "pause:3.10"],
+            &[],
+            Some("45s"),
+        ))
+        .unwrap();
+        assert_eq!(same.hash, p.hash);
+        assert_eq!(same.timeout, Duration::from_secs(45));
+        let other = warmup(&warmup_of(&["pause:3.10"], &[], None)).unwrap();
+        assert_ne!(other.hash, p.hash);
+        // An exact ignore entry matches only itself.
+        assert!(ignores("pause:3.10", "pause:3.10"));
+        assert!(!ignores("pause", "pause:3.10"));
+        assert!(ignores("pause*", "pause:3.10"));
+    }
+
+    #[test]
+    fn warmup_that_ignores_everything_or_has_a_bad_timeout_is_reported() {
+        let (field, message) =
+            warmup(&warmup_of(&["busybox:1.36"], &["busybox:*"], None)).unwrap_err();
+        assert_eq!(field, "spec.nodeLifecycle.imageWarmup.ignore");
+        assert!(message.contains("nothing to pre-pull"), "{message}");
+        let (field, _) = warmup(&warmup_of(&["pause:3.10"], &[], Some("ten"))).unwrap_err();
+        assert_eq!(field, "spec.nodeLifecycle.imageWarmup.timeout");
+    }
+
+    #[test]
+    fn the_warmup_daemonset_pulls_each_image_in_an_init_container_and_tolerates_startup_taints() {
+        let p = warmup(&warmup_of(&["app:1", "tools:2"], &[], None)).unwrap();
+        let no_execute = Taint {
+            effect: "NoExecute".into(),
+            ..taint("other/t")
+        };
+        let [ns, ds] = warmup_objects(
+            &p,
+            "mirror.example/pause:3.10",
+            &[taint("s/t"), taint("s/t"), no_execute],
+        );
+        assert_eq!(ns["metadata"]["name"], WARMUP_NAMESPACE);
+        assert_eq!(ds["kind"], "DaemonSet");
+        assert_eq!(ds["metadata"]["namespace"], WARMUP_NAMESPACE);
+        let template = &ds["spec"]["template"];
+        assert_eq!(
+            template["metadata"]["annotations"][WARMUP_IMAGES_ANNOTATION],
+            p.hash.as_str()
+        );
+        assert_eq!(
+            ds["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+            template["metadata"]["labels"]["app.kubernetes.io/name"]
+        );
+        let pod = &template["spec"];
+        let init = pod["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 2);
+        for (i, (c, image)) in init.iter().zip(["app:1", "tools:2"]).enumerate() {
+            assert_eq!(c["name"], format!("pull-{i}"));
+            assert_eq!(c["image"], image);
+            assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+            assert_eq!(c["command"], json!(["/bin/sh", "-c", "true"]));
+        }
+        assert_eq!(pod["containers"][0]["image"], "mirror.example/pause:3.10");
+        assert_eq!(
+            pod["tolerations"],
+            json!([
+                {"key": "s/t", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "other/t", "operator": "Exists", "effect": "NoExecute"},
+            ]),
+            "one toleration per distinct startup taint"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        // The manifest is a valid DaemonSet.
+        let typed: k8s_openapi::api::apps::v1::DaemonSet =
+            serde_json::from_value(ds.clone()).unwrap();
+        assert!(typed.spec.is_some());
+    }
+
+    /// A warm-up pod of `hash` with init containers `pull-<i>` for `images`, in `states`
+    /// (`"done"`, `"waiting:<Reason>"`, `"failed"`, `"none"`), Ready when `ready`.
+    fn pod(hash: &str, images: &[&str], states: &[&str], ready: bool) -> Pod {
+        let statuses: Vec<serde_json::Value> = images
+            .iter()
+            .zip(states)
+            .enumerate()
+            .filter(|(_, (_, st))| **st != "none")
+            .map(|(i, (image, st))| {
+                let state = match *st {
+                    "done" => json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+                    "failed" => json!({"terminated": {"exitCode": 127, "reason": "Error", "message": "sh: not found"}}),
+                    w => json!({"waiting": {"reason": w.trim_start_matches("waiting:"), "message": "pull access denied"}}),
+                };
+                json!({"name": format!("pull-{i}"), "image": format!("normalized/{image}"), "imageID": "", "ready": false, "restartCount": 0, "state": state})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "w", "annotations": {WARMUP_IMAGES_ANNOTATION: hash}},
+            "spec": {"nodeName": "n", "containers": [{"name": "pause", "image": "pause:3.10"}],
+                     "initContainers": images.iter().enumerate().map(|(i, image)| json!({"name": format!("pull-{i}"), "image": image})).collect::<Vec<_>>()},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                       "initContainerStatuses": statuses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_warmup_pod_reports_progress_and_names_the_images_it_cannot_pull() {
+        let images = ["app:1", "tools:2", "gone:3"];
+        let p = warmup_pod(&pod("h", &images, &["done", "done", "done"], true), "h").unwrap();
+        assert_eq!((p.ready, p.pulled, p.total), (true, 3, 3));
+        let p = warmup_pod(&pod("h", &images, &["done", "none", "none"], false), "h").unwrap();
+        assert_eq!((p.ready, p.pulled, p.total), (false, 1, 3));
+        assert!(p.problems.is_empty());
+        let p = warmup_pod(
+            &pod(
+                "h",
+                &images,
+                &["done", "waiting:ImagePullBackOff", "none"],
+                false,
+            ),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(
+            p.problems,
+            [ImageProblem {
+                image: "tools:2".into(),
+                reason: "ImagePullBackOff".into(),
+                message: "pull access denied".into()
+            }],
+            "the image as the spec names it, not as the runtime normalized it"
+        );
+        let p = warmup_pod(&pod("h", &images, &["failed", "none", "none"], false), "h").unwrap();
+        assert_eq!(p.problems[0].image, "app:1");
+        assert!(p.problems[0].describe().contains("exited with 127"));
+        // A still-creating container is no problem.
+        let p = warmup_pod(
+            &pod(
+                "h",
+                &images,
+                &["done", "waiting:PodInitializing", "none"],
+                false,
+            ),
+            "h",
+        )
+        .unwrap();
+        assert!(p.problems.is_empty());
+        // A pod of an older image list does not count.
+        assert!(warmup_pod(&pod("old", &images, &["done"; 3], true), "h").is_none());
+    }
+
+    #[test]
+    fn with_warmup_the_taint_waits_for_the_warmup_pod_or_the_timeout() {
+        let gate = WarmupGate {
+            timeout: Duration::from_secs(600),
+        };
+        // Ready at t(1); the deadline is 10 minutes later.
+        let deadline = t(1) + SignedDuration::from_mins(10);
+        let before = t(1) + SignedDuration::from_mins(5);
+        let after = t(1) + SignedDuration::from_mins(10);
+        let pulling = WarmupPod {
+            ready: false,
+            pulled: 1,
+            total: 2,
+            problems: Vec::new(),
+        };
+        let failing = WarmupPod {
+            problems: vec![ImageProblem {
+                image: "gone:3".into(),
+                reason: "ErrImagePull".into(),
+                message: String::new(),
+            }],
+            ..pulling.clone()
+        };
+        let ready = WarmupPod {
+            ready: true,
+            pulled: 2,
+            ..pulling.clone()
+        };
+        let with = |name: &str, pod: Option<WarmupPod>| NodeView {
+            warmup: pod,
+            ..node(name, true, &["s/t"])
+        };
+        let nodes = [
+            with("a-no-pod", None),
+            with("b-pulling", Some(pulling.clone())),
+            with("c-failing", Some(failing.clone())),
+            with("d-warm", Some(ready)),
+            node("e-not-ready", false, &["s/t"]),
+        ];
+        let outcomes = |now| {
+            startup_taints(&nodes, Some(&gate), now)
+                .into_iter()
+                .map(|d| d.outcome)
+                .collect::<Vec<_>>()
+        };
+        let hold = |wait| Err(Hold::WarmingUp { wait, deadline });
+        let failing_wait = WarmupWait::Failing(failing.problems.clone());
+        let pulling_wait = WarmupWait::Pulling {
+            pulled: 1,
+            total: 2,
+        };
+        assert_eq!(
+            outcomes(before),
+            [
+                hold(WarmupWait::NoPod),
+                hold(pulling_wait.clone()),
+                hold(failing_wait.clone()),
+                Ok(Release::WarmedUp),
+                Err(Hold::NotReady),
+            ]
+        );
+        assert_eq!(
+            outcomes(after),
+            [
+                Ok(Release::WarmupTimedOut(WarmupWait::NoPod)),
+                Ok(Release::WarmupTimedOut(pulling_wait)),
+                Ok(Release::WarmupTimedOut(failing_wait.clone())),
+                Ok(Release::WarmedUp),
+                Err(Hold::NotReady),
+            ],
+            "after the timeout the taint goes whatever the pod does, never from a NotReady Node"
+        );
+        assert!(failing_wait.describe().contains("gone:3 (ErrImagePull)"));
+        // Without warm-up, Ready is enough.
+        assert_eq!(
+            startup_taints(&nodes[..1], None, before)[0].outcome,
+            Ok(Release::Ready)
+        );
     }
 }

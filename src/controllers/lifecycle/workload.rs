@@ -3,12 +3,15 @@
 //! admin kubeconfig (cluster-api v1.14.2 `util/secret/consts.go`, `Kubeconfig` purpose, and
 //! `util/kubeconfig/kubeconfig.go`, `FromSecret`).
 //!
-//! Each entry keeps a reflector of the workload cluster's Nodes, so a reconcile reads them
-//! from memory, and wakes the cluster's reconcile when a Node's readiness or taints change
-//! (not on every status heartbeat).
+//! Each entry keeps a reflector of the workload cluster's Nodes and one of the image warm-up
+//! pods (namespace `capow-image-warmup`, label `app.kubernetes.io/name=capow-image-warmup`,
+//! empty while warm-up is off), so a reconcile reads them from memory, and wakes the cluster's
+//! reconcile when a Node's readiness or taints change (not on every status heartbeat) or a
+//! warm-up pod's progress does.
 //! The Secret is read again at most every [`SECRET_RECHECK`] (or at once after a workload
 //! call failed); a new `resourceVersion` rebuilds the entry, whose watches end when it is
-//! dropped. Memory: one client and one Node store per cluster with a startup taint on.
+//! dropped. Memory: one client, one Node store and one warm-up pod store per cluster with a
+//! lifecycle feature on that needs the workload cluster.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -16,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -69,6 +72,8 @@ pub struct Workload {
     pub client: Client,
     /// Its Nodes.
     pub nodes: Store<Node>,
+    /// Its image warm-up pods (`super::plan::WARMUP_NAMESPACE`).
+    pub warmup_pods: Store<Pod>,
     secret_version: String,
     checked: Mutex<Instant>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -225,15 +230,35 @@ impl Workloads {
             .modify(crate::kubeapi::trim)
             .reflect(node_writer)
             .applied_objects();
-        let tasks = vec![tokio::spawn(wake_on_change(
-            node_stream,
-            node_fingerprint,
-            self.trigger.clone(),
-            owner,
-        ))];
+        let (warmup_pods, pod_writer) = reflector::store();
+        let pod_stream = watcher(
+            Api::<Pod>::namespaced(client.clone(), super::plan::WARMUP_NAMESPACE),
+            config.clone().labels(&format!(
+                "app.kubernetes.io/name={}",
+                super::plan::WARMUP_NAME
+            )),
+        )
+        .default_backoff()
+        .reflect(pod_writer)
+        .applied_objects();
+        let tasks = vec![
+            tokio::spawn(wake_on_change(
+                node_stream,
+                node_fingerprint,
+                self.trigger.clone(),
+                owner.clone(),
+            )),
+            tokio::spawn(wake_on_change(
+                pod_stream,
+                warmup_pod_fingerprint,
+                self.trigger.clone(),
+                owner,
+            )),
+        ];
         Workload {
             client,
             nodes,
+            warmup_pods,
             secret_version,
             checked: Mutex::new(Instant::now()),
             tasks,
@@ -252,6 +277,44 @@ pub fn node_fingerprint(n: &Node) -> u64 {
     h.finish()
 }
 
+/// What of a warm-up pod the lifecycle controller reacts to: its Node, image list, readiness
+/// and the states of its init containers.
+pub fn warmup_pod_fingerprint(p: &Pod) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .hash(&mut h);
+    p.metadata.annotations.hash(&mut h);
+    p.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let status = p.status.as_ref();
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        (&c.type_, &c.status).hash(&mut h);
+    }
+    for c in status
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let state = c.state.as_ref();
+        (
+            &c.name,
+            state
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_ref()),
+            state
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| t.exit_code),
+        )
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
 /// True when the Node's `Ready` condition is `True`.
 pub fn node_ready(n: &Node) -> bool {
     n.status
@@ -260,6 +323,19 @@ pub fn node_ready(n: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// When the Node's `Ready` condition turned `True` (its `lastTransitionTime`); `None` when it
+/// is not `True` or has no time.
+pub fn node_ready_since(n: &Node) -> Option<k8s_openapi::jiff::Timestamp> {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
 }
 
 /// Sends `owner` on `trigger` whenever an object's fingerprint differs from the last one
