@@ -239,6 +239,7 @@ impl Workloads {
             )),
         )
         .default_backoff()
+        .modify(crate::kubeapi::trim)
         .reflect(pod_writer)
         .applied_objects();
         let tasks = vec![
