@@ -2,12 +2,12 @@
 
 use clap::Parser;
 
-/// mimalloc instead of the C library's allocator: the manager's caches hold many small
+/// jemalloc instead of the C library's allocator: the manager's caches hold many small
 /// objects that tokio's worker threads allocate and free, and glibc's per-thread arenas kept
 /// the freed memory resident (docs/benchmarks.md, "Manager memory and CPU at 1k and 10k
 /// machines").
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
