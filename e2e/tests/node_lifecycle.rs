@@ -86,6 +86,32 @@ async fn oswc_api(c: &HcpCluster) -> Api<kube::api::DynamicObject> {
 }
 
 /// The `status.nodeLifecycle` condition `type_` of the cluster's OpenStackWorkerCluster.
+/// Waits (60 s at most) until the `StartupTaint` condition's message holds `note(name)` for
+/// every Node of `names`; `what` names the wait in its failure.
+async fn wait_taint_condition_names<'a>(
+    c: &HcpCluster,
+    what: &str,
+    names: impl IntoIterator<Item = &'a String> + Clone,
+    note: impl Fn(&str) -> String,
+) {
+    Poll::new(what, Duration::from_secs(60))
+        .log_tail(&c.manager.log, 30)
+        .until(|| async {
+            let cond = lifecycle_condition(c, "StartupTaint").await;
+            let msg = cond["message"].as_str().unwrap_or_default();
+            if names
+                .clone()
+                .into_iter()
+                .all(|name| msg.contains(&note(name)))
+            {
+                Ok(())
+            } else {
+                Err(format!("condition {cond}"))
+            }
+        })
+        .await;
+}
+
 async fn lifecycle_condition(c: &HcpCluster, type_: &str) -> Value {
     let oswc = oswc_api(c).await;
     let v = serde_json::to_value(oswc.get(CLUSTER).await.unwrap()).unwrap();
@@ -232,23 +258,12 @@ async fn startup_taint(c: &HcpCluster, env: &Env) {
     assert_eq!(names.len(), n as usize, "{names:?}");
 
     // NotReady: capow reports it keeps the taint, and the taint is still there.
-    Poll::new(
+    wait_taint_condition_names(
+        c,
         "the StartupTaint condition to hold the NotReady Nodes",
-        Duration::from_secs(60),
+        &names,
+        |name| format!("{name} (not Ready)"),
     )
-    .log_tail(&c.manager.log, 30)
-    .until(|| async {
-        let cond = lifecycle_condition(c, "StartupTaint").await;
-        let msg = cond["message"].as_str().unwrap_or_default();
-        if names
-            .iter()
-            .all(|name| msg.contains(&format!("{name} (not Ready)")))
-        {
-            Ok(())
-        } else {
-            Err(format!("condition {cond}"))
-        }
-    })
     .await;
     for name in &names {
         let node = nodes.get(name).await.unwrap();
@@ -832,23 +847,12 @@ async fn image_warmup(c: &HcpCluster, env: &Env) {
     let nodes: Api<Node> = Api::all(c.workload.clone());
 
     // Ready, but no warm-up pod can run yet: capow keeps the startup taint and says why.
-    Poll::new(
+    wait_taint_condition_names(
+        c,
         "the StartupTaint condition to hold the Ready Nodes for their warm-up",
-        Duration::from_secs(60),
+        &names,
+        |name| format!("{name} (image warm-up: no warm-up pod"),
     )
-    .log_tail(&c.manager.log, 30)
-    .until(|| async {
-        let cond = lifecycle_condition(c, "StartupTaint").await;
-        let msg = cond["message"].as_str().unwrap_or_default();
-        if names
-            .iter()
-            .all(|name| msg.contains(&format!("{name} (image warm-up: no warm-up pod")))
-        {
-            Ok(())
-        } else {
-            Err(format!("condition {cond}"))
-        }
-    })
     .await;
     for name in &names {
         let node = nodes.get(name).await.unwrap();

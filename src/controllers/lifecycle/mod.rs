@@ -687,6 +687,30 @@ fn message_changed(before: &NodeLifecycleStatus, type_: &str, message: &str) -> 
         .is_none_or(|c| c.message != message)
 }
 
+/// A Warning event `NodeLifecycleProblem` on `oswc` for `action` (e.g. `Headroom`) with
+/// `message`, only when the condition `type_` did not say the same already (one event per
+/// problem, not one per reconcile).
+async fn warn_on_new_problem(
+    s: &Shared,
+    oswc: &OpenStackWorkerCluster,
+    before: &NodeLifecycleStatus,
+    type_: &str,
+    action: &str,
+    message: &str,
+) {
+    if message_changed(before, type_, message) {
+        s.ctx
+            .event(
+                &oswc.object_ref(&()),
+                EventType::Warning,
+                event_reasons::LIFECYCLE_PROBLEM,
+                action,
+                message.to_owned(),
+            )
+            .await;
+    }
+}
+
 async fn max_age_step(
     s: &Shared,
     oswc: &OpenStackWorkerCluster,
@@ -1122,17 +1146,15 @@ async fn headroom_step(
     let p = match checked {
         Ok(p) => p,
         Err(message) => {
-            if message_changed(before, condition_types::HEADROOM, &message) {
-                s.ctx
-                    .event(
-                        &oswc.object_ref(&()),
-                        EventType::Warning,
-                        event_reasons::LIFECYCLE_PROBLEM,
-                        "Headroom",
-                        message.clone(),
-                    )
-                    .await;
-            }
+            warn_on_new_problem(
+                s,
+                oswc,
+                before,
+                condition_types::HEADROOM,
+                "Headroom",
+                &message,
+            )
+            .await;
             report.set(
                 condition_types::HEADROOM,
                 false,
@@ -1219,17 +1241,7 @@ async fn warmup_step(
         Ok(p) => p,
         Err((field, message)) => {
             let message = format!("{field}: {message}");
-            if message_changed(before, t, &message) {
-                s.ctx
-                    .event(
-                        &oswc.object_ref(&()),
-                        EventType::Warning,
-                        event_reasons::LIFECYCLE_PROBLEM,
-                        "ImageWarmup",
-                        message.clone(),
-                    )
-                    .await;
-            }
+            warn_on_new_problem(s, oswc, before, t, "ImageWarmup", &message).await;
             report.set(t, false, reasons::INVALID_IMAGE_WARMUP, message, generation);
             return None;
         }
@@ -1318,16 +1330,8 @@ async fn warmup_step(
             format!("{what}; {progress}; warming up: {pending}"),
         )
     };
-    if !ok && message_changed(before, t, &message) {
-        s.ctx
-            .event(
-                &oswc.object_ref(&()),
-                EventType::Warning,
-                event_reasons::LIFECYCLE_PROBLEM,
-                "ImageWarmup",
-                message.clone(),
-            )
-            .await;
+    if !ok {
+        warn_on_new_problem(s, oswc, before, t, "ImageWarmup", &message).await;
     }
     report.set(t, ok, reason, message, generation);
     Some(warmup)
